@@ -1,0 +1,190 @@
+"""One verification: reference portrait + probe frames -> Decision. No I/O here.
+
+frame -> detect faces -> face mesh on the chosen face -> 5-point alignment ->
+embedding (L2-normalised) -> cosine similarity -> decision.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import cv2
+import numpy as np
+
+from . import decide
+from .config import Config, VerifyConfig
+from .modelstore import ModelStore
+from .ports import Runner
+from .types import Decision, Detection, FaceAnalysis, Frame
+from .vision.align import align, five_points
+from .vision.detect import FULL_RANGE, SHORT_RANGE, FaceDetector
+from .vision.embed import Embedder, cosine
+from .vision.geometry import iou
+from .vision.mesh import FaceMesh, roi_from_detection
+from .vision.quality import measure
+
+RunnerFactory = Callable[[Path, int], Runner]
+
+
+@dataclass
+class Timings:
+    """Milliseconds per stage, accumulated over one verification."""
+
+    ms: dict = field(default_factory=dict)
+
+    def add(self, stage: str, t0: float) -> float:
+        t1 = time.perf_counter()
+        self.ms[stage] = self.ms.get(stage, 0.0) + (t1 - t0) * 1000.0
+        return t1
+
+    def rounded(self) -> dict:
+        return {k: round(v, 2) for k, v in self.ms.items()}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The outcome of analysing one image: a face (maybe gated) or a reason."""
+
+    face: FaceAnalysis | None
+    reason: str | None
+
+
+def pad_portrait(image: np.ndarray, ratio: float) -> np.ndarray:
+    """Pad a tightly cropped portrait by `ratio` of its size on every side (replicated
+    border), so that detectors trained on wider views find the face."""
+    h, w = image.shape[:2]
+    py, px = int(h * ratio), int(w * ratio)
+    return cv2.copyMakeBorder(image, py, py, px, px, cv2.BORDER_REPLICATE), (px, py)
+
+
+class Verifier:
+    """Holds the models of the verification pipeline (built once, used per request)."""
+
+    def __init__(self, short: FaceDetector, full: FaceDetector, mesh: FaceMesh,
+                 embedder: Embedder, cfg: VerifyConfig, models: dict[str, str] | None = None):
+        self.short, self.full, self.mesh, self.embedder = short, full, mesh, embedder
+        self.cfg = cfg
+        self.models = models or {}
+
+    @classmethod
+    def from_store(cls, store: ModelStore, config: Config, make_runner: RunnerFactory) -> "Verifier":
+        """Load the verified model files named by the config (raises ModelError)."""
+        nt = config.models.num_threads
+        paths = {}
+        for task, precision in (("detect_short", "fp32"), ("detect_full", "fp32"), ("mesh", "fp32"),
+                                ("embed", config.models.precision)):
+            paths[task] = store.path(task, precision)
+        models = {task: entry.sha256 for task, (_, entry) in paths.items()}
+        return cls(FaceDetector(make_runner(paths["detect_short"][0], nt), SHORT_RANGE),
+                   FaceDetector(make_runner(paths["detect_full"][0], nt), FULL_RANGE),
+                   FaceMesh(make_runner(paths["mesh"][0], nt)),
+                   Embedder(make_runner(paths["embed"][0], nt)), config.verify, models)
+
+    # -- stages --------------------------------------------------------------------
+    def find_faces(self, image: np.ndarray, reference: bool, t: Timings) -> list[Detection]:
+        """Short-range detector; for a reference portrait also padded, then full-range."""
+        t0 = time.perf_counter()
+        dets = self.short.detect(image)
+        if not dets and reference:
+            padded, (px, py) = pad_portrait(image, self.cfg.reference_pad_ratio)
+            dets = self.short.detect(padded) or self.full.detect(padded)
+            dets = [Detection((d.box[0] - px, d.box[1] - py, d.box[2] - px, d.box[3] - py),
+                              d.keypoints - np.float32([px, py]), d.score) for d in dets]
+        elif not dets:
+            dets = self.full.detect(image)
+        t.add("detect", t0)
+        return dets
+
+    def examine(self, image: np.ndarray, det: Detection, t: Timings, n_faces: int = 1,
+                embed: bool = True) -> FaceAnalysis:
+        """Mesh, alignment, quality and (optionally) the embedding of one detected face."""
+        t0 = time.perf_counter()
+        mesh = self.mesh.estimate(image, roi_from_detection(det))
+        t0 = t.add("mesh", t0)
+        crop = align(image, five_points(mesh.points))
+        q = measure(mesh.points, crop)
+        t0 = t.add("align", t0)
+        emb = self.embedder.embed(crop) if embed else np.zeros(0, np.float32)
+        if embed:
+            t.add("embed", t0)
+        return FaceAnalysis(det, mesh, crop, emb, q, decide.gate(q, mesh.presence, self.cfg), n_faces)
+
+    def analyze(self, image: np.ndarray, reference: bool = False, t: Timings | None = None) -> Probe:
+        """Find, check and embed the one face of a still image."""
+        t = t if t is not None else Timings()
+        dets = self.find_faces(image, reference, t)
+        det, reason = decide.choose_face(dets, self.cfg.dominant_face_ratio)
+        if det is None:
+            return Probe(None, reason)
+        face = self.examine(image, det, t, len(dets))
+        return Probe(face, face.reason)
+
+    # -- whole verifications ---------------------------------------------------------
+    def verify_image(self, reference: np.ndarray, probe: np.ndarray) -> tuple[Decision, dict]:
+        """Reference portrait vs one probe image -> (Decision, timings in ms)."""
+        t = Timings()
+        t_start = time.perf_counter()
+        ref = self.analyze(reference, reference=True, t=t)
+        if ref.face is None or ref.reason:
+            d = Decision(decide.NO_FACE, f"reference_{ref.reason}", None,
+                         {"reference": ref.face.quality.as_dict()} if ref.face else {})
+        else:
+            pr = self.analyze(probe, t=t)
+            quality = {"reference": ref.face.quality.as_dict()}
+            if pr.face is not None:
+                quality["probe"] = pr.face.quality.as_dict()
+            if pr.face is None or pr.reason:
+                d = Decision(decide.NO_FACE, pr.reason, None, quality)
+            else:
+                d = decide.decide_match(cosine(ref.face.embedding, pr.face.embedding),
+                                        self.cfg.match_threshold, quality, 1)
+        t.add("total", t_start)
+        return d, t.rounded()
+
+    def verify_frames(self, reference: np.ndarray, frames: Iterable[Frame]) -> tuple[Decision, dict]:
+        """Reference vs live frames: follow one face, keep its best frames, fuse their
+        embeddings and decide once."""
+        t = Timings()
+        t_start = time.perf_counter()
+        ref = self.analyze(reference, reference=True, t=t)
+        if ref.face is None or ref.reason:
+            t.add("total", t_start)
+            return Decision(decide.NO_FACE, f"reference_{ref.reason}"), t.rounded()
+        best: list[tuple[float, FaceAnalysis]] = []
+        last_box = None
+        reasons: dict[str, int] = {}
+        seen = 0
+        for frame in frames:
+            seen += 1
+            if seen > self.cfg.max_frames:
+                break
+            dets = self.find_faces(frame.image, False, t)
+            det, reason = decide.choose_face(dets, self.cfg.dominant_face_ratio)
+            if det is not None and last_box is not None and iou(det.box, last_box) < 0.1:
+                reason, det = "face_changed", None
+            if det is None:
+                reasons[reason] = reasons.get(reason, 0) + 1
+                continue
+            face = self.examine(frame.image, det, t, len(dets), embed=False)
+            last_box = det.box
+            if face.reason:
+                reasons[face.reason] = reasons.get(face.reason, 0) + 1
+                continue
+            best.append((decide.quality_score(face.quality), face))
+            best.sort(key=lambda x: -x[0])
+            del best[self.cfg.fusion_frames:]
+        quality = {"reference": ref.face.quality.as_dict(), "frames": seen}
+        if not best:
+            reason = max(reasons, key=reasons.get) if reasons else "no_frames"
+            t.add("total", t_start)
+            return Decision(decide.NO_FACE, reason, None, quality), t.rounded()
+        t0 = time.perf_counter()
+        embs = [self.embedder.embed(f.crop) for _, f in best]
+        t.add("embed", t0)
+        quality["probe"] = best[0][1].quality.as_dict()
+        d = decide.decide_match(cosine(ref.face.embedding, decide.fuse(embs)),
+                                self.cfg.match_threshold, quality, len(embs))
+        t.add("total", t_start)
+        return d, t.rounded()

@@ -1,0 +1,1 @@
+"""Pure pre/post-processing and the model classes (each receives a Runner)."""
