@@ -38,7 +38,7 @@ class VerifyConfig(_Section):
     max_yaw_deg: float = Field(40.0, ge=0, le=90, description="Largest head yaw accepted for comparison, degrees")
     max_pitch_deg: float = Field(35.0, ge=0, le=90, description="Largest head pitch accepted for comparison, degrees")
     min_face_presence: float = Field(0.5, ge=0, le=1, description="Smallest face-mesh presence probability")
-    dominant_face_ratio: float = Field(2.0, ge=1, description="With several faces, the largest wins only if its area is this many times the next")
+    dominant_face_ratio: float = Field(2.0, ge=1, description="With several faces, the most prominent (visible area weighted by closeness to the frame centre) wins only if it is this many times the next")
     fusion_frames: int = Field(5, ge=1, le=30, description="Best-quality video frames of one tracked face whose embeddings are fused")
     max_frames: int = Field(300, ge=1, description="Most video frames examined per verification")
     reference_pad_ratio: float = Field(0.5, ge=0, le=2, description="Padding added around a tightly cropped ID portrait before detection, as a fraction of its size")

@@ -10,13 +10,26 @@ MATCH, NO_MATCH, NO_FACE, SPOOF, TIMEOUT, REJECTED, ERROR = (
     "match", "no_match", "no_face", "spoof", "timeout", "rejected", "error")
 
 
-def choose_face(dets: list[Detection], dominant_ratio: float) -> tuple[Detection | None, str | None]:
-    """The face to verify: the only one, or the largest when it is `dominant_ratio`
-    times larger than the next. Returns (face, None) or (None, reason)."""
+def prominence(det: Detection, frame_w: int, frame_h: int) -> float:
+    """How much a face looks like the customer's: its area inside the frame, weighted
+    by (1 - d)^2 where d is the distance of its centre from the frame centre divided by
+    the half-diagonal. A bystander at the edge, or a face cut by the border, counts less."""
+    x0, y0, x1, y1 = det.box
+    vis = max(0.0, min(x1, frame_w) - max(x0, 0.0)) * max(0.0, min(y1, frame_h) - max(y0, 0.0))
+    d = np.hypot((x0 + x1) / 2 - frame_w / 2, (y0 + y1) / 2 - frame_h / 2) / np.hypot(frame_w / 2, frame_h / 2)
+    return float(vis * max(0.0, 1.0 - d) ** 2)
+
+
+def choose_face(dets: list[Detection], frame_w: int, frame_h: int,
+                dominant_ratio: float) -> tuple[Detection | None, str | None]:
+    """The face to verify: the only one, or the most prominent when it is
+    `dominant_ratio` times more prominent than the next. Returns (face, None) or
+    (None, reason)."""
     if not dets:
         return None, "no_face"
-    ranked = sorted(dets, key=lambda d: d.area, reverse=True)
-    if len(ranked) > 1 and ranked[0].area < dominant_ratio * ranked[1].area:
+    ranked = sorted(dets, key=lambda d: prominence(d, frame_w, frame_h), reverse=True)
+    if len(ranked) > 1 and (prominence(ranked[0], frame_w, frame_h)
+                            < dominant_ratio * prominence(ranked[1], frame_w, frame_h)):
         return None, "multiple_faces"
     return ranked[0], None
 

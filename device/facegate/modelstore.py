@@ -200,6 +200,14 @@ class ModelStore:
         self.manifest = manifest if manifest is not None else load_manifest()
         self._verified: dict[str, str] = {}
 
+    @staticmethod
+    def variant_of(sha256: str | None) -> str | None:
+        """The manifest variant name of a loaded file, by its sha256."""
+        for e in load_manifest():
+            if e.sha256 == sha256:
+                return e.variant
+        return None
+
     def variants(self, task: str) -> list[ModelEntry]:
         return [e for e in self.manifest if e.task == task]
 

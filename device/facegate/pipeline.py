@@ -115,7 +115,8 @@ class Verifier:
         """Find, check and embed the one face of a still image."""
         t = t if t is not None else Timings()
         dets = self.find_faces(image, reference, t)
-        det, reason = decide.choose_face(dets, self.cfg.dominant_face_ratio)
+        h, w = image.shape[:2]
+        det, reason = decide.choose_face(dets, w, h, self.cfg.dominant_face_ratio)
         if det is None:
             return Probe(None, reason)
         face = self.examine(image, det, t, len(dets))
@@ -161,7 +162,8 @@ class Verifier:
             if seen > self.cfg.max_frames:
                 break
             dets = self.find_faces(frame.image, False, t)
-            det, reason = decide.choose_face(dets, self.cfg.dominant_face_ratio)
+            h, w = frame.image.shape[:2]
+            det, reason = decide.choose_face(dets, w, h, self.cfg.dominant_face_ratio)
             if det is not None and last_box is not None and iou(det.box, last_box) < 0.1:
                 reason, det = "face_changed", None
             if det is None:

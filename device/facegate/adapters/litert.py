@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+from contextlib import contextmanager
+
 import numpy as np
 
 from ..errors import ModelError
@@ -23,6 +26,25 @@ except ImportError:  # pragma: no cover
         RUNTIME = "none"
 
 
+@contextmanager
+def _quiet_stderr():
+    """Silence the runtime's C++ INFO lines (e.g. "Created TensorFlow Lite XNNPACK
+    delegate") while an interpreter is built; Python errors still propagate."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _spec(d: dict) -> TensorSpec:
     scale, zero = d["quantization"]
     return TensorSpec(d["name"], tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]), float(scale), int(zero))
@@ -36,8 +58,9 @@ class LiteRTRunner:
             raise ModelError("no TFLite runtime installed (pip install ai-edge-litert)")
         self.path = Path(path)
         try:
-            self._it = _Interpreter(model_path=str(self.path), num_threads=int(num_threads))
-            self._it.allocate_tensors()
+            with _quiet_stderr():
+                self._it = _Interpreter(model_path=str(self.path), num_threads=int(num_threads))
+                self._it.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"cannot load model {self.path.name}: {exc}") from None
         self._in = self._it.get_input_details()

@@ -1,0 +1,243 @@
+"""The `facegate` command line: argument parsing and all printing.
+
+Exit codes: 0 success / match, 1 a negative decision or failed check, 2 bad input or
+configuration.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from . import config as config_mod
+from . import modelstore
+from .errors import FacegateError, InputError
+
+EXIT_OK, EXIT_NEGATIVE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"facegate: {msg}", file=sys.stderr)
+    return code
+
+
+def _config(args) -> config_mod.Config:
+    cfg = config_mod.load(getattr(args, "config", None))
+    updates = {}
+    if getattr(args, "precision", None):
+        updates["precision"] = args.precision
+    if getattr(args, "threads", None):
+        updates["num_threads"] = args.threads
+    if updates:
+        cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update=updates)})
+    return cfg
+
+
+def _store(cfg: config_mod.Config, args=None) -> modelstore.ModelStore:
+    d = getattr(args, "dir", None) or cfg.models.dir or None
+    return modelstore.ModelStore(d)
+
+
+def make_runner(path: Path, num_threads: int):
+    from .adapters.litert import LiteRTRunner
+
+    return LiteRTRunner(path, num_threads)
+
+
+def build_verifier(cfg: config_mod.Config):
+    from .pipeline import Verifier
+
+    return Verifier.from_store(_store(cfg), cfg, make_runner)
+
+
+# -- verify ---------------------------------------------------------------------------
+def cmd_verify(args) -> int:
+    from .adapters.files import FileCamera
+    from .imageio import is_image_path, read_image
+
+    cfg = _config(args)
+    lim = (cfg.verify.max_image_bytes, cfg.verify.max_image_pixels)
+    try:
+        reference = read_image(args.reference, *lim)
+        probe_path = Path(args.probe)
+        probe = read_image(probe_path, *lim) if is_image_path(probe_path) else None
+        camera = None if probe is not None else FileCamera(probe_path, max_bytes=cfg.verify.max_image_bytes * 10)
+    except InputError as exc:
+        return _fail(str(exc))
+    verifier = build_verifier(cfg)
+    try:
+        if probe is not None:
+            decision, timings = verifier.verify_image(reference, probe)
+        else:
+            with camera:
+                decision, timings = verifier.verify_frames(reference, camera.frames())
+    except InputError as exc:
+        return _fail(str(exc))
+    out = {
+        "decision": decision.decision,
+        "reason": decision.reason,
+        "similarity": None if decision.similarity is None else round(decision.similarity, 4),
+        "threshold": cfg.verify.match_threshold,
+        "frames_used": decision.frames_used,
+        "quality": decision.quality,
+        "timings_ms": timings,
+        "precision": modelstore.ModelStore.variant_of(verifier.models.get("embed")),
+    }
+    print(json.dumps(out))
+    return EXIT_OK if decision.decision == "match" else EXIT_NEGATIVE
+
+
+# -- models ---------------------------------------------------------------------------
+def cmd_models_fetch(args) -> int:
+    cfg = _config(args)
+    store = _store(cfg, args)
+    mirror = Path(args.mirror) if args.mirror else None
+    if mirror is not None and not mirror.is_dir():
+        return _fail(f"mirror directory {mirror} does not exist")
+    results = modelstore.fetch(store.model_dir, mirror)
+    for r in results:
+        print(f"{r.status:9s} {r.entry.task:12s} {r.entry.variant:8s} {r.entry.file:36s} {r.detail}")
+    refused = [r for r in results if r.status == "refused"]
+    missing = modelstore.missing_required(results)
+    print(f"model dir: {store.model_dir}")
+    if refused:
+        return _fail(f"{len(refused)} file(s) refused: contents differ from the manifest", EXIT_NEGATIVE)
+    if missing:
+        return _fail("no usable model for: " + ", ".join(missing), EXIT_NEGATIVE)
+    return EXIT_OK
+
+
+def cmd_models_verify(args) -> int:
+    cfg = _config(args)
+    store = _store(cfg, args)
+    results = modelstore.verify(store.model_dir)
+    for r in results:
+        print(f"{r.status:9s} {r.entry.task:12s} {r.entry.variant:8s} {r.entry.file:36s} {r.detail}")
+    bad = [r for r in results if r.status == "tampered"]
+    missing = modelstore.missing_required(results)
+    if bad:
+        return _fail(f"{len(bad)} installed model(s) differ from the manifest: refused", EXIT_NEGATIVE)
+    if missing:
+        return _fail("not installed: " + ", ".join(missing), EXIT_NEGATIVE)
+    print("models: ok")
+    return EXIT_OK
+
+
+def cmd_models_list(args) -> int:
+    for e in modelstore.load_manifest():
+        print(f"{e.task:12s} {e.variant:8s} {e.file:36s} {e.sha256[:16]}  {e.input}  [{e.license}]")
+    return EXIT_OK
+
+
+def time_runner(runner, runs: int) -> float:
+    """Median milliseconds of `runs` invocations on zero-valued inputs (after warm-up)."""
+    xs = [np.zeros(s.shape, s.dtype) for s in runner.inputs]
+    for _ in range(3):
+        runner.run(*xs)
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        runner.run(*xs)
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts) * 1000)
+
+
+def cmd_models_bench(args) -> int:
+    import platform
+
+    cfg = _config(args)
+    store = _store(cfg, args)
+    rows = []
+    for e in store.manifest:
+        if not (store.model_dir / e.file).is_file():
+            continue
+        path, _ = store.path(e.task, e.variant)
+        cells = []
+        for nt in args.threads_list:
+            r = make_runner(path, nt)
+            cells.append(time_runner(r, args.runs))
+        rep = r.delegate_report()
+        rows.append((e, cells, rep))
+    heads = " ".join(f"{nt}t_ms".rjust(7) for nt in args.threads_list)
+    print(f"{'task':12s} {'variant':8s} {heads} delegated partitions")
+    for e, cells, rep in rows:
+        print(f"{e.task:12s} {e.variant:8s} " + " ".join(f"{c:7.2f}" for c in cells)
+              + f" {rep.delegated:4d}/{rep.nodes:<4d} {rep.partitions:10d}")
+    for task in ("embed", "pad_v2", "pad_v1se"):
+        timed = [(cells[0], e.variant) for e, cells, _ in rows if e.task == task]
+        if timed:
+            print(f"fastest {task} on {platform.machine()}: {min(timed)[1]}")
+    return EXIT_OK
+
+
+# -- config ---------------------------------------------------------------------------
+def cmd_config_check(args) -> int:
+    try:
+        cfg = config_mod.load(args.file)
+    except FacegateError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"{args.file}: ok (device_id={cfg.device_id})")
+    return EXIT_OK
+
+
+def cmd_config_example(args) -> int:
+    print(config_mod.example())
+    return EXIT_OK
+
+
+# -- parser ---------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="facegate", description="On-device face verification for kiosks")
+    p.add_argument("--version", action="version", version=f"facegate {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    v = sub.add_parser("verify", help="verify a probe image or video against a reference portrait")
+    v.add_argument("--reference", required=True, help="ID portrait (JPEG/PNG)")
+    v.add_argument("--probe", required=True, help="probe image, folder of images, or video")
+    v.add_argument("--config", help="config TOML file")
+    v.add_argument("--precision", choices=["auto", "fp32", "dynint8", "int8"])
+    v.add_argument("--threads", type=int)
+    v.set_defaults(func=cmd_verify)
+
+    m = sub.add_parser("models", help="install, check and time the models")
+    msub = m.add_subparsers(dest="models_cmd", required=True)
+    mf = msub.add_parser("fetch", help="install the models (idempotent)")
+    mf.add_argument("--from", dest="mirror", help="local mirror directory of model files")
+    mv = msub.add_parser("verify", help="re-check installed models against the manifest")
+    ml = msub.add_parser("list", help="the manifest")
+    mb = msub.add_parser("bench", help="time every installed model variant on this machine")
+    mb.add_argument("--runs", type=int, default=50)
+    mb.add_argument("--threads-list", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    for sp, fn in ((mf, cmd_models_fetch), (mv, cmd_models_verify), (ml, cmd_models_list), (mb, cmd_models_bench)):
+        sp.add_argument("--dir", help="model directory (default from config / FACEGATE_MODEL_DIR)")
+        sp.add_argument("--config", help="config TOML file")
+        sp.set_defaults(func=fn)
+
+    c = sub.add_parser("config", help="check or print the configuration")
+    csub = c.add_subparsers(dest="config_cmd", required=True)
+    cc = csub.add_parser("check", help="validate a config file, every error with key and line")
+    cc.add_argument("file")
+    cc.set_defaults(func=cmd_config_check)
+    ce = csub.add_parser("example", help="print a commented full config")
+    ce.set_defaults(func=cmd_config_example)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FacegateError as exc:
+        return _fail(str(exc).splitlines()[0] if "\n" not in str(exc) else str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
