@@ -36,13 +36,13 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def rotated_square(cx: float, cy: float, size: float, angle_rad: float, out_px: int) -> np.ndarray:
-    """2x3 matrix that maps a square of side `size` centred on (cx, cy) and rotated by
-    `angle_rad` (counter-clockwise in image coordinates) onto an out_px x out_px crop."""
+    """2x3 matrix that maps a square of side `size` centred on (cx, cy), whose x axis
+    points along `angle_rad` (image coordinates, y down), onto an upright out_px crop:
+    crop = S * R(-angle) * (p - centre) + out_px / 2."""
     s = out_px / size
     c, si = np.cos(angle_rad) * s, np.sin(angle_rad) * s
-    # crop = S * R(-angle) * (p - centre) + out/2
-    return np.array([[c, -si, out_px / 2 - c * cx + si * cy],
-                     [si, c, out_px / 2 - si * cx - c * cy]], dtype=np.float64)
+    return np.array([[c, si, out_px / 2 - c * cx - si * cy],
+                     [-si, c, out_px / 2 + si * cx - c * cy]], dtype=np.float64)
 
 
 def iou(a: tuple, b: tuple) -> float:

@@ -1,0 +1,56 @@
+"""Import direction: rooms import only from rooms above them; only adapters import
+hardware and runtime libraries."""
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "device" / "facegate"
+ADAPTER_ONLY = {"ai_edge_litert", "tflite_runtime", "paho", "gpiozero", "picamera2", "lgpio", "systemd"}
+# room -> rooms it must not import
+FORBIDDEN = {
+    "types": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "cli"},
+    "errors": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "cli"},
+    "config": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "cli"},
+    "ports": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "cli"},
+    "vision": {"liveness", "decide", "pipeline", "session", "adapters", "daemon", "cli"},
+    "liveness": {"pipeline", "session", "adapters", "daemon", "cli"},
+    "decide": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "cli"},
+    "pipeline": {"adapters", "daemon", "cli"},
+    "session": {"adapters", "daemon", "cli"},
+    "adapters": {"pipeline", "session", "daemon", "cli"},
+    "daemon": {"cli"},
+}
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, 0
+        elif isinstance(node, ast.ImportFrom):
+            yield (node.module or ""), node.level
+
+
+def _room(path: Path) -> str:
+    rel = path.relative_to(PKG)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def test_rooms_and_adapter_only_imports():
+    problems = []
+    for f in PKG.rglob("*.py"):
+        room = _room(f)
+        for mod, level in _imports(f):
+            top = mod.split(".")[0]
+            if level == 0 and top in ADAPTER_ONLY and room != "adapters":
+                problems.append(f"{f.relative_to(PKG)} imports {mod}")
+            target = None
+            if level:  # relative import inside the package
+                parts = f.relative_to(PKG).parts
+                base = parts[: len(parts) - level]
+                target = (list(base) + mod.split("."))[0] if (base or mod) else None
+            elif top == "facegate":
+                target = mod.split(".")[1] if "." in mod else None
+            if target and target in FORBIDDEN.get(room, set()):
+                problems.append(f"{f.relative_to(PKG)} ({room}) imports {target}")
+    assert not problems, problems

@@ -1,0 +1,87 @@
+"""`facegate` as a user runs it: a subprocess, real files, real models, exit codes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+FACEGATE = [sys.executable, "-m", "facegate.cli"]
+
+
+def run(*args, **kw):
+    return subprocess.run([*FACEGATE, *map(str, args)], capture_output=True, text=True, timeout=120, **kw)
+
+
+@pytest.fixture(scope="module")
+def pair(lfw, model_dir):
+    return lfw / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg", lfw / "Abel_Pacheco" / "Abel_Pacheco_0004.jpg"
+
+
+def test_verify_match_prints_one_json_object_and_exits_0(pair):
+    p = run("verify", "--reference", pair[0], "--probe", pair[1])
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["decision"] == "match" and out["precision"] in ("fp32", "int8", "dynint8")
+    assert set(out["timings_ms"]) >= {"detect", "mesh", "align", "embed", "total"}
+    assert p.stdout.count("\n") == 1
+
+
+def test_verify_no_match_exits_1(pair, lfw):
+    p = run("verify", "--reference", pair[0], "--probe", lfw / "Akhmed_Zakayev" / "Akhmed_Zakayev_0001.jpg")
+    assert p.returncode == 1 and json.loads(p.stdout)["decision"] == "no_match"
+
+
+@pytest.mark.parametrize("content,why", [
+    (b"", "empty"),
+    (b"this is not an image at all", "not a JPEG"),
+    (b"\xff\xd8\xff\xe0" + b"\0" * 200, "corrupt"),
+])
+def test_bad_reference_exits_2_with_one_line(tmp_path, pair, content, why):
+    bad = tmp_path / "id.jpg"
+    bad.write_bytes(content)
+    p = run("verify", "--reference", bad, "--probe", pair[1])
+    assert p.returncode == 2
+    assert why in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and p.stdout == ""
+
+
+def test_truncated_photo_and_bad_video_exit_2(tmp_path, pair):
+    trunc = tmp_path / "probe.jpg"
+    trunc.write_bytes(pair[1].read_bytes()[:2000])
+    p = run("verify", "--reference", pair[0], "--probe", trunc)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    vid = tmp_path / "probe.mp4"
+    vid.write_bytes(os.urandom(5000))
+    p = run("verify", "--reference", pair[0], "--probe", vid)
+    assert p.returncode == 2 and "not a readable image or video" in p.stderr
+    p = run("verify", "--reference", pair[0], "--probe", tmp_path / "missing.jpg")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    p = run("verify", "--reference", tmp_path, "--probe", pair[1])
+    assert p.returncode == 2 and "directory" in p.stderr
+
+
+def test_config_check_reports_each_error_with_key_and_line(tmp_path):
+    cfg = tmp_path / "facegate.toml"
+    cfg.write_text('device_id = "kiosk-1"\n\n[verify]\nmatch_threshold = 3\nfusion_frame = 2\n[models]\nprecision = "fp64"\n')
+    p = run("config", "check", cfg)
+    assert p.returncode == 2
+    err = p.stderr
+    assert f"{cfg}:4: verify.match_threshold" in err
+    assert f"{cfg}:5: verify.fusion_frame" in err and "Extra inputs" in err
+    assert f"{cfg}:7: models.precision" in err
+
+
+def test_config_example_is_a_valid_config(tmp_path):
+    p = run("config", "example")
+    assert p.returncode == 0
+    f = tmp_path / "example.toml"
+    f.write_text(p.stdout)
+    assert run("config", "check", f).returncode == 0
+    assert "# Cosine similarity" in p.stdout
+
+
+def test_models_verify_passes_on_the_installed_models(model_dir):
+    p = run("models", "verify")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "models: ok" in p.stdout

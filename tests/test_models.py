@@ -1,0 +1,69 @@
+"""Model manifest, fetch and verification on real files; delegation of the real models."""
+import shutil
+
+import pytest
+
+from facegate import modelstore
+from facegate.adapters.litert import LiteRTRunner
+from facegate.errors import ModelError
+
+
+def test_manifest_lists_every_task_with_hashes():
+    m = modelstore.load_manifest()
+    tasks = {e.task for e in m}
+    assert {"detect_short", "detect_full", "mesh", "iris", "embed", "pad_v2", "pad_v1se"} <= tasks
+    assert {e.variant for e in m if e.task == "embed"} == {"fp32", "dynint8", "int8"}
+    for e in m:
+        assert len(e.sha256) == 64 and e.size > 0, e.file
+        assert e.source in ("wheel", "repo", "mirror") and e.license and e.input and e.output
+
+
+def test_fetch_is_idempotent_and_refuses_tampered_files(tmp_path, model_dir):
+    mirror = tmp_path / "mirror"
+    shutil.copytree(model_dir, mirror / "embedding", ignore=shutil.ignore_patterns(".cache"))
+    entry = next(e for e in modelstore.load_manifest() if e.task == "embed" and e.variant == "fp32")
+    # a mirror whose fp32 embedding file was altered by one byte
+    f = mirror / entry.mirror_path
+    data = bytearray(f.read_bytes())
+    data[1000] ^= 0xFF
+    f.write_bytes(bytes(data))
+    manifest = [entry]
+    dest = tmp_path / "models"
+    res = modelstore.fetch(dest, mirror, manifest)
+    assert res[0].status == "refused" and "sha256" in res[0].detail
+    assert not (dest / entry.file).exists()
+    # the intact file installs, and a second fetch finds it present
+    shutil.copy(model_dir / entry.file, f)
+    assert modelstore.fetch(dest, mirror, manifest)[0].status == "installed"
+    assert modelstore.fetch(dest, mirror, manifest)[0].status == "present"
+
+
+def test_a_model_changed_on_disk_is_refused_at_load(tmp_path, model_dir):
+    for e in modelstore.load_manifest():
+        if e.task == "mesh":
+            shutil.copy(model_dir / e.file, tmp_path / e.file)
+            store = modelstore.ModelStore(tmp_path)
+            assert store.path("mesh", "fp32")[0].exists()
+            with open(tmp_path / e.file, "r+b") as fh:
+                fh.seek(5000)
+                fh.write(b"\0\0\0\0")
+            with pytest.raises(ModelError, match="changed on disk"):
+                modelstore.ModelStore(tmp_path).path("mesh", "fp32")
+            assert modelstore.verify(tmp_path, [e])[0].status == "tampered"
+
+
+def test_missing_model_says_how_to_install(tmp_path):
+    with pytest.raises(ModelError, match="models fetch"):
+        modelstore.ModelStore(tmp_path).path("embed", "fp32")
+
+
+def test_installed_models_run_fully_inside_xnnpack(model_dir):
+    """Every model a device loads by default runs with 0 nodes outside the delegate."""
+    store = modelstore.ModelStore(model_dir)
+    report = {}
+    for e in store.manifest:
+        if (model_dir / e.file).is_file() and e.variant in ("fp32", "int8"):
+            report[e.file] = LiteRTRunner(model_dir / e.file).delegate_report()
+    assert report
+    for name, r in report.items():
+        assert r.undelegated == 0 and r.partitions == 1, (name, r)

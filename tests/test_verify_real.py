@@ -1,0 +1,61 @@
+"""The real pipeline on real faces: real models, real LFW / NUAA / replay data."""
+import cv2
+import numpy as np
+
+from facegate.adapters.files import FileCamera
+from facegate.imageio import read_image
+
+
+def img(lfw, name, i):
+    return read_image(lfw / name / f"{name}_{i:04d}.jpg")
+
+
+def test_same_person_pair_matches(verifier, lfw):
+    d, t = verifier.verify_image(img(lfw, "Abel_Pacheco", 1), img(lfw, "Abel_Pacheco", 4))
+    assert d.decision == "match", d
+    assert d.similarity > verifier.cfg.match_threshold
+    assert {"detect", "mesh", "align", "embed", "total"} <= set(t)
+
+
+def test_different_person_pair_does_not_match(verifier, lfw):
+    d, _ = verifier.verify_image(img(lfw, "Abel_Pacheco", 1), img(lfw, "Akhmed_Zakayev", 1))
+    assert d.decision == "no_match" and d.reason == "different_person"
+    assert d.similarity < verifier.cfg.match_threshold
+
+
+def test_tight_id_card_portrait_is_found_and_matches(verifier, lfw):
+    """A 102x126 chip-sized crop, face filling the frame, against another photo."""
+    ref = img(lfw, "Abel_Pacheco", 1)[70:200, 75:180]
+    ref = cv2.resize(ref, (102, 126), interpolation=cv2.INTER_AREA)
+    d, _ = verifier.verify_image(ref, img(lfw, "Abel_Pacheco", 4))
+    assert d.decision == "match", d
+
+
+def test_printed_photo_frame_still_yields_a_face(verifier, data_dir):
+    frame = read_image(data_dir / "nuaa" / "ImposterRaw" / "0001" / sorted(
+        p.name for p in (data_dir / "nuaa" / "ImposterRaw" / "0001").iterdir())[0])
+    probe = verifier.analyze(frame)
+    assert probe.face is not None, probe.reason
+    assert probe.face.embedding.shape == (128,) and np.isclose(np.linalg.norm(probe.face.embedding), 1.0, atol=1e-4)
+    assert probe.face.crop.shape == (112, 112, 3) and probe.face.crop.dtype == np.uint8
+
+
+def test_blank_image_has_no_face(verifier):
+    d, _ = verifier.verify_image(np.full((200, 200, 3), 90, np.uint8), np.full((200, 200, 3), 90, np.uint8))
+    assert d.decision == "no_face" and d.reason == "reference_no_face"
+
+
+def test_video_probe_fuses_frames_of_one_face(verifier, data_dir):
+    """A frame of the live video as the reference; the whole video as the probe."""
+    video = data_dir / "replay" / "zubair" / "live.webm"
+    with FileCamera(video) as cam:
+        frames = list(cam.frames())
+    assert len(frames) > 100
+    assert all(b.t_mono_s > a.t_mono_s for a, b in zip(frames, frames[1:]))
+    d, _ = verifier.verify_frames(frames[20].image, iter(frames))
+    assert d.decision == "match", d
+    assert d.frames_used == verifier.cfg.fusion_frames
+    # and someone else's portrait against the same video does not match
+    other = read_image(data_dir / "lfw" / "images" / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg")
+    d2, _ = verifier.verify_frames(other, iter(frames))
+    assert d2.decision == "no_match"
