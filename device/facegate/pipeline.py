@@ -18,7 +18,7 @@ from .config import Config, VerifyConfig
 from .modelstore import ModelStore
 from .ports import Runner
 from .types import Decision, Detection, FaceAnalysis, Frame
-from .vision.align import align, mesh_points
+from .vision.align import align, five_points
 from .vision.detect import FULL_RANGE, SHORT_RANGE, FaceDetector
 from .vision.embed import Embedder, cosine
 from .vision.geometry import iou
@@ -103,7 +103,7 @@ class Verifier:
         t0 = time.perf_counter()
         mesh = self.mesh.estimate(image, roi_from_detection(det))
         t0 = t.add("mesh", t0)
-        crop = align(image, mesh_points(mesh.points))
+        crop = align(image, five_points(mesh.points))
         q = measure(mesh.points, crop)
         t0 = t.add("align", t0)
         emb = self.embedder.embed(crop) if embed else np.zeros(0, np.float32)
