@@ -6,6 +6,7 @@ embedding (L2-normalised) -> cosine similarity -> decision.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -39,6 +40,10 @@ class Timings:
         self.ms[stage] = self.ms.get(stage, 0.0) + (t1 - t0) * 1000.0
         return t1
 
+    def merge(self, other: "Timings") -> None:
+        for k, v in other.ms.items():
+            self.ms[k] = self.ms.get(k, 0.0) + v
+
     def rounded(self) -> dict:
         return {k: round(v, 2) for k, v in self.ms.items()}
 
@@ -67,20 +72,46 @@ class Verifier:
         self.short, self.full, self.mesh, self.embedder = short, full, mesh, embedder
         self.cfg = cfg
         self.models = models or {}
+        self.peer: Verifier | None = None  # a second lane: its own models, its own thread
+        self._pool: ThreadPoolExecutor | None = None
+
+    def with_peer(self, peer: "Verifier") -> "Verifier":
+        """Give this verifier a second lane; model invocations release the GIL, so two
+        lanes run on two cores (reference and probe analysed at the same time)."""
+        self.peer = peer
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="facegate-lane")
+        return self
+
+    def _analyze_reference(self, reference: np.ndarray):
+        """Start the reference analysis: on the peer lane when there is one.
+        Returns a callable giving (Probe, Timings)."""
+        if self._pool is None:
+            t = Timings()
+            probe = self.analyze(reference, reference=True, t=t)
+            return lambda: (probe, t)
+        t = Timings()
+        fut = self._pool.submit(self.peer.analyze, reference, True, t)
+        return lambda: (fut.result(), t)
 
     @classmethod
     def from_store(cls, store: ModelStore, config: Config, make_runner: RunnerFactory) -> "Verifier":
         """Load the verified model files named by the config (raises ModelError)."""
-        nt = config.models.num_threads
+        lanes = config.models.lanes or (2 if config.models.num_threads >= 2 else 1)
+        nt = max(1, config.models.num_threads // lanes)
         paths = {}
         for task, precision in (("detect_short", "fp32"), ("detect_full", "fp32"), ("mesh", "fp32"),
                                 ("embed", config.models.precision)):
             paths[task] = store.path(task, precision)
         models = {task: entry.sha256 for task, (_, entry) in paths.items()}
-        return cls(FaceDetector(make_runner(paths["detect_short"][0], nt), SHORT_RANGE),
-                   FaceDetector(make_runner(paths["detect_full"][0], nt), FULL_RANGE),
-                   FaceMesh(make_runner(paths["mesh"][0], nt)),
-                   Embedder(make_runner(paths["embed"][0], nt)), config.verify, models)
+
+        def lane() -> Verifier:
+            return cls(FaceDetector(make_runner(paths["detect_short"][0], nt), SHORT_RANGE),
+                       FaceDetector(make_runner(paths["detect_full"][0], nt), FULL_RANGE),
+                       FaceMesh(make_runner(paths["mesh"][0], nt)),
+                       Embedder(make_runner(paths["embed"][0], nt)), config.verify, models)
+
+        main = lane()
+        return main.with_peer(lane()) if lanes == 2 else main
 
     # -- stages --------------------------------------------------------------------
     def find_faces(self, image: np.ndarray, reference: bool, t: Timings) -> list[Detection]:
@@ -127,12 +158,14 @@ class Verifier:
         """Reference portrait vs one probe image -> (Decision, timings in ms)."""
         t = Timings()
         t_start = time.perf_counter()
-        ref = self.analyze(reference, reference=True, t=t)
+        pending = self._analyze_reference(reference)
+        pr = self.analyze(probe, t=t)
+        ref, t_ref = pending()
+        t.merge(t_ref)
         if ref.face is None or ref.reason:
             d = Decision(decide.NO_FACE, f"reference_{ref.reason}", None,
                          {"reference": ref.face.quality.as_dict()} if ref.face else {})
         else:
-            pr = self.analyze(probe, t=t)
             quality = {"reference": ref.face.quality.as_dict()}
             if pr.face is not None:
                 quality["probe"] = pr.face.quality.as_dict()
@@ -149,10 +182,7 @@ class Verifier:
         embeddings and decide once."""
         t = Timings()
         t_start = time.perf_counter()
-        ref = self.analyze(reference, reference=True, t=t)
-        if ref.face is None or ref.reason:
-            t.add("total", t_start)
-            return Decision(decide.NO_FACE, f"reference_{ref.reason}"), t.rounded()
+        pending = self._analyze_reference(reference)
         best: list[tuple[float, FaceAnalysis]] = []
         last_box = None
         reasons: dict[str, int] = {}
@@ -177,6 +207,11 @@ class Verifier:
             best.append((decide.quality_score(face.quality), face))
             best.sort(key=lambda x: -x[0])
             del best[self.cfg.fusion_frames:]
+        ref, t_ref = pending()
+        t.merge(t_ref)
+        if ref.face is None or ref.reason:
+            t.add("total", t_start)
+            return Decision(decide.NO_FACE, f"reference_{ref.reason}"), t.rounded()
         quality = {"reference": ref.face.quality.as_dict(), "frames": seen}
         if not best:
             reason = max(reasons, key=reasons.get) if reasons else "no_frames"
