@@ -59,3 +59,20 @@ def test_video_probe_fuses_frames_of_one_face(verifier, data_dir):
     other = read_image(data_dir / "lfw" / "images" / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg")
     d2, _ = verifier.verify_frames(other, iter(frames))
     assert d2.decision == "no_match"
+
+
+def test_two_lanes_give_the_same_result_as_one(verifier, lfw, model_dir):
+    """num_threads=2 analyses reference and probe on two lanes at once; same answer."""
+    from facegate import config as config_mod
+    from facegate.cli import build_verifier
+
+    cfg = config_mod.Config()
+    cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"num_threads": 2})})
+    v2 = build_verifier(cfg)
+    assert v2.peer is not None and verifier.peer is None
+    a, b = img(lfw, "Abel_Pacheco", 1), img(lfw, "Abel_Pacheco", 4)
+    d1, _ = verifier.verify_image(a, b)
+    d2, t2 = v2.verify_image(a, b)
+    assert d2.decision == d1.decision == "match"
+    assert abs(d2.similarity - d1.similarity) < 1e-5
+    assert t2["embed"] > 0 and t2["total"] < t2["detect"] + t2["mesh"] + t2["align"] + t2["embed"] + 5
