@@ -67,3 +67,13 @@ def test_installed_models_run_fully_inside_xnnpack(model_dir):
     assert report
     for name, r in report.items():
         assert r.undelegated == 0 and r.partitions == 1, (name, r)
+
+
+def test_optional_variants_need_all(tmp_path, model_dir):
+    entry = next(e for e in modelstore.load_manifest() if e.optional)
+    mirror = tmp_path / "mirror"
+    (mirror / entry.mirror_path).parent.mkdir(parents=True)
+    (mirror / entry.mirror_path).write_bytes(b"not the model")
+    assert modelstore.fetch(tmp_path / "m", mirror, [entry]) == []
+    res = modelstore.fetch(tmp_path / "m", mirror, [entry], include_optional=True)
+    assert res[0].status == "refused"

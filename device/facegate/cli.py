@@ -99,7 +99,7 @@ def cmd_models_fetch(args) -> int:
     mirror = Path(args.mirror) if args.mirror else None
     if mirror is not None and not mirror.is_dir():
         return _fail(f"mirror directory {mirror} does not exist")
-    results = modelstore.fetch(store.model_dir, mirror)
+    results = modelstore.fetch(store.model_dir, mirror, include_optional=args.all)
     for r in results:
         print(f"{r.status:9s} {r.entry.task:12s} {r.entry.variant:8s} {r.entry.file:36s} {r.detail}")
     refused = [r for r in results if r.status == "refused"]
@@ -209,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     msub = m.add_subparsers(dest="models_cmd", required=True)
     mf = msub.add_parser("fetch", help="install the models (idempotent)")
     mf.add_argument("--from", dest="mirror", help="local mirror directory of model files")
+    mf.add_argument("--all", action="store_true", help="also install optional variants (see the manifest)")
     mv = msub.add_parser("verify", help="re-check installed models against the manifest")
     ml = msub.add_parser("list", help="the manifest")
     mb = msub.add_parser("bench", help="time every installed model variant on this machine")

@@ -52,6 +52,7 @@ class ModelEntry:
     mirror_path: str = ""
     repo_path: str = ""
     url: str = ""
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,9 +146,12 @@ def _source_bytes(entry: ModelEntry, mirror: Path | None, cache: Path,
 
 
 def fetch(model_dir: Path, mirror: Path | None = None,
-          manifest: list[ModelEntry] | None = None) -> list[FetchResult]:
-    """Install every manifest model that is not yet installed intact; idempotent."""
+          manifest: list[ModelEntry] | None = None, include_optional: bool = False) -> list[FetchResult]:
+    """Install every manifest model that is not yet installed intact; idempotent.
+    Optional variants are installed only with include_optional."""
     manifest = manifest if manifest is not None else load_manifest()
+    if not include_optional:
+        manifest = [e for e in manifest if not e.optional or (model_dir / e.file).is_file()]
     cache = model_dir / ".cache"
     wheels: dict[str, zipfile.ZipFile] = {}
     results = []
@@ -174,11 +178,14 @@ def fetch(model_dir: Path, mirror: Path | None = None,
 
 
 def verify(model_dir: Path, manifest: list[ModelEntry] | None = None) -> list[FetchResult]:
-    """Re-check every installed model; status ok | missing | tampered."""
+    """Re-check every installed model; status ok | missing | tampered (an optional
+    variant that is not installed is not reported)."""
     manifest = manifest if manifest is not None else load_manifest()
     out = []
     for entry in manifest:
         path = model_dir / entry.file
+        if not path.is_file() and entry.optional:
+            continue
         if not path.is_file():
             out.append(FetchResult(entry, "missing"))
             continue
