@@ -49,10 +49,20 @@ class VerifyConfig(_Section):
     max_image_pixels: int = Field(40_000_000, ge=10_000, description="Largest accepted decoded image, pixels")
 
 
+class LivenessConfig(_Section):
+    # Chosen by scripts/eval_liveness.py on ../shared/data/nuaa (240 live / 240 printed
+    # photo frames): the threshold minimising max(APCER, BPCER) was 0.49 with the int8
+    # models and 0.51 with fp32; at 0.5 both give APCER 0 %, BPCER 0.42 % (one live frame
+    # without a detectable face), and reject the replay video and both silent_face attacks.
+    passive_threshold: float = Field(0.5, ge=0, le=1, description="Median over frames of the mean MiniFASNet p(real) at or above which a face counts as live")
+    passive_min_frames: int = Field(1, ge=1, description="Fewest scored frames for a passive verdict")
+
+
 class Config(_Section):
     device_id: str = Field("facegate-dev", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Device name used in topics and results")
     models: ModelsConfig = ModelsConfig()
     verify: VerifyConfig = VerifyConfig()
+    liveness: LivenessConfig = LivenessConfig()
 
 
 def _line_of(text: str, loc: tuple) -> int | None:

@@ -23,7 +23,9 @@ from .vision.align import align, five_points
 from .vision.detect import FULL_RANGE, SHORT_RANGE, FaceDetector
 from .vision.embed import Embedder, cosine
 from .vision.geometry import iou
+from .liveness.passive import V1SE_SCALE, V2_SCALE, PassiveLiveness
 from .vision.mesh import FaceMesh, roi_from_detection
+from .vision.pad import PadModel
 from .vision.quality import measure
 
 RunnerFactory = Callable[[Path, int], Runner]
@@ -46,6 +48,14 @@ class Timings:
 
     def rounded(self) -> dict:
         return {k: round(v, 2) for k, v in self.ms.items()}
+
+
+def build_passive(store: ModelStore, config: Config, make_runner: RunnerFactory) -> PassiveLiveness:
+    """Both MiniFASNet models at the configured precision (verified files)."""
+    nt = config.models.num_threads
+    pv2, _ = store.path("pad_v2", config.models.precision)
+    pv1, _ = store.path("pad_v1se", config.models.precision)
+    return PassiveLiveness(PadModel(make_runner(pv2, nt), V2_SCALE), PadModel(make_runner(pv1, nt), V1SE_SCALE))
 
 
 @dataclass(frozen=True)

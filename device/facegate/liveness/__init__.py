@@ -1,0 +1,1 @@
+"""Liveness: passive presentation-attack scoring and (next) the active challenge."""
