@@ -85,3 +85,56 @@ def test_models_verify_passes_on_the_installed_models(model_dir):
     p = run("models", "verify")
     assert p.returncode == 0, p.stdout + p.stderr
     assert "models: ok" in p.stdout
+
+
+@pytest.fixture(scope="module")
+def zubair(data_dir, tmp_path_factory):
+    """Reference: a frame of the live video (the same person), saved as a PNG portrait."""
+    import cv2
+
+    from facegate.adapters.files import FileCamera
+
+    d = tmp_path_factory.mktemp("zubair")
+    with FileCamera(data_dir / "replay" / "zubair" / "live.webm") as cam:
+        for f in cam.frames():
+            if f.seq == 20:
+                cv2.imwrite(str(d / "ref.png"), f.image)
+                break
+    (d / "cfg.toml").write_text("[liveness]\nstep_timeout_s = 10.0\n")  # the video's turns come late
+    return d, data_dir / "replay" / "zubair"
+
+
+def test_printed_photo_of_the_right_person_is_a_spoof(data_dir, model_dir):
+    live = sorted((data_dir / "nuaa" / "ClientRaw" / "0001").iterdir())[0]
+    photo = sorted((data_dir / "nuaa" / "ImposterRaw" / "0001").iterdir())[0]
+    plain = json.loads(run("verify", "--reference", live, "--probe", photo).stdout)
+    assert plain["decision"] == "match"  # the face itself matches ...
+    p = run("verify", "--reference", live, "--probe", photo, "--liveness", "passive")
+    out = json.loads(p.stdout)
+    assert p.returncode == 1 and out["decision"] == "spoof" and out["reason"] == "presentation_attack"
+    assert out["liveness"] == {"mode": "passive", "passive_pass": False, "passive_frames": 1}
+    assert "score" not in json.dumps(out["liveness"])
+
+
+def test_live_video_passes_the_challenge_in_its_order_only(zubair):
+    d, vids = zubair
+    args = ["verify", "--config", d / "cfg.toml", "--reference", d / "ref.png", "--probe", vids / "live.webm",
+            "--liveness", "both", "--challenge"]
+    ok = run(*args, "turn_right,turn_left")
+    out = json.loads(ok.stdout)
+    assert ok.returncode == 0 and out["decision"] == "match", out
+    assert out["liveness"]["steps_done"] == ["turn_right", "turn_left"] and out["liveness"]["passive_pass"]
+    wrong = json.loads(run(*args, "turn_left,turn_right").stdout)
+    assert wrong["decision"] == "spoof" and wrong["reason"] == "timeout"
+
+
+def test_screen_replay_is_a_spoof(zubair):
+    d, vids = zubair
+    p = run("verify", "--reference", d / "ref.png", "--probe", vids / "screen_replay.webm", "--liveness", "passive")
+    out = json.loads(p.stdout)
+    assert p.returncode == 1 and out["decision"] == "spoof", out
+
+
+def test_unknown_challenge_step_is_bad_input(pair):
+    p = run("verify", "--reference", pair[0], "--probe", pair[1], "--liveness", "active", "--challenge", "smile")
+    assert p.returncode == 2 and "unknown challenge step" in p.stderr

@@ -70,12 +70,15 @@ def cmd_verify(args) -> int:
     except InputError as exc:
         return _fail(str(exc))
     verifier = build_verifier(cfg)
+    liveness = build_liveness(cfg, args)
+    if liveness is not None and camera is None:
+        camera = FileCamera(probe_path)  # one image = a one-frame session
     try:
-        if probe is not None:
+        if camera is None:
             decision, timings = verifier.verify_image(reference, probe)
         else:
             with camera:
-                decision, timings = verifier.verify_frames(reference, camera.frames())
+                decision, timings = verifier.verify_frames(reference, camera.frames(), liveness)
     except InputError as exc:
         return _fail(str(exc))
     out = {
@@ -88,8 +91,34 @@ def cmd_verify(args) -> int:
         "timings_ms": timings,
         "precision": modelstore.ModelStore.variant_of(verifier.models.get("embed")),
     }
+    if decision.liveness:
+        out["liveness"] = {"mode": args.liveness, **decision.liveness}
     print(json.dumps(out))
     return EXIT_OK if decision.decision == "match" else EXIT_NEGATIVE
+
+
+def build_liveness(cfg: config_mod.Config, args):
+    """The LivenessCheck that --liveness asks for, or None."""
+    import random
+
+    from .liveness.challenge import Challenge, ChallengeOptions, draw_steps
+    from .pipeline import LivenessCheck, build_passive
+
+    mode = getattr(args, "liveness", "none")
+    if mode == "none":
+        return None
+    lc = cfg.liveness
+    check = LivenessCheck(passive_threshold=lc.passive_threshold, passive_min_frames=lc.passive_min_frames)
+    if mode in ("passive", "both"):
+        check.passive = build_passive(_store(cfg), cfg, make_runner)
+    if mode in ("active", "both"):
+        if args.challenge is not None:
+            steps = [s for s in args.challenge.split(",") if s]
+        else:
+            steps = draw_steps(random.Random(args.seed), lc.challenge_length, tuple(lc.challenge_steps))
+        opts = ChallengeOptions(step_timeout_s=lc.step_timeout_s, turn_min_deg=lc.turn_min_deg)
+        check.challenge = Challenge(steps, opts)
+    return check
 
 
 # -- models ---------------------------------------------------------------------------
@@ -192,6 +221,13 @@ def cmd_config_example(args) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------
+def _steps(text: str) -> str:
+    bad = [s for s in text.split(",") if s and s not in ("blink", "turn_left", "turn_right")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown challenge step(s): {', '.join(bad)}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="facegate", description="On-device face verification for kiosks")
     p.add_argument("--version", action="version", version=f"facegate {__version__}")
@@ -203,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--config", help="config TOML file")
     v.add_argument("--precision", choices=["auto", "fp32", "dynint8", "int8"])
     v.add_argument("--threads", type=int)
+    v.add_argument("--liveness", choices=["none", "passive", "active", "both"], default="none",
+                   help="liveness to require; a session that fails it is decided spoof")
+    v.add_argument("--challenge", type=_steps, help="fixed challenge steps, e.g. turn_left,blink (default: random)")
+    v.add_argument("--seed", type=int, help="seed of the random challenge (default: fresh)")
     v.set_defaults(func=cmd_verify)
 
     m = sub.add_parser("models", help="install, check and time the models")

@@ -56,6 +56,11 @@ class LivenessConfig(_Section):
     # without a detectable face), and reject the replay video and both silent_face attacks.
     passive_threshold: float = Field(0.5, ge=0, le=1, description="Median over frames of the mean MiniFASNet p(real) at or above which a face counts as live")
     passive_min_frames: int = Field(1, ge=1, description="Fewest scored frames for a passive verdict")
+    challenge_length: int = Field(2, ge=0, le=6, description="Steps in a random active challenge")
+    challenge_steps: list[Literal["blink", "turn_left", "turn_right"]] = Field(
+        ["blink", "turn_left", "turn_right"], min_length=1, description="Steps a random challenge may draw from")
+    step_timeout_s: float = Field(6.0, gt=0, description="Time allowed for each challenge step, seconds of frame time")
+    turn_min_deg: float = Field(25.0, gt=0, le=80, description="Smallest head turn away from the person's frontal pose, degrees")
 
 
 class Config(_Section):

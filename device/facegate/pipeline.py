@@ -23,7 +23,8 @@ from .vision.align import align, five_points
 from .vision.detect import FULL_RANGE, SHORT_RANGE, FaceDetector
 from .vision.embed import Embedder, cosine
 from .vision.geometry import iou
-from .liveness.passive import V1SE_SCALE, V2_SCALE, PassiveLiveness
+from .liveness.challenge import Challenge, Observation, eye_openness
+from .liveness.passive import V1SE_SCALE, V2_SCALE, PassiveLiveness, fuse
 from .vision.mesh import FaceMesh, roi_from_detection
 from .vision.pad import PadModel
 from .vision.quality import measure
@@ -56,6 +57,58 @@ def build_passive(store: ModelStore, config: Config, make_runner: RunnerFactory)
     pv2, _ = store.path("pad_v2", config.models.precision)
     pv1, _ = store.path("pad_v1se", config.models.precision)
     return PassiveLiveness(PadModel(make_runner(pv2, nt), V2_SCALE), PadModel(make_runner(pv1, nt), V1SE_SCALE))
+
+
+@dataclass
+class LivenessCheck:
+    """What liveness a video verification must pass: the passive models (or None) with
+    their threshold, and an active challenge (or None). drift_every: every n-th frame
+    with a face is embedded and compared with the first, to catch a face swap."""
+
+    passive: PassiveLiveness | None = None
+    passive_threshold: float = 0.5
+    passive_min_frames: int = 1
+    challenge: Challenge | None = None
+    drift_every: int = 5
+    scores: list = field(default_factory=list)
+    track_changed: bool = False  # another face took the tracked face's place
+    _first: np.ndarray | None = None
+    _n: int = 0
+
+    def observe(self, embedder: Embedder, t_s: float, face: FaceAnalysis | None, image: np.ndarray) -> None:
+        """Feed one frame's tracked face (or None) to the passive and active checks."""
+        if face is None:
+            if self.challenge:
+                self.challenge.update(Observation(t_s, False))
+            return
+        if self.passive:  # every frame of the tracked face, as scripts/eval_liveness.py scores them
+            self.scores.append(self.passive.score(image, face.detection))
+        if self.challenge and face.mesh.presence >= 0.5:
+            sim = None
+            if self._n % self.drift_every == 0:
+                e = embedder.embed(face.crop)
+                if self._first is None:
+                    self._first = e
+                sim = cosine(self._first, e)
+            self._n += 1
+            self.challenge.update(Observation(t_s, True, face.quality.yaw_deg, eye_openness(face.mesh.points), sim))
+
+    def verdict(self) -> tuple[str | None, dict]:
+        """(reason the session is a spoof or None, summary without scores)."""
+        summary: dict = {}
+        reason = "face_changed" if self.track_changed else None
+        if self.challenge is not None:
+            ch = self.challenge
+            summary.update(steps=list(ch.steps), active_pass=ch.status == "passed",
+                           steps_done=[e for e, _ in ch.events])
+            if ch.status != "passed":
+                reason = ch.reason or "challenge_incomplete"
+        if self.passive is not None:
+            v = fuse(self.scores, self.passive_threshold, self.passive_min_frames)
+            summary.update(passive_pass=v.live, passive_frames=v.frames)
+            if not v.live and reason is None:
+                reason = v.reason
+        return reason, summary
 
 
 @dataclass(frozen=True)
@@ -187,9 +240,11 @@ class Verifier:
         t.add("total", t_start)
         return d, t.rounded()
 
-    def verify_frames(self, reference: np.ndarray, frames: Iterable[Frame]) -> tuple[Decision, dict]:
+    def verify_frames(self, reference: np.ndarray, frames: Iterable[Frame],
+                      liveness: LivenessCheck | None = None) -> tuple[Decision, dict]:
         """Reference vs live frames: follow one face, keep its best frames, fuse their
-        embeddings and decide once."""
+        embeddings and decide once. With `liveness`, a session that fails it is a spoof
+        whatever the similarity."""
         t = Timings()
         t_start = time.perf_counter()
         pending = self._analyze_reference(reference)
@@ -206,11 +261,19 @@ class Verifier:
             det, reason = decide.choose_face(dets, w, h, self.cfg.dominant_face_ratio)
             if det is not None and last_box is not None and iou(det.box, last_box) < 0.1:
                 reason, det = "face_changed", None
+                if liveness:
+                    liveness.track_changed = True
             if det is None:
                 reasons[reason] = reasons.get(reason, 0) + 1
+                if liveness:
+                    liveness.observe(self.embedder, frame.t_mono_s, None, frame.image)
                 continue
             face = self.examine(frame.image, det, t, len(dets), embed=False)
             last_box = det.box
+            if liveness:
+                t0 = time.perf_counter()
+                liveness.observe(self.embedder, frame.t_mono_s, face, frame.image)
+                t.add("liveness", t0)
             if face.reason:
                 reasons[face.reason] = reasons.get(face.reason, 0) + 1
                 continue
@@ -233,5 +296,9 @@ class Verifier:
         quality["probe"] = best[0][1].quality.as_dict()
         d = decide.decide_match(cosine(ref.face.embedding, decide.fuse(embs)),
                                 self.cfg.match_threshold, quality, len(embs))
+        if liveness:
+            spoof, summary = liveness.verdict()
+            d = Decision(decide.SPOOF if spoof else d.decision, spoof or d.reason, d.similarity,
+                         quality, len(embs), summary)
         t.add("total", t_start)
         return d, t.rounded()

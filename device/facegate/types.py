@@ -98,3 +98,4 @@ class Decision:
     similarity: float | None = None
     quality: dict = field(default_factory=dict)
     frames_used: int = 0
+    liveness: dict = field(default_factory=dict)
