@@ -62,17 +62,17 @@ def cmd_verify(args) -> int:
 
     cfg = _config(args)
     lim = (cfg.verify.max_image_bytes, cfg.verify.max_image_pixels)
+    probe_path = Path(args.probe)
+    # with liveness, even a single image is a (one-frame) session through the camera path
+    as_frames = args.liveness != "none" or not is_image_path(probe_path)
     try:
         reference = read_image(args.reference, *lim)
-        probe_path = Path(args.probe)
-        probe = read_image(probe_path, *lim) if is_image_path(probe_path) else None
-        camera = None if probe is not None else FileCamera(probe_path, max_bytes=cfg.verify.max_image_bytes * 10)
+        probe = None if as_frames else read_image(probe_path, *lim)
+        camera = FileCamera(probe_path, max_bytes=lim[0] * 10, max_pixels=lim[1]) if as_frames else None
     except InputError as exc:
         return _fail(str(exc))
     verifier = build_verifier(cfg)
     liveness = build_liveness(cfg, args)
-    if liveness is not None and camera is None:
-        camera = FileCamera(probe_path)  # one image = a one-frame session
     try:
         if camera is None:
             decision, timings = verifier.verify_image(reference, probe)
@@ -222,7 +222,9 @@ def cmd_config_example(args) -> int:
 
 # -- parser ---------------------------------------------------------------------------
 def _steps(text: str) -> str:
-    bad = [s for s in text.split(",") if s and s not in ("blink", "turn_left", "turn_right")]
+    from .liveness.challenge import STEPS
+
+    bad = [s for s in text.split(",") if s and s not in STEPS]
     if bad:
         raise argparse.ArgumentTypeError(f"unknown challenge step(s): {', '.join(bad)}")
     return text
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except FacegateError as exc:
-        return _fail(str(exc).splitlines()[0] if "\n" not in str(exc) else str(exc))
+        return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
 

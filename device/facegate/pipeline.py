@@ -18,13 +18,13 @@ from . import decide
 from .config import Config, VerifyConfig
 from .modelstore import ModelStore
 from .ports import Runner
+from .liveness.challenge import Challenge, Observation, eye_openness
+from .liveness.passive import V1SE_SCALE, V2_SCALE, PassiveLiveness, fuse
 from .types import Decision, Detection, FaceAnalysis, Frame
 from .vision.align import align, five_points
 from .vision.detect import FULL_RANGE, SHORT_RANGE, FaceDetector
 from .vision.embed import Embedder, cosine
 from .vision.geometry import iou
-from .liveness.challenge import Challenge, Observation, eye_openness
-from .liveness.passive import V1SE_SCALE, V2_SCALE, PassiveLiveness, fuse
 from .vision.mesh import FaceMesh, roi_from_detection
 from .vision.pad import PadModel
 from .vision.quality import measure
@@ -148,11 +148,10 @@ class Verifier:
     def _analyze_reference(self, reference: np.ndarray):
         """Start the reference analysis: on the peer lane when there is one.
         Returns a callable giving (Probe, Timings)."""
+        t = Timings()
         if self._pool is None:
-            t = Timings()
             probe = self.analyze(reference, reference=True, t=t)
             return lambda: (probe, t)
-        t = Timings()
         fut = self._pool.submit(self.peer.analyze, reference, True, t)
         return lambda: (fut.result(), t)
 

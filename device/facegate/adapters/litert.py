@@ -2,10 +2,9 @@
 tflite_runtime when only that is installed)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
