@@ -8,9 +8,9 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -63,11 +63,97 @@ class LivenessConfig(_Section):
     turn_min_deg: float = Field(25.0, gt=0, le=80, description="Smallest head turn away from the person's frontal pose, degrees")
 
 
+class CameraConfig(_Section):
+    source: Literal["file", "v4l2", "picamera2"] = Field("file", description="Frame source: a file (image, folder or video), a V4L2/USB webcam via OpenCV, or a Pi camera via picamera2")
+    path: str = Field("", description="file: image, folder of images or video to play as the camera")
+    device: str = Field("0", description="v4l2: device path (/dev/video0) or index (0)")
+    width: int = Field(1280, ge=64, le=8192, description="Capture width in pixels (v4l2 / picamera2 main stream)")
+    height: int = Field(720, ge=64, le=8192, description="Capture height in pixels (v4l2 / picamera2 main stream)")
+    fps: float = Field(15.0, gt=0, le=120, description="Frames per second asked of the camera (file: for images and folders)")
+    lores_width: int = Field(640, ge=64, le=4096, description="picamera2: width of the small stream used for detection, pixels")
+    lores_height: int = Field(360, ge=64, le=4096, description="picamera2: height of the small stream used for detection, pixels")
+    realtime: bool = Field(True, description="file: play frames at their own timestamps (false = as fast as possible)")
+    loop: bool = Field(True, description="file: start over at the end")
+    restart_each_session: bool = Field(True, description="file: every verification session replays the file from its start")
+    idle_fps: float = Field(5.0, gt=0, le=120, description="Frames per second read while no session runs (keeps the camera and watchdog alive)")
+    reopen_min_s: float = Field(0.5, gt=0, description="First wait before reopening a failed camera, seconds (doubles up to reopen_max_s)")
+    reopen_max_s: float = Field(30.0, gt=0, description="Longest wait between camera reopen attempts, seconds")
+    frame_timeout_s: float = Field(5.0, gt=0, description="A camera that delivers no frame for this long counts as failed, seconds")
+
+
+class GpioConfig(_Section):
+    # BCM pin numbers; None = not fitted. GPIO is off unless enabled; on a machine that is
+    # not a Pi choose pin_factory = "mock" explicitly (nothing falls back silently).
+    enabled: bool = Field(False, description="Drive LEDs, relay, button and buzzer")
+    pin_factory: Literal["", "lgpio", "rpigpio", "native", "mock"] = Field("", description="gpiozero pin factory; empty = gpiozero's default on a Pi (lgpio on a Pi 5)")
+    led_ready: int | None = Field(None, ge=0, le=53, description="Green 'ready' LED pin")
+    led_busy: int | None = Field(None, ge=0, le=53, description="Amber 'busy' LED pin (a session runs)")
+    led_pass: int | None = Field(None, ge=0, le=53, description="'pass' LED pin (lit after a match)")
+    led_fail: int | None = Field(None, ge=0, le=53, description="'fail' LED pin (lit after any other decision)")
+    rgb_led: list[int] | None = Field(None, min_length=3, max_length=3, description="One RGB LED instead of the four LEDs: [red, green, blue] pins")
+    relay_pin: int | None = Field(None, ge=0, le=53, description="Relay pulsed once on every match (turnstile, card dispenser)")
+    relay_active_high: bool = Field(True, description="Relay energised by a high level (false = active low)")
+    relay_pulse_ms: int = Field(1000, ge=10, le=60_000, description="Length of the relay pulse, milliseconds")
+    button_pin: int | None = Field(None, ge=0, le=53, description="Start button (pulled up, pressed = low): starts a local session when a reference is waiting")
+    buzzer_pin: int | None = Field(None, ge=0, le=53, description="Optional buzzer, beeps on each decision")
+    result_show_s: float = Field(3.0, ge=0, description="How long the pass / fail LED stays lit, seconds")
+
+    @model_validator(mode="after")
+    def _pins_distinct(self):
+        pins = [p for p in (self.led_ready, self.led_busy, self.led_pass, self.led_fail, self.relay_pin,
+                            self.button_pin, self.buzzer_pin, *(self.rgb_led or [])) if p is not None]
+        dup = sorted({p for p in pins if pins.count(p) > 1})
+        if dup:
+            raise ValueError(f"pin(s) {dup} used twice")
+        return self
+
+
+class MqttConfig(_Section):
+    enabled: bool = Field(True, description="Connect to the broker (false = results stay in the outbox)")
+    host: str = Field("localhost", description="Broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS)")
+    prefix: str = Field("facegate/v1", pattern=r"^[^#+]+$", description="Topic prefix; topics are {prefix}/{device_id}/...")
+    client_id: str = Field("", description="MQTT client id; empty = facegate-{device_id}")
+    username: str = Field("", description="User name (empty = anonymous)")
+    password_file: str = Field("", description="File holding the password (first line); keeps secrets out of the config")
+    tls: bool = Field(False, description="Connect with TLS")
+    ca_file: str = Field("", description="CA certificate(s) for the broker, PEM (empty = the system store)")
+    cert_file: str = Field("", description="Client certificate, PEM (optional)")
+    key_file: str = Field("", description="Client certificate's private key, PEM (optional)")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive, seconds")
+    reconnect_min_s: float = Field(1.0, gt=0, description="First reconnect back-off, seconds")
+    reconnect_max_s: float = Field(60.0, gt=0, description="Largest reconnect back-off, seconds")
+    max_inflight: int = Field(20, ge=1, le=1000, description="Results published and not yet acknowledged at once")
+    ha_discovery: bool = Field(True, description="Publish Home Assistant MQTT discovery")
+    ha_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix")
+    trusted_keys: list[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]] = Field(default_factory=list, description="Ed25519 public keys (64 hex digits each) whose signed verify commands are accepted")
+
+
+class DaemonConfig(_Section):
+    state_dir: str = Field("/var/lib/facegate", description="Outbox, sequence counter, status file and (by default) the signing key")
+    key_file: str = Field("", description="Ed25519 signing key (PEM, mode 0600); empty = the systemd credential 'signing.key' if present, else {state_dir}/signing.key; created on first start")
+    liveness: Literal["none", "passive", "active", "both"] = Field("both", description="Liveness every session must pass")
+    session_timeout_s: float = Field(30.0, gt=0, description="Longest verification session, seconds of frame time")
+    health_interval_s: float = Field(30.0, gt=0, description="Period of the retained health message, seconds")
+    command_max_age_s: float = Field(300.0, gt=0, description="Largest accepted exp - iat of a verify command, seconds")
+    clock_skew_s: float = Field(30.0, ge=0, description="Tolerated clock difference to the backend, seconds")
+    max_command_bytes: int = Field(2_000_000, ge=1000, description="Largest accepted verify command, bytes")
+    max_reference_pixels: int = Field(4_000_000, ge=10_000, description="Largest accepted decoded reference portrait, pixels")
+    max_pending: int = Field(4, ge=1, le=100, description="Verify commands waiting behind the running session; more are rejected as busy")
+    outbox_max_age_s: float = Field(7 * 86400.0, gt=0, description="Undelivered results older than this expire (counted in health), seconds")
+    outbox_max_rows: int = Field(100_000, ge=10, description="Most undelivered results kept; the oldest expire first")
+    min_free_mb: float = Field(20.0, ge=0, description="Free space the state dir needs before a session starts, MiB")
+
+
 class Config(_Section):
     device_id: str = Field("facegate-dev", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Device name used in topics and results")
     models: ModelsConfig = ModelsConfig()
     verify: VerifyConfig = VerifyConfig()
     liveness: LivenessConfig = LivenessConfig()
+    camera: CameraConfig = CameraConfig()
+    gpio: GpioConfig = GpioConfig()
+    mqtt: MqttConfig = MqttConfig()
+    daemon: DaemonConfig = DaemonConfig()
 
 
 def _line_of(text: str, loc: tuple) -> int | None:
@@ -129,7 +215,8 @@ def example() -> str:
         out.append(f"[{name}]")
         for key, f in type(sub).model_fields.items():
             out.append(f"# {f.description}")
-            out.append(f"{key} = {_toml_value(getattr(sub, key))}")
+            value = _toml_value(getattr(sub, key))
+            out.append(f"# {key} =   (not set)" if value is None else f"{key} = {value}")
         out.append("")
     return "\n".join(out)
 
@@ -139,6 +226,8 @@ def _toml_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if v is None:
+        return None
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return repr(v)

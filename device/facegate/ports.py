@@ -6,7 +6,7 @@ only sees these protocols.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -61,3 +61,47 @@ class Clock(Protocol):
     def monotonic(self) -> float: ...
 
     def time(self) -> float: ...
+
+
+class Indicators(Protocol):
+    """What the customer and technician see and what the terminal switches: status LEDs,
+    the relay, the buzzer; and the start button. `show` takes one of
+    "off" | "ready" | "busy" | "pass" | "fail"."""
+
+    def show(self, state: str) -> None: ...
+
+    def pulse_relay(self) -> None: ...
+
+    def beep(self) -> None: ...
+
+    def on_button(self, callback: Callable[[], None]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One received MQTT message. response_topic / correlation: MQTT 5 request-response
+    properties, when the sender set them."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation: bytes | None = None
+
+
+class Publisher(Protocol):
+    """The one MQTT communicator. `publish` returns False when not connected; `on_ack` is
+    called (on a network thread) once the broker acknowledged a QoS 1 message."""
+
+    connected: bool
+
+    def start(self, on_message: Callable[[Inbound], None], on_connect: Callable[[], None],
+              on_disconnect: Callable[[], None]) -> None: ...
+
+    def subscribe(self, topic: str) -> None: ...
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                correlation: bytes | None = None, on_ack: Callable[[], None] | None = None) -> bool: ...
+
+    def stop(self, last: list[tuple[str, bytes]] = ()) -> None: ...
