@@ -11,11 +11,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Frame:
-    """One camera frame. image: HxWx3 uint8 BGR; t_mono_s: capture time in seconds."""
+    """One camera frame. image: HxWx3 uint8 BGR; t_mono_s: capture time in seconds;
+    lores: optional smaller hxwx3 uint8 BGR copy of the same capture (picamera2's lores
+    stream) on which faces may be detected before crops are taken from `image`."""
 
     image: np.ndarray
     t_mono_s: float
     seq: int = 0
+    lores: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
