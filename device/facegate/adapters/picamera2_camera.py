@@ -1,0 +1,109 @@
+"""Raspberry Pi cameras through picamera2 (libcamera).
+
+picamera2 comes from apt (python3-picamera2) on Raspberry Pi OS, so the venv must be made
+with --system-site-packages; it is imported only when this camera is opened.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from ..config import CameraConfig
+from ..errors import CameraError
+from ..types import Frame
+
+
+class Picamera2Camera:
+    """One Pi camera, configured once with two streams of the same request:
+    `main` (cfg.width x cfg.height, "RGB888" = B,G,R bytes) -> Frame.image HxWx3 uint8 BGR,
+    `lores` (cfg.lores_width x cfg.lores_height, YUV420 so it works on a Pi 4 as well as a
+    Pi 5) -> Frame.lores hxwx3 uint8 BGR, for detection.
+
+    camera_num: which camera (a Pi 5 may have two); picamera2_cls: the Picamera2 class
+    (default: imported from picamera2; tests pass a fake); clock: gives Frame.t_mono_s.
+    Raises CameraError when picamera2 is missing, no camera answers, or a frame takes
+    longer than cfg.frame_timeout_s.
+    """
+
+    def __init__(self, cfg: CameraConfig, camera_num: int = 0, picamera2_cls=None,
+                 clock: Callable[[], float] = time.monotonic):
+        if cfg.lores_width > cfg.width or cfg.lores_height > cfg.height:
+            raise CameraError(f"camera.lores_width x lores_height ({cfg.lores_width}x{cfg.lores_height}) "
+                              f"must not exceed width x height ({cfg.width}x{cfg.height})")
+        self.cfg = cfg
+        self._clock = clock
+        self._closed = False
+        if picamera2_cls is None:
+            try:
+                from picamera2 import Picamera2 as picamera2_cls
+            except ImportError as exc:
+                raise CameraError(f"picamera2 is not importable ({exc}); on Raspberry Pi OS: apt install "
+                                  "python3-picamera2, and make the venv with --system-site-packages") from None
+        try:
+            self._cam = picamera2_cls(camera_num)
+        except Exception as exc:  # picamera2 raises RuntimeError / IndexError when absent
+            raise CameraError(f"no Pi camera {camera_num}: {exc} (see `rpicam-hello --list-cameras`)") from None
+        try:
+            config = self._cam.create_video_configuration(
+                main={"size": (cfg.width, cfg.height), "format": "RGB888"},
+                lores={"size": (cfg.lores_width, cfg.lores_height), "format": "YUV420"},
+                controls={"FrameRate": float(cfg.fps)}, display=None, encode=None)
+            self._cam.configure(config)
+            # libcamera may align sizes; convert with what was granted
+            granted = (getattr(self._cam, "camera_config", None) or {}).get("lores", {}).get("size")
+            self.lores_size = tuple(granted) if granted else (cfg.lores_width, cfg.lores_height)
+            self._cam.start()
+        except Exception as exc:
+            self._close_cam()
+            raise CameraError(f"Pi camera {camera_num} could not be configured / started: {exc}") from None
+
+    def __enter__(self) -> "Picamera2Camera":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def frames(self) -> Iterator[Frame]:
+        seq = 0
+        while not self._closed:
+            try:
+                job = self._cam.capture_request(wait=False)
+                request = self._cam.wait(job, timeout=self.cfg.frame_timeout_s)
+            except TimeoutError:
+                raise CameraError(f"Pi camera: no frame within {self.cfg.frame_timeout_s:g} s") from None
+            except Exception as exc:
+                if self._closed:
+                    return
+                raise CameraError(f"Pi camera capture failed: {exc}") from None
+            try:
+                t = self._clock()
+                main = request.make_array("main")  # copies out of the DMA buffer
+                yuv = request.make_array("lores")
+            finally:
+                request.release()  # back to the camera at once
+            yield Frame(np.ascontiguousarray(main[:, :, :3]), t, seq, lores=yuv420_to_bgr(yuv, *self.lores_size))
+            seq += 1
+
+    def close(self) -> None:
+        self._closed = True
+        self._close_cam()
+
+    def _close_cam(self) -> None:
+        cam, self._cam = getattr(self, "_cam", None), None
+        if cam is None:
+            return
+        for step in (cam.stop, cam.close):
+            try:
+                step()
+            except Exception:
+                pass
+
+
+def yuv420_to_bgr(yuv: np.ndarray, width: int, height: int) -> np.ndarray:
+    """picamera2's YUV420 (I420) array, shape (height * 3 / 2, stride) uint8, to
+    height x width x 3 uint8 BGR (the stride padding on the right is cut off)."""
+    bgr = cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420)
+    return np.ascontiguousarray(bgr[:height, :width])
