@@ -324,3 +324,28 @@ def test_picamera2_missing_or_absent(monkeypatch):
         Picamera2Camera(cfg, picamera2_cls=no_camera)
     with pytest.raises(CameraError, match="must not exceed"):
         Picamera2Camera(CameraConfig(width=320, height=240, lores_width=640), picamera2_cls=FakePicamera2)
+
+
+# -- facegate snapshot -----------------------------------------------------------------
+def test_snapshot_saves_one_frame_without_models(image_file, tmp_path, capsys):
+    from facegate.cli import main
+
+    out = tmp_path / "snap.png"
+    assert main(["snapshot", str(out), "--source", "file", "--path", str(image_file), "--no-faces"]) == 0
+    assert cv2.imread(str(out)).shape == (48, 64, 3)
+    assert capsys.readouterr().out.strip() == f"{out}: 64x48 from file"
+    assert main(["snapshot", str(out), "--source", "v4l2", "--path", "/dev/video-facegate-test"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_snapshot_boxes_the_face(lfw, model_dir, tmp_path, capsys):
+    from facegate.cli import main
+
+    src = lfw / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg"
+    out = tmp_path / "snap.jpg"
+    assert main(["snapshot", str(out), "--source", "file", "--path", str(src)]) == 0
+    assert capsys.readouterr().out.strip().endswith("1 face(s)")
+    before, after = cv2.imread(str(src)), cv2.imread(str(out))
+    assert before.shape == after.shape
+    green = (after[..., 1].astype(int) - after[..., 2] > 120) & (after[..., 1] > 200)
+    assert green.sum() > 200  # the box was drawn

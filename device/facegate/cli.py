@@ -220,6 +220,48 @@ def cmd_config_example(args) -> int:
     return EXIT_OK
 
 
+# -- snapshot -------------------------------------------------------------------------
+def cmd_snapshot(args) -> int:
+    """One frame from the configured camera, saved locally (only when asked) with the
+    detected faces boxed: for aiming and focusing the camera at installation."""
+    import cv2
+
+    from .adapters.cameras import open_camera
+
+    cfg = _config(args)
+    cam_cfg = cfg.camera.model_copy(update={"source": args.source}) if args.source else cfg.camera
+    warmup = args.warmup if args.warmup is not None else (0 if cam_cfg.source == "file" else 10)
+    cam = open_camera(cam_cfg, args.path)
+    frame = None
+    try:
+        for i, frame in enumerate(cam.frames()):  # live cameras: let exposure settle first
+            if i >= warmup:
+                break
+    finally:
+        cam.close()
+    if frame is None:
+        return _fail("the camera delivered no frame")
+    image = frame.image.copy()
+    faces = []
+    if not args.no_faces:
+        from .pipeline import Timings
+
+        faces = build_verifier(cfg).find_faces(frame.image, False, Timings())
+        for d in faces:
+            x0, y0, x1, y1 = (int(round(v)) for v in d.box)
+            cv2.rectangle(image, (x0, y0), (x1, y1), (0, 255, 0), 2)
+            cv2.putText(image, f"{d.score:.2f}", (x0, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                        (0, 255, 0), 1, cv2.LINE_AA)
+    out = Path(args.file)
+    if not cv2.imwrite(str(out), image):
+        return _fail(f"cannot write {out} (a .jpg or .png path in an existing directory)")
+    h, w = frame.image.shape[:2]
+    lores = f", lores {frame.lores.shape[1]}x{frame.lores.shape[0]}" if frame.lores is not None else ""
+    found = "" if args.no_faces else f", {len(faces)} face(s)"
+    print(f"{out}: {w}x{h} from {cam_cfg.source}{lores}{found}")
+    return EXIT_OK
+
+
 # -- parser ---------------------------------------------------------------------------
 def _steps(text: str) -> str:
     from .liveness.challenge import STEPS
@@ -269,6 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
     cc.set_defaults(func=cmd_config_check)
     ce = csub.add_parser("example", help="print a commented full config")
     ce.set_defaults(func=cmd_config_example)
+
+    sn = sub.add_parser("snapshot", help="save one camera frame with the detected faces boxed (camera set-up)")
+    sn.add_argument("file", help="output image (.jpg / .png)")
+    sn.add_argument("--config", help="config TOML file")
+    sn.add_argument("--source", choices=["file", "v4l2", "picamera2"], help="camera source (default: camera.source)")
+    sn.add_argument("--path", help="file: image / video; v4l2: device path or index; picamera2: camera number")
+    sn.add_argument("--warmup", type=int, help="frames skipped first (default 10 for live cameras, 0 for files)")
+    sn.add_argument("--no-faces", action="store_true", help="do not run face detection (no models needed)")
+    sn.set_defaults(func=cmd_snapshot)
     return p
 
 
