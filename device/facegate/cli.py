@@ -44,9 +44,9 @@ def _store(cfg: config_mod.Config, args=None) -> modelstore.ModelStore:
 
 
 def make_runner(path: Path, num_threads: int):
-    from .adapters.litert import LiteRTRunner
+    from .adapters.litert import make_runner as litert_runner
 
-    return LiteRTRunner(path, num_threads)
+    return litert_runner(path, num_threads)
 
 
 def build_verifier(cfg: config_mod.Config):
@@ -204,6 +204,179 @@ def cmd_models_bench(args) -> int:
     return EXIT_OK
 
 
+# -- daemon, keys, results ------------------------------------------------------------
+def cmd_run(args) -> int:
+    import logging
+
+    from . import daemon as daemon_mod
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    cfg = config_mod.load(args.config)
+    d = daemon_mod.build(cfg, args.config)
+    daemon_mod.install_signal_handlers(d)
+    return d.run()
+
+
+def _key_path(args):
+    from .daemon import key_path
+
+    if getattr(args, "path", None):
+        return Path(args.path)
+    return key_path(config_mod.load(args.config))
+
+
+def _print_key(key, path, as_json: bool) -> None:
+    info = {"path": str(path), "kid": key.kid.hex(), "public_key": key.public.hex(), "algorithm": "EdDSA (Ed25519)"}
+    if as_json:
+        print(json.dumps(info))
+    else:
+        for k, v in info.items():
+            print(f"{k:11s} {v}")
+
+
+def cmd_keys_show(args) -> int:
+    from .signing import load_key
+
+    path = _key_path(args)
+    if not path.exists():
+        return _fail(f"no signing key at {path} yet (created on first start, or by 'facegate keys rotate')",
+                     EXIT_NEGATIVE)
+    _print_key(load_key(path), path, args.json)
+    return EXIT_OK
+
+
+def cmd_keys_rotate(args) -> int:
+    """A new key replaces the old (kept as .old); a running daemon is told with SIGHUP
+    and re-publishes its attestation."""
+    import os
+    import signal as signal_mod
+
+    from .signing import SigningKey, save_key
+
+    path = _key_path(args)
+    if path.exists():
+        os.replace(path, path.with_name(path.name + ".old"))
+    key = SigningKey.generate()
+    save_key(key, path)
+    _print_key(key, path, args.json)
+    pid = _daemon_pid(args)
+    if pid:
+        try:
+            os.kill(pid, signal_mod.SIGHUP)
+            print(f"told the running daemon (pid {pid}) to reload", file=sys.stderr)
+        except OSError as exc:
+            print(f"could not signal pid {pid}: {exc.strerror}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _status_doc(args) -> dict | None:
+    from .daemon import STATUS_FILE
+
+    cfg = config_mod.load(args.config)
+    try:
+        return json.loads((Path(cfg.daemon.state_dir) / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _daemon_pid(args) -> int | None:
+    import os
+
+    doc = _status_doc(args)
+    pid = doc.get("pid") if doc else None
+    if not isinstance(pid, int):
+        return None
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return None
+    return pid
+
+
+def cmd_status(args) -> int:
+    doc = _status_doc(args)
+    running = _daemon_pid(args) is not None
+    if doc is None:
+        if args.json:
+            print(json.dumps({"running": False}))
+        else:
+            print("daemon: not running (no status file)")
+        return EXIT_NEGATIVE
+    doc["running"] = running
+    if args.json:
+        print(json.dumps(doc))
+        return EXIT_OK if running else EXIT_NEGATIVE
+    h = doc.get("health", {})
+    st = doc.get("state", {})
+    last = doc.get("last_decision") or {}
+    lines = [
+        ("daemon", f"{'running' if running else 'NOT running'} (pid {doc.get('pid')}, version {doc.get('version')})"),
+        ("device", f"{doc.get('device_id')}  kid {doc.get('kid')}"),
+        ("state", f"{st.get('state')}" + (f" step={st.get('step')}" if st.get("step") else "")),
+        ("broker", "connected" if doc.get("broker", {}).get("connected") else
+         f"not connected {doc.get('broker', {}).get('error', '')}".strip()),
+        ("camera", ("ok" if doc.get("camera", {}).get("ok") else "NOT ok")
+         + f", {h.get('fps', 0)} fps, failures {doc.get('camera', {}).get('failures', 0)}"),
+        ("models", ", ".join(f"{k}={v[:12]}" for k, v in (doc.get("models") or {}).items())),
+        ("outbox", f"{h.get('outbox_depth')} waiting, {h.get('outbox_expired')} expired, last seq {doc.get('last_seq')}"),
+        ("storage", "ok" if h.get("storage_ok") else "LOW: new sessions refused"),
+        ("sessions", f"{h.get('sessions')} run, {h.get('rejected')} rejected"),
+        ("latency", " ".join(f"{k}={v}ms" for k, v in (h.get("latency_ms") or {}).items()) or "-"),
+        ("last", f"{last.get('decision')} ({last.get('reason')}) at {last.get('ts')}" if last else "-"),
+        ("updated", f"{doc.get('ts')}"),
+    ]
+    for k, v in lines:
+        print(f"{k:9s} {v}")
+    return EXIT_OK if running else EXIT_NEGATIVE
+
+
+def _load_pubkey(text: str):
+    from cryptography.hazmat.primitives import serialization
+
+    from .signing import SignatureError, public_from_hex
+
+    p = Path(text)
+    data = p.read_bytes() if p.is_file() else text.encode()
+    if b"BEGIN" in data:
+        try:
+            key = serialization.load_pem_public_key(data)
+        except ValueError:
+            try:
+                key = serialization.load_pem_private_key(data, None).public_key()
+            except (ValueError, TypeError):
+                raise SignatureError("the key file is neither a PEM public nor private key") from None
+        return key
+    return public_from_hex(data.decode(errors="replace").strip())
+
+
+def _jsonable(v):
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def cmd_verify_result(args) -> int:
+    """The reference verifier for backends: check a saved COSE_Sign1 message."""
+    from .signing import SignatureError, verify
+
+    try:
+        pub = _load_pubkey(args.pubkey)
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        return _fail(f"cannot read {exc.filename}: {exc.strerror}")
+    try:
+        v = verify(data, pub, args.topic)
+    except SignatureError as exc:
+        return _fail(f"signature NOT valid: {exc}", EXIT_NEGATIVE)
+    print(json.dumps({"kid": v.kid.hex(), "payload": _jsonable(v.payload)}))
+    return EXIT_OK
+
+
 # -- config ---------------------------------------------------------------------------
 def cmd_config_check(args) -> int:
     try:
@@ -303,6 +476,32 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--dir", help="model directory (default from config / FACEGATE_MODEL_DIR)")
         sp.add_argument("--config", help="config TOML file")
         sp.set_defaults(func=fn)
+
+    r = sub.add_parser("run", help="run the terminal daemon (under systemd)")
+    r.add_argument("--config", help="config TOML file")
+    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    r.set_defaults(func=cmd_run)
+
+    st = sub.add_parser("status", help="state, health, broker, camera, models, outbox of the running daemon")
+    st.add_argument("--config", help="config TOML file")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    k = sub.add_parser("keys", help="the device's signing key")
+    ksub = k.add_subparsers(dest="keys_cmd", required=True)
+    for name, fn, hlp in (("show", cmd_keys_show, "print the key id and public key"),
+                          ("rotate", cmd_keys_rotate, "make a new key; a running daemon re-publishes R/attest")):
+        kp = ksub.add_parser(name, help=hlp)
+        kp.add_argument("--config", help="config TOML file")
+        kp.add_argument("--path", help="key file (default: from the config)")
+        kp.add_argument("--json", action="store_true")
+        kp.set_defaults(func=fn)
+
+    vr = sub.add_parser("verify-result", help="check a saved signed result (COSE_Sign1) and print its payload")
+    vr.add_argument("--pubkey", required=True, help="device public key: 64 hex digits, or a file (hex or PEM)")
+    vr.add_argument("--topic", required=True, help="the topic the message was published on (external AAD)")
+    vr.add_argument("file", help="the message bytes ('-' = stdin)")
+    vr.set_defaults(func=cmd_verify_result)
 
     c = sub.add_parser("config", help="check or print the configuration")
     csub = c.add_subparsers(dest="config_cmd", required=True)

@@ -93,6 +93,15 @@ class LivenessCheck:
             self._n += 1
             self.challenge.update(Observation(t_s, True, face.quality.yaw_deg, eye_openness(face.mesh.points), sim))
 
+    def settled(self, min_frames: int) -> bool:
+        """Enough seen for a verdict: the challenge finished (passed or failed) and the
+        passive check scored at least `min_frames` frames."""
+        if self.track_changed:
+            return True
+        if self.challenge is not None and self.challenge.status == "running":
+            return False
+        return self.passive is None or len(self.scores) >= max(min_frames, self.passive_min_frames)
+
     def verdict(self) -> tuple[str | None, dict]:
         """(reason the session is a spoof or None, summary without scores)."""
         summary: dict = {}
@@ -240,10 +249,13 @@ class Verifier:
         return d, t.rounded()
 
     def verify_frames(self, reference: np.ndarray, frames: Iterable[Frame],
-                      liveness: LivenessCheck | None = None) -> tuple[Decision, dict]:
+                      liveness: LivenessCheck | None = None, stop_early: bool = False,
+                      on_frame: Callable[[bool], None] | None = None) -> tuple[Decision, dict]:
         """Reference vs live frames: follow one face, keep its best frames, fuse their
         embeddings and decide once. With `liveness`, a session that fails it is a spoof
-        whatever the similarity."""
+        whatever the similarity. stop_early: stop reading frames once `fusion_frames`
+        good frames are kept and liveness is settled (a live camera never ends by
+        itself); on_frame(face_tracked) is called after every frame."""
         t = Timings()
         t_start = time.perf_counter()
         pending = self._analyze_reference(reference)
@@ -266,6 +278,10 @@ class Verifier:
                 reasons[reason] = reasons.get(reason, 0) + 1
                 if liveness:
                     liveness.observe(self.embedder, frame.t_mono_s, None, frame.image)
+                if on_frame:
+                    on_frame(False)
+                if stop_early and liveness and liveness.track_changed:
+                    break
                 continue
             face = self.examine(frame.image, det, t, len(dets), embed=False)
             last_box = det.box
@@ -273,12 +289,19 @@ class Verifier:
                 t0 = time.perf_counter()
                 liveness.observe(self.embedder, frame.t_mono_s, face, frame.image)
                 t.add("liveness", t0)
+            if on_frame:
+                on_frame(True)
             if face.reason:
                 reasons[face.reason] = reasons.get(face.reason, 0) + 1
-                continue
-            best.append((decide.quality_score(face.quality), face))
-            best.sort(key=lambda x: -x[0])
-            del best[self.cfg.fusion_frames:]
+            else:
+                best.append((decide.quality_score(face.quality), face))
+                best.sort(key=lambda x: -x[0])
+                del best[self.cfg.fusion_frames:]
+            if stop_early and len(best) >= self.cfg.fusion_frames and (
+                    liveness is None or liveness.settled(self.cfg.fusion_frames)):
+                break
+            if stop_early and liveness and liveness.challenge and liveness.challenge.status == "failed":
+                break
         ref, t_ref = pending()
         t.merge(t_ref)
         if ref.face is None or ref.reason:

@@ -97,3 +97,8 @@ class LiteRTRunner:
                 cpu_nodes.add(int(op["index"]))
             stack.extend(int(i) for i in op["inputs"] if i >= 0)
         return DelegateReport(len(originals), len(originals) - len(cpu_nodes), partitions)
+
+
+def make_runner(path: str | Path, num_threads: int) -> LiteRTRunner:
+    """The RunnerFactory used everywhere outside tests."""
+    return LiteRTRunner(path, num_threads)

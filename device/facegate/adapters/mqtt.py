@@ -1,0 +1,168 @@
+"""The MQTT communicator (paho-mqtt 2.x, MQTT 5): the only module that imports paho.
+
+Connects asynchronously (paho's own thread reconnects with back-off), sets the retained
+last will, honours TLS / client certificates / user name and password from the config,
+and reports PUBACKs per message so the outbox forgets a result only once the broker has
+it. Topic prefixes are added by the daemon, not here.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from pathlib import Path
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ..config import MqttConfig
+from ..errors import ConfigError
+from ..ports import Inbound
+
+log = logging.getLogger("facegate.mqtt")
+SESSION_EXPIRY_S = 3600
+
+
+def read_password(cfg: MqttConfig) -> str | None:
+    """The password from cfg.password_file (first line), or None without a file."""
+    if not cfg.password_file:
+        return None
+    try:
+        return Path(cfg.password_file).read_text().splitlines()[0] if Path(cfg.password_file).stat().st_size else ""
+    except OSError as exc:
+        raise ConfigError(f"mqtt.password_file {cfg.password_file}: {exc.strerror}") from None
+
+
+class PahoPublisher:
+    """ports.Publisher over paho-mqtt. will: (topic, payload) published retained, QoS 1,
+    by the broker when this client vanishes."""
+
+    def __init__(self, cfg: MqttConfig, client_id: str, will: tuple[str, bytes]):
+        self.cfg = cfg
+        self.connected = False
+        self.refused = 0  # QoS 1 publishes the broker answered with a failure reason code
+        self.last_error = ""
+        self._acks: dict[int, Callable[[], None] | None] = {}
+        self._early: set[int] = set()
+        self._lock = threading.Lock()  # never held while calling into paho
+        self._on_message = self._on_connect = self._on_disconnect = None
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        c.enable_logger(log)
+        if cfg.username:
+            c.username_pw_set(cfg.username, read_password(cfg))
+        if cfg.tls:
+            for name in ("ca_file", "cert_file", "key_file"):
+                value = getattr(cfg, name)
+                if value and not Path(value).is_file():
+                    raise ConfigError(f"mqtt.{name}: {value} does not exist")
+            c.tls_set(ca_certs=cfg.ca_file or None, certfile=cfg.cert_file or None,
+                      keyfile=cfg.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
+        c.will_set(will[0], will[1], qos=1, retain=True)
+        c.reconnect_delay_set(min_delay=max(1, int(cfg.reconnect_min_s)), max_delay=max(1, int(cfg.reconnect_max_s)))
+        c.max_inflight_messages_set(cfg.max_inflight)
+        c.max_queued_messages_set(0)
+        c.on_connect = self._handle_connect
+        c.on_disconnect = self._handle_disconnect
+        c.on_message = self._handle_message
+        c.on_publish = self._handle_publish
+        self._client = c
+
+    # -- paho callbacks (network thread) -------------------------------------------------
+    def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.last_error = f"connection refused: {reason_code}"
+            log.warning("broker refused the connection: %s", reason_code)
+            return
+        self.connected = True
+        self.last_error = ""
+        log.info("connected to %s:%d", self.cfg.host, self.cfg.port)
+        if self._on_connect:
+            self._on_connect()
+
+    def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self.connected
+        self.connected = False
+        if was:
+            self.last_error = f"disconnected: {reason_code}"
+            log.warning("disconnected from the broker: %s", reason_code)
+            if self._on_disconnect:
+                self._on_disconnect()
+
+    def _handle_message(self, client, userdata, msg) -> None:
+        props = getattr(msg, "properties", None)
+        rt = getattr(props, "ResponseTopic", None) if props else None
+        corr = getattr(props, "CorrelationData", None) if props else None
+        if self._on_message:
+            self._on_message(Inbound(msg.topic, bytes(msg.payload), rt or None, corr))
+
+    def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if reason_code is not None and reason_code.is_failure:
+            self.refused += 1
+            log.error("broker refused message %d: %s", mid, reason_code)
+        with self._lock:
+            if mid in self._acks:
+                cb = self._acks.pop(mid)
+            else:
+                self._early.add(mid)
+                return
+        if cb:
+            cb()
+
+    # -- ports.Publisher -------------------------------------------------------------
+    def start(self, on_message, on_connect, on_disconnect) -> None:
+        self._on_message, self._on_connect, self._on_disconnect = on_message, on_connect, on_disconnect
+        # a persistent session: commands sent while this client is briefly away are queued
+        # by the broker (they still expire by their own `exp`)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
+                                   clean_start=False, properties=props)
+        self._client.loop_start()
+
+    def subscribe(self, topic: str) -> None:
+        self._client.subscribe(topic, qos=1)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                correlation: bytes | None = None, on_ack: Callable[[], None] | None = None) -> bool:
+        if not self.connected:
+            return False
+        props = None
+        if correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = correlation
+        try:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        except (ValueError, OSError) as exc:
+            log.error("publish to %s failed: %s", topic, exc)
+            return False
+        with self._lock:  # every mid is registered, so an early PUBACK is never mistaken
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                fire = True
+            else:
+                self._acks[info.mid] = on_ack
+                fire = False
+        if fire and on_ack:
+            on_ack()
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def stop(self, last: list[tuple[str, bytes]] = (), timeout_s: float = 3.0) -> None:
+        """Publish `last` (retained, QoS 1), wait for them up to timeout_s, disconnect."""
+        infos = []
+        if self.connected:
+            for topic, payload in last:
+                try:
+                    infos.append(self._client.publish(topic, payload, qos=1, retain=True))
+                except (ValueError, OSError):
+                    pass
+        for info in infos:
+            try:
+                info.wait_for_publish(timeout_s)
+            except (RuntimeError, ValueError):
+                pass
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.connected = False

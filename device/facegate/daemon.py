@@ -1,0 +1,680 @@
+"""`facegate run`: verification sessions over MQTT, signed results, nothing lost.
+
+Threads: paho's network thread only queues inbound messages; the command thread checks
+verify commands (signature, lifetime, replay, payload) and answers refusals at once; the
+delivery thread moves signed results from the outbox to the broker in seq order and drops
+them only on PUBACK; the camera thread keeps the newest frame; the main thread runs one
+session at a time, publishes state and health, feeds systemd's watchdog while frames flow,
+and reacts to each decision (LEDs, relay) in one place. Signal handlers only set flags.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import shutil
+import signal
+import statistics
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from . import __version__
+from . import config as config_mod
+from .config import Config
+from .decide import NO_FACE, SPOOF
+from .errors import CameraError, FacegateError
+from .liveness.challenge import Challenge, ChallengeOptions, draw_steps
+from .messages import (CommandRejected, Topics, VerifyCommand, attest_payload, event_json, ha_discovery,
+                       parse_verify, policy_hash, result_payload, state_json)
+from .outbox import Outbox, OutboxError
+from .liveness.passive import PassiveLiveness
+from .pipeline import LivenessCheck, Verifier
+from .ports import Camera, Inbound, Indicators, Publisher
+from .signing import SigningKey, load_or_create_key, public_from_hex, public_raw, kid_of, sign
+from .types import Decision, Frame
+
+log = logging.getLogger("facegate.daemon")
+
+STATUS_FILE = "status.json"
+HA_STATUS_TOPIC_SUFFIX = "/status"
+
+
+def key_path(cfg: Config) -> Path:
+    """Where the signing key lives: config, else the systemd credential, else state dir."""
+    if cfg.daemon.key_file:
+        return Path(cfg.daemon.key_file)
+    cred = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred and (Path(cred) / "signing.key").exists():
+        return Path(cred) / "signing.key"
+    return Path(cfg.daemon.state_dir) / "signing.key"
+
+
+def trusted_keys(cfg: Config) -> dict:
+    """kid -> Ed25519 public key, for every configured backend key."""
+    out = {}
+    for text in cfg.mqtt.trusted_keys:
+        pub = public_from_hex(text)
+        out[kid_of(public_raw(pub))] = pub
+    return out
+
+
+def decision_policy(cfg: Config) -> str:
+    """Hash of every setting that changes a decision (published in each result)."""
+    return policy_hash({"verify": cfg.verify.model_dump(), "liveness": cfg.liveness.model_dump(),
+                        "mode": cfg.daemon.liveness, "session_timeout_s": cfg.daemon.session_timeout_s,
+                        "precision": cfg.models.precision})
+
+
+def react(indicators: Indicators, decision: str) -> None:
+    """The one place a decision reaches the hardware: the relay pulses only on a match."""
+    if decision == "match":
+        indicators.pulse_relay()
+        indicators.show("pass")
+    else:
+        indicators.show("fail")
+    indicators.beep()
+
+
+@dataclass
+class Request:
+    """A session to run: the checked command plus where to answer."""
+
+    command: VerifyCommand
+    response_topic: str | None = None
+    correlation: bytes | None = None
+
+
+class FrameFeed:
+    """Keeps the newest frame of a never-ending camera (adapters.cameras.ReopeningCamera,
+    which reopens a failed camera with back-off) on its own thread. max_fps: read at most
+    this often (the idle rate)."""
+
+    def __init__(self, camera, max_fps: float | None = None):
+        self.camera = camera
+        self.max_fps = max_fps
+        self._latest: Frame | None = None
+        self._cv = threading.Condition()
+        self._stop = threading.Event()
+        self._times: deque = deque(maxlen=60)
+        self._thread = threading.Thread(target=self._run, name="facegate-camera", daemon=True)
+
+    def start(self) -> "FrameFeed":
+        self._thread.start()
+        return self
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.camera.ok)
+
+    def health(self) -> dict:
+        return {**self.camera.health().as_dict(), "fps": round(self.fps, 1)}
+
+    @property
+    def fps(self) -> float:
+        ts = list(self._times)
+        return 0.0 if len(ts) < 2 or ts[-1] == ts[0] else (len(ts) - 1) / (ts[-1] - ts[0])
+
+    def _run(self) -> None:
+        for frame in self.camera.frames():
+            now = time.monotonic()
+            with self._cv:
+                self._latest = frame
+                self._times.append(now)
+                self._cv.notify_all()
+            if self._stop.is_set():
+                break
+            if self.max_fps:
+                self._stop.wait(max(0.0, 1.0 / self.max_fps - (time.monotonic() - now)))
+
+    def next(self, after: Frame | None, timeout_s: float) -> Frame | None:
+        """The newest frame if it is not `after` (the one seen last), else wait for one;
+        None on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._cv:
+            while not self._stop.is_set():
+                f = self._latest
+                if f is not None and f is not after:
+                    return f
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cv.wait(left)
+        return None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.camera.stop()
+        with self._cv:
+            self._cv.notify_all()
+        self._thread.join(timeout=10)
+        self.camera.close()
+
+
+@dataclass
+class Health:
+    """Counters behind R/health and `facegate status`."""
+
+    started_mono: float = field(default_factory=time.monotonic)
+    sessions: int = 0
+    rejected: int = 0
+    dropped_inbound: int = 0
+    unstored: int = 0
+    decisions: dict = field(default_factory=dict)
+    latencies: dict = field(default_factory=dict)  # stage -> deque of ms
+    last_decision: dict | None = None
+
+    def record(self, timings: dict) -> None:
+        for k, v in timings.items():
+            self.latencies.setdefault(k, deque(maxlen=100)).append(v)
+
+    def medians(self) -> dict:
+        return {k: round(statistics.median(v), 1) for k, v in self.latencies.items() if v}
+
+
+class Daemon:
+    """One terminal. Every collaborator comes in from outside (build() makes the real
+    ones): models, camera opener, publisher, indicators, notifier."""
+
+    def __init__(self, cfg: Config, *, verifier: Verifier, passive: PassiveLiveness | None,
+                 camera, open_camera: Callable[[], Camera], publisher: Publisher | None, indicators: Indicators,
+                 notifier, models: dict[str, str], config_path: str | None = None):
+        self.cfg = cfg
+        self.config_path = config_path
+        self.verifier, self.passive = verifier, passive
+        self.camera = camera  # never ends: reopens itself (adapters.cameras.ReopeningCamera)
+        self.open_camera = open_camera  # a fresh camera: per-session replays of a file
+        self.publisher, self.indicators, self.notifier = publisher, indicators, notifier
+        self.models = models
+        self.topics = Topics.of(cfg.mqtt.prefix, cfg.device_id)
+        self.boot = uuid.uuid4().hex
+        self.state_dir = Path(cfg.daemon.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.key, created = load_or_create_key(key_path(cfg))
+        if created:
+            log.info("created signing key %s (kid %s)", key_path(cfg), self.key.kid.hex())
+        self.trusted = trusted_keys(cfg)
+        self.policy = decision_policy(cfg)
+        self.outbox = Outbox(self.state_dir / "outbox.sqlite", cfg.daemon.outbox_max_age_s, cfg.daemon.outbox_max_rows)
+        self.health = Health()
+        self.stop_flag = threading.Event()
+        self.reload_flag = threading.Event()
+        self.state = ("idle", None, None)
+        self.inbound: queue.Queue = queue.Queue(maxsize=256)
+        self.requests: queue.Queue = queue.Queue(maxsize=cfg.daemon.max_pending)
+        self._deliver_cv = threading.Condition()
+        self._inflight: dict[tuple[int, str], float] = {}
+        self._threads: list[threading.Thread] = []
+        self.feed: FrameFeed | None = None
+        self.ready = False
+
+    # -- MQTT side -----------------------------------------------------------------------
+    def _on_connect(self) -> None:
+        p = self.publisher
+        # subscribe first: whoever sees "online" may send a command at once
+        p.subscribe(self.topics.cmd_verify)
+        if self.cfg.mqtt.ha_discovery:
+            p.subscribe(f"{self.cfg.mqtt.ha_prefix}{HA_STATUS_TOPIC_SUFFIX}")
+        p.publish(self.topics.status, b"online", qos=1, retain=True)
+        self._publish_attest()
+        p.publish(self.topics.state, state_json(*self.state), qos=1, retain=True)
+        self._publish_health()
+        if self.cfg.mqtt.ha_discovery:
+            self._publish_discovery()
+        with self._deliver_cv:
+            self._inflight.clear()  # re-drive from the oldest undelivered result, in order
+            self._deliver_cv.notify_all()
+
+    def _on_disconnect(self) -> None:
+        with self._deliver_cv:
+            self._inflight.clear()
+
+    def _on_message(self, msg: Inbound) -> None:
+        try:
+            self.inbound.put_nowait(msg)
+        except queue.Full:
+            self.health.dropped_inbound += 1  # documented: a flood beyond 256 queued messages is dropped
+
+    def _publish_attest(self) -> None:
+        payload = attest_payload(dev=self.cfg.device_id, kid=self.key.kid, public=self.key.public,
+                                 version=__version__, models=self.models, boot=self.boot, iat=time.time())
+        self.publisher.publish(self.topics.attest, sign(payload, self.key, self.topics.attest), qos=1, retain=True)
+
+    def _publish_discovery(self) -> None:
+        for topic, payload in ha_discovery(self.topics, self.cfg.device_id, __version__, self.cfg.mqtt.ha_prefix):
+            self.publisher.publish(topic, payload, qos=1, retain=True)
+
+    def _publish_health(self) -> None:
+        if self.publisher is not None:
+            self.publisher.publish(self.topics.health, json.dumps(self.health_dict()).encode(), qos=0, retain=True)
+
+    def _set_state(self, state: str, step: str | None = None, session: str | None = None) -> None:
+        if (state, step, session) == self.state:
+            return
+        self.state = (state, step, session)
+        if self.publisher is not None:
+            self.publisher.publish(self.topics.state, state_json(state, step, session), qos=1, retain=True)
+        self.notifier.status(f"{state}{' ' + step if step else ''}")
+        self._write_status()
+
+    # -- results -------------------------------------------------------------------------
+    def emit_result(self, decision: str, reason: str | None, *, session: str | None = None,
+                    request_id: str | None = None, nonce: bytes | None = None, liveness: dict | None = None,
+                    quality: dict | None = None, response_topic: str | None = None,
+                    correlation: bytes | None = None) -> int | None:
+        """Sign the result and store it in the outbox (then it will be delivered)."""
+        def make(seq: int):
+            payload = result_payload(dev=self.cfg.device_id, boot=self.boot, seq=seq, iat=time.time(),
+                                     session=session, request_id=request_id, nonce=nonce, decision=decision,
+                                     reason=reason, liveness=liveness or {}, quality=quality or {},
+                                     models=self.models, policy=self.policy)
+            rows = [(self.topics.result, sign(payload, self.key, self.topics.result), None)]
+            if response_topic and response_topic != self.topics.result:
+                rows.append((response_topic, sign(payload, self.key, response_topic), correlation))
+            return rows
+        try:
+            seq = self.outbox.add(make)
+        except OutboxError as exc:
+            self.health.unstored += 1
+            log.error("result %s for request %s NOT stored: %s", decision, request_id, exc)
+            return None
+        self.health.decisions[decision] = self.health.decisions.get(decision, 0) + 1
+        with self._deliver_cv:
+            self._deliver_cv.notify_all()
+        if self.publisher is not None:
+            self.publisher.publish(self.topics.event, event_json(session, request_id, decision, time.time()), qos=0)
+        return seq
+
+    def _deliver_loop(self) -> None:
+        ack_timeout_s = 30.0
+        while True:
+            with self._deliver_cv:
+                self._deliver_cv.wait(timeout=1.0)
+            if self.stop_flag.is_set() and not self._draining:
+                return
+            p = self.publisher
+            if p is None or not p.connected:
+                continue
+            try:
+                rows = self.outbox.pending(limit=self.cfg.mqtt.max_inflight * 2)
+            except OutboxError as exc:
+                log.error("%s", exc)
+                continue
+            now = time.monotonic()
+            for r in rows:
+                key = (r.seq, r.topic)
+                with self._deliver_cv:
+                    t = self._inflight.get(key)
+                    if t is not None and now - t < ack_timeout_s:
+                        continue
+                    if len(self._inflight) >= self.cfg.mqtt.max_inflight:
+                        break
+                    self._inflight[key] = now
+                if not p.publish(r.topic, r.message, qos=1, correlation=r.correlation,
+                                 on_ack=lambda key=key: self._acked(key)):
+                    with self._deliver_cv:
+                        self._inflight.pop(key, None)
+                    break
+
+    def _acked(self, key: tuple[int, str]) -> None:
+        try:
+            self.outbox.delivered(*key)
+        except OutboxError as exc:
+            log.error("%s", exc)
+        with self._deliver_cv:
+            self._inflight.pop(key, None)
+            self._deliver_cv.notify_all()
+
+    # -- commands ------------------------------------------------------------------------
+    def _command_loop(self) -> None:
+        while not self.stop_flag.is_set():
+            try:
+                msg = self.inbound.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self.handle_inbound(msg)
+            except Exception:  # never let one message kill the command thread
+                log.exception("handling a message on %s", msg.topic)
+
+    def handle_inbound(self, msg: Inbound) -> None:
+        if msg.topic == f"{self.cfg.mqtt.ha_prefix}{HA_STATUS_TOPIC_SUFFIX}":
+            if msg.payload == b"online" and self.publisher is not None:
+                self._publish_discovery()
+            return
+        if msg.topic != self.topics.cmd_verify:
+            return
+        d = self.cfg.daemon
+        answer = dict(response_topic=msg.response_topic, correlation=msg.correlation)
+        try:
+            cmd = parse_verify(msg.payload, msg.topic, self.trusted, time.time(), max_bytes=d.max_command_bytes,
+                               max_age_s=d.command_max_age_s, skew_s=d.clock_skew_s,
+                               max_pixels=d.max_reference_pixels)
+            replay = self.outbox.remember(cmd.request_id, cmd.nonce, cmd.exp + d.clock_skew_s)
+            if replay:
+                raise CommandRejected(replay, cmd.request_id, cmd.nonce)
+            if not self.storage_ok():
+                raise CommandRejected("storage_full", cmd.request_id, cmd.nonce)
+            try:
+                self.requests.put_nowait(Request(cmd, msg.response_topic, msg.correlation))
+            except queue.Full:
+                raise CommandRejected("busy", cmd.request_id, cmd.nonce) from None
+        except CommandRejected as rej:
+            self.health.rejected += 1
+            log.info("command rejected: %s (request %s)", rej.reason, rej.request_id)
+            self.emit_result("rejected", rej.reason, request_id=rej.request_id, nonce=rej.nonce, **answer)
+        except OutboxError as exc:
+            self.health.unstored += 1
+            log.error("command dropped, outbox unusable: %s", exc)
+
+    def storage_ok(self) -> bool:
+        try:
+            free_mb = shutil.disk_usage(self.state_dir).free / 2**20
+        except OSError:
+            return False
+        return free_mb >= self.cfg.daemon.min_free_mb
+
+    # -- sessions ------------------------------------------------------------------------
+    def _liveness(self, steps: list[str] | None) -> LivenessCheck | None:
+        mode, lc = self.cfg.daemon.liveness, self.cfg.liveness
+        if mode == "none":
+            return None
+        check = LivenessCheck(passive_threshold=lc.passive_threshold, passive_min_frames=lc.passive_min_frames)
+        if mode in ("passive", "both"):
+            check.passive = self.passive
+        if mode in ("active", "both"):
+            if steps is None:
+                steps = draw_steps(random.SystemRandom(), lc.challenge_length, tuple(lc.challenge_steps))
+            check.challenge = Challenge(list(steps), ChallengeOptions(step_timeout_s=lc.step_timeout_s,
+                                                                       turn_min_deg=lc.turn_min_deg))
+        return check
+
+    def _session_frames(self, session: str, liveness: LivenessCheck | None, timed_out: list) -> Iterator[Frame]:
+        """Frames for one session, until the session timeout (in frame time) or stop."""
+        cam_cfg = self.cfg.camera
+        own = None
+        if cam_cfg.source == "file" and cam_cfg.restart_each_session:
+            own = self.open_camera()
+            source = own.frames()
+        else:
+            source = self._live_frames()
+        t0 = None
+        try:
+            for frame in source:
+                if self.stop_flag.is_set():
+                    return
+                t0 = frame.t_mono_s if t0 is None else t0
+                if frame.t_mono_s - t0 > self.cfg.daemon.session_timeout_s:
+                    timed_out.append(True)
+                    return
+                self._progress()
+                yield frame
+        finally:
+            if own is not None:
+                own.close()
+
+    def _live_frames(self) -> Iterator[Frame]:
+        last = None
+        while not self.stop_flag.is_set():
+            f = self.feed.next(last, self.cfg.camera.frame_timeout_s)
+            if f is None:
+                raise CameraError(f"no frame for {self.cfg.camera.frame_timeout_s:g} s")
+            last = f
+            yield f
+
+    def run_session(self, req: Request) -> Decision:
+        cmd = req.command
+        session = uuid.uuid4().hex[:16]
+        self.health.sessions += 1
+        self.indicators.show("busy")
+        liveness = self._liveness(cmd.challenge)
+        self._set_state("waiting_face", None, session)
+
+        def on_frame(face: bool) -> None:
+            ch = liveness.challenge if liveness else None
+            if face and ch is not None and ch.step:
+                self._set_state("challenge", ch.step, session)
+            elif not face and self.state[0] == "waiting_face":
+                pass
+            elif face and ch is None:
+                self._set_state("challenge" if liveness else "waiting_face", None, session)
+
+        timed_out: list = []
+        t0 = time.perf_counter()
+        try:
+            decision, timings = self.verifier.verify_frames(
+                cmd.reference, self._session_frames(session, liveness, timed_out), liveness,
+                stop_early=True, on_frame=on_frame)
+            if timed_out and decision.decision in (NO_FACE,):
+                decision = Decision("timeout", "no_face_in_time", None, decision.quality, 0, decision.liveness)
+            elif timed_out and decision.decision == SPOOF and decision.reason in ("challenge_incomplete",):
+                decision = Decision("timeout", "challenge_incomplete", None, decision.quality,
+                                    decision.frames_used, decision.liveness)
+            self.health.record(timings)
+        except CameraError as exc:
+            decision = Decision("error", "camera_failed")
+            log.error("session %s: %s", session, exc)
+        except FacegateError as exc:
+            decision = Decision("error", "pipeline_error")
+            log.error("session %s: %s", session, exc)
+        except Exception:
+            decision = Decision("error", "internal_error")
+            log.exception("session %s failed", session)
+        self._set_state("deciding", None, session)
+        self.emit_result(decision.decision, decision.reason, session=session, request_id=cmd.request_id,
+                         nonce=cmd.nonce, liveness=decision.liveness, quality=decision.quality,
+                         response_topic=req.response_topic, correlation=req.correlation)
+        self.health.last_decision = {"decision": decision.decision, "reason": decision.reason,
+                                     "session": session, "ts": round(time.time(), 3),
+                                     "ms": round((time.perf_counter() - t0) * 1000, 1)}
+        react(self.indicators, decision.decision)
+        self._set_state("idle")
+        return decision  # the caller drops it; the reference and frames die with the session
+
+    def _progress(self) -> None:
+        """Frames flow: feed the watchdog."""
+        self._last_progress = time.monotonic()
+        self.notifier.keepalive(True)
+
+    # -- health / status -----------------------------------------------------------------
+    def health_dict(self) -> dict:
+        try:
+            depth, expired = self.outbox.depth(), self.outbox.expired
+        except OutboxError:
+            depth, expired = -1, -1
+        return {
+            "uptime_s": round(time.monotonic() - self.health.started_mono, 1),
+            "fps": round(self.feed.fps, 1) if self.feed else 0.0,
+            "latency_ms": self.health.medians(),
+            "outbox_depth": depth,
+            "outbox_expired": expired,
+            "camera_ok": bool(self.feed and self.feed.ok),
+            "models_ok": True,
+            "storage_ok": self.storage_ok(),
+            "sessions": self.health.sessions,
+            "rejected": self.health.rejected,
+            "dropped_inbound": self.health.dropped_inbound,
+            "unstored": self.health.unstored,
+            "publish_refused": getattr(self.publisher, "refused", 0),
+        }
+
+    def _write_status(self) -> None:
+        status = {"pid": os.getpid(), "device_id": self.cfg.device_id, "version": __version__,
+                  "boot": self.boot, "ts": round(time.time(), 3),
+                  "state": dict(zip(("state", "step", "session"), self.state)),
+                  "health": self.health_dict(), "last_decision": self.health.last_decision,
+                  "broker": {"enabled": self.publisher is not None,
+                             "connected": bool(self.publisher and self.publisher.connected),
+                             "error": getattr(self.publisher, "last_error", "")},
+                  "camera": self.feed.health() if self.feed else {"ok": False},
+                  "models": self.models, "kid": self.key.kid.hex(), "last_seq": self.outbox.last_seq}
+        tmp = self.state_dir / (STATUS_FILE + ".tmp")
+        try:
+            tmp.write_text(json.dumps(status, indent=1))
+            os.replace(tmp, self.state_dir / STATUS_FILE)
+        except OSError as exc:
+            log.warning("cannot write the status file: %s", exc)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def request_stop(self, *_):
+        self.stop_flag.set()
+
+    def request_reload(self, *_):
+        self.reload_flag.set()
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the config's trusted keys and the signing key (after
+        `facegate keys rotate`), re-publish the attestation. Other changes need a restart."""
+        self.reload_flag.clear()
+        try:
+            cfg = config_mod.load(self.config_path) if self.config_path else self.cfg
+            self.trusted = trusted_keys(cfg)
+            self.key, _ = load_or_create_key(key_path(cfg))
+        except FacegateError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        log.info("reloaded: %d trusted key(s), signing kid %s", len(self.trusted), self.key.kid.hex())
+        if self.publisher is not None and self.publisher.connected:
+            self._publish_attest()
+
+    def _start_thread(self, target, name) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def run(self) -> int:
+        """Run until stopped; returns the process exit code."""
+        self._draining = False
+        self._last_progress = time.monotonic()
+        self.indicators.show("busy")
+        try:
+            self.outbox.expire()
+            self.feed = FrameFeed(self.camera, max_fps=self.cfg.camera.idle_fps).start()
+            self._start_thread(self._command_loop, "facegate-commands")
+            self._start_thread(self._deliver_loop, "facegate-delivery")
+            if self.publisher is not None:
+                self.publisher.start(self._on_message, self._on_connect, self._on_disconnect)
+            self._main_loop()
+            return 0
+        finally:
+            self._shutdown()
+
+    def _main_loop(self) -> None:
+        next_health = 0.0
+        last_frame = None
+        started = time.monotonic()
+        while not self.stop_flag.is_set():
+            if self.reload_flag.is_set():
+                self._reload()
+            now = time.monotonic()
+            frame = self.feed.next(last_frame, 0.0) if self.feed else None
+            if frame is not None and frame is not last_frame:
+                last_frame = frame
+                self._progress()
+                if not self.ready:
+                    self.ready = True
+                    self.indicators.show("ready")
+                    self.notifier.ready(f"ready: {self.cfg.device_id}, kid {self.key.kid.hex()}")
+                    self._set_state("idle")
+                    log.info("ready")
+            if now >= next_health:
+                next_health = now + self.cfg.daemon.health_interval_s
+                self._publish_health()
+                self._write_status()
+                try:
+                    self.outbox.expire()
+                except OutboxError as exc:
+                    log.error("%s", exc)
+            if not self.ready and now - started < self.cfg.camera.frame_timeout_s:
+                time.sleep(0.05)  # commands wait (queued) while the camera starts
+                continue
+            try:
+                req = self.requests.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if self.ready:
+                self.run_session(req)
+                self.indicators.show("ready")
+            else:  # the camera never delivered: answer instead of waiting forever
+                self.emit_result("error", "camera_unavailable", request_id=req.command.request_id,
+                                 nonce=req.command.nonce, response_topic=req.response_topic,
+                                 correlation=req.correlation)
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping()
+        self.stop_flag.set()
+        # answer what is still queued, then give delivery a moment to flush
+        while True:
+            try:
+                req = self.requests.get_nowait()
+            except queue.Empty:
+                break
+            self.emit_result("error", "shutting_down", request_id=req.command.request_id, nonce=req.command.nonce,
+                             response_topic=req.response_topic, correlation=req.correlation)
+        self._draining = True
+        deadline = time.monotonic() + 3.0
+        while (self.publisher is not None and self.publisher.connected and time.monotonic() < deadline
+               and self.outbox.depth() > 0):
+            with self._deliver_cv:
+                self._deliver_cv.notify_all()
+            time.sleep(0.05)
+        self._draining = False
+        with self._deliver_cv:
+            self._deliver_cv.notify_all()
+        for t in self._threads:
+            t.join(timeout=5)
+        try:
+            if self.publisher is not None:
+                self.publisher.stop([(self.topics.status, b"stopped"),
+                                     (self.topics.state, state_json("idle"))])
+        finally:
+            if self.feed is not None:
+                self.feed.stop()
+            self.indicators.close()
+            self._write_status()
+            self.outbox.close()
+            self.notifier.close()
+
+
+def install_signal_handlers(daemon: Daemon) -> None:
+    signal.signal(signal.SIGTERM, daemon.request_stop)
+    signal.signal(signal.SIGINT, daemon.request_stop)
+    signal.signal(signal.SIGHUP, daemon.request_reload)
+
+
+def build(cfg: Config, config_path: str | None = None) -> Daemon:
+    """A daemon with the real adapters named by the config (models verified on load)."""
+    from .adapters.cameras import ReopeningCamera, open_camera
+    from .adapters.gpio import GpiozeroIndicators, NoIndicators
+    from .adapters.litert import make_runner
+    from .adapters.mqtt import PahoPublisher
+    from .adapters.systemd import SystemdNotifier
+    from .modelstore import ModelStore
+    from .pipeline import build_passive
+
+    # a session ends by its own timeout, not by a frame count
+    vcfg = cfg.model_copy(update={"verify": cfg.verify.model_copy(update={"max_frames": 10**9})})
+    store = ModelStore(cfg.models.dir or None)
+    verifier = Verifier.from_store(store, vcfg, make_runner)
+    models = dict(verifier.models)
+    passive = None
+    if cfg.daemon.liveness in ("passive", "both"):
+        passive = build_passive(store, cfg, make_runner)
+        for task in ("pad_v2", "pad_v1se"):
+            models[task] = store.path(task, cfg.models.precision)[1].sha256
+    topics = Topics.of(cfg.mqtt.prefix, cfg.device_id)
+    publisher = None
+    if cfg.mqtt.enabled:
+        publisher = PahoPublisher(cfg.mqtt, cfg.mqtt.client_id or f"facegate-{cfg.device_id}",
+                                  will=(topics.status, b"offline"))
+    indicators = GpiozeroIndicators(cfg.gpio) if cfg.gpio.enabled else NoIndicators()
+    return Daemon(cfg, verifier=verifier, passive=passive, camera=ReopeningCamera.from_config(cfg.camera),
+                  open_camera=lambda: open_camera(cfg.camera),
+                  publisher=publisher, indicators=indicators, notifier=SystemdNotifier(), models=models,
+                  config_path=config_path)

@@ -1,0 +1,234 @@
+"""The MQTT contract: topic names, verify-command parsing and every payload the daemon
+publishes. Pure functions (time and randomness come in as arguments); nothing here
+touches the network.
+
+Topics under R = {prefix}/{device_id}: status, attest, state, health, event, result,
+cmd/verify. Results and attestations are COSE_Sign1 (see signing.py); the rest is JSON.
+Published payloads carry decisions, never similarity or liveness scores, images or
+embeddings.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .imageio import decode_image
+from .signing import SignatureError, verify
+
+RESULT_VERSION = 1
+DECISIONS = ("match", "no_match", "spoof", "timeout", "no_face", "rejected", "error")
+STATES = ("idle", "waiting_face", "challenge", "deciding")
+STEPS = ("blink", "turn_left", "turn_right")
+MAX_ID_CHARS = 128
+MAX_NONCE_BYTES = 64
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic of one device; `root` = {prefix}/{device_id}."""
+
+    root: str
+
+    @classmethod
+    def of(cls, prefix: str, device_id: str) -> "Topics":
+        return cls(f"{prefix.rstrip('/')}/{device_id}")
+
+    def __getattr__(self, name: str) -> str:  # status, attest, state, health, event, result
+        if name in ("status", "attest", "state", "health", "event", "result"):
+            return f"{self.root}/{name}"
+        raise AttributeError(name)
+
+    @property
+    def cmd_verify(self) -> str:
+        return f"{self.root}/cmd/verify"
+
+
+# -- verify commands ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class VerifyCommand:
+    """A verify command whose signature, lifetime and fields checked out.
+    reference: HxWx3 uint8 BGR portrait (decoded, bounded); challenge: None = draw one."""
+
+    request_id: str
+    nonce: bytes
+    iat: float
+    exp: float
+    reference: np.ndarray
+    challenge: list[str] | None
+    kid: bytes
+
+
+class CommandRejected(Exception):
+    """A command that starts nothing. reason: a short word for the result; request_id /
+    nonce: echoed when they could be read (well-typed) from the payload, else None."""
+
+    def __init__(self, reason: str, request_id: str | None = None, nonce: bytes | None = None):
+        super().__init__(reason)
+        self.reason, self.request_id, self.nonce = reason, request_id, nonce
+
+
+def _ids(payload: Any) -> tuple[str | None, bytes | None]:
+    if not isinstance(payload, dict):
+        return None, None
+    rid, nonce = payload.get("request_id"), payload.get("nonce")
+    rid = rid if isinstance(rid, str) and 0 < len(rid) <= MAX_ID_CHARS else None
+    nonce = nonce if isinstance(nonce, bytes) and 0 < len(nonce) <= MAX_NONCE_BYTES else None
+    return rid, nonce
+
+
+def _unverified_ids(message: bytes) -> tuple[str | None, bytes | None]:
+    """request_id / nonce of a message that failed verification, for the echo only."""
+    try:
+        import cbor2
+
+        obj = cbor2.loads(message)
+        if isinstance(obj, dict):  # an unsigned command
+            return _ids(obj)
+        return _ids(cbor2.loads(obj.value[2]))
+    except Exception:  # garbage in: nothing to echo
+        return None, None
+
+
+def parse_verify(message: bytes, topic: str, keys: dict, now: float, *, max_bytes: int,
+                 max_age_s: float, skew_s: float, max_pixels: int) -> VerifyCommand:
+    """Check a cmd/verify message; raises CommandRejected(reason) with reason one of
+    too_large, not_cose, bad_header, unknown_key, bad_signature, bad_payload,
+    missing_<field>, bad_<field>, not_yet_valid, expired, lifetime_too_long,
+    bad_reference. Replays are checked by the caller (it owns the persisted record)."""
+    if len(message) > max_bytes:
+        raise CommandRejected("too_large")
+    try:
+        v = verify(message, keys, topic)
+    except SignatureError as exc:
+        raise CommandRejected(str(exc), *_unverified_ids(message)) from None
+    p = v.payload
+    rid, nonce = _ids(p)
+    for name, ok in (("request_id", rid is not None), ("nonce", nonce is not None)):
+        if name not in p:
+            raise CommandRejected(f"missing_{name}", rid, nonce)
+        if not ok:
+            raise CommandRejected(f"bad_{name}", rid, nonce)
+    for name in ("iat", "exp", "reference"):
+        if name not in p:
+            raise CommandRejected(f"missing_{name}", rid, nonce)
+    iat, exp = p["iat"], p["exp"]
+    for name, val in (("iat", iat), ("exp", exp)):
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not np.isfinite(val):
+            raise CommandRejected(f"bad_{name}", rid, nonce)
+    if iat > now + skew_s:
+        raise CommandRejected("not_yet_valid", rid, nonce)
+    if exp < now - skew_s:
+        raise CommandRejected("expired", rid, nonce)
+    if exp - iat > max_age_s or exp < iat:
+        raise CommandRejected("lifetime_too_long" if exp >= iat else "bad_exp", rid, nonce)
+    challenge = p.get("challenge")
+    if challenge is not None:
+        if not isinstance(challenge, (list, tuple)) or len(challenge) > 6 or any(s not in STEPS for s in challenge):
+            raise CommandRejected("bad_challenge", rid, nonce)
+    extra = set(p) - {"request_id", "nonce", "iat", "exp", "reference", "challenge"}
+    if extra:
+        raise CommandRejected("bad_payload", rid, nonce)
+    ref = p["reference"]
+    if not isinstance(ref, bytes):
+        raise CommandRejected("bad_reference", rid, nonce)
+    try:
+        image = decode_image(ref, max_bytes, max_pixels)
+    except InputError:
+        raise CommandRejected("bad_reference", rid, nonce) from None
+    return VerifyCommand(rid, nonce, float(iat), float(exp), image, None if challenge is None else list(challenge), v.kid)
+
+
+# -- payloads ------------------------------------------------------------------------------
+def policy_hash(settings: dict) -> str:
+    """SHA-256 (hex, first 16 digits) of the decision settings in canonical JSON."""
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def public_quality(quality: dict) -> dict:
+    """The quality figures fit to publish: frames used and the probe's image quality
+    (face size, sharpness, brightness, pose) — no similarity, no scores."""
+    out: dict = {}
+    probe = quality.get("probe") or {}
+    for k in ("face_px", "sharpness", "brightness", "yaw_deg", "pitch_deg"):
+        if k in probe:
+            out[k] = float(probe[k])
+    if "frames" in quality:
+        out["frames"] = int(quality["frames"])
+    return out
+
+
+def public_liveness(liveness: dict) -> dict:
+    """Steps asked and passed; pass / fail of each check; no scores."""
+    out: dict = {}
+    if "steps" in liveness:
+        out["steps"] = list(liveness["steps"])
+        out["active_pass"] = bool(liveness.get("active_pass"))
+    if "passive_pass" in liveness:
+        out["passive_pass"] = bool(liveness["passive_pass"])
+    return out
+
+
+def result_payload(*, dev: str, boot: str, seq: int, iat: float, session: str | None,
+                   request_id: str | None, nonce: bytes | None, decision: str, reason: str | None,
+                   liveness: dict, quality: dict, models: dict, policy: str) -> dict:
+    """The CBOR map signed into R/result (contract v1)."""
+    assert decision in DECISIONS, decision
+    return {"v": RESULT_VERSION, "dev": dev, "boot": boot, "seq": seq, "iat": int(iat),
+            "session": session, "request_id": request_id, "nonce": nonce, "decision": decision,
+            "reason": reason, "liveness": public_liveness(liveness), "quality": public_quality(quality),
+            "models": dict(models), "policy": policy}
+
+
+def attest_payload(*, dev: str, kid: bytes, public: bytes, version: str, models: dict,
+                   boot: str, iat: float) -> dict:
+    return {"v": RESULT_VERSION, "dev": dev, "kid": kid, "pub": public, "sw": version,
+            "models": dict(models), "boot": boot, "iat": int(iat)}
+
+
+def event_json(session: str | None, request_id: str | None, decision: str, ts: float) -> bytes:
+    return json.dumps({"session": session, "request_id": request_id, "decision": decision,
+                       "ts": round(ts, 3)}).encode()
+
+
+def state_json(state: str, step: str | None = None, session: str | None = None) -> bytes:
+    assert state in STATES, state
+    return json.dumps({"state": state, "step": step, "session": session}).encode()
+
+
+def ha_discovery(topics: Topics, dev: str, version: str, ha_prefix: str) -> list[tuple[str, bytes]]:
+    """Home Assistant MQTT discovery configs (retained): connectivity, state, last
+    decision (event entity), and health figures."""
+    device = {"identifiers": [f"facegate_{dev}"], "name": f"facegate {dev}", "manufacturer": "facegate",
+              "model": "face verification terminal", "sw_version": version}
+    avail = {"availability_topic": topics.status, "payload_available": "online", "payload_not_available": "offline"}
+    uid = f"facegate_{dev}"
+    out = []
+
+    def add(component: str, key: str, cfg: dict) -> None:
+        cfg = {"unique_id": f"{uid}_{key}", "object_id": f"{uid}_{key}", "device": device, **cfg}
+        out.append((f"{ha_prefix}/{component}/{uid}/{key}/config", json.dumps(cfg).encode()))
+
+    add("binary_sensor", "online", {"name": "Online", "state_topic": topics.status, "payload_on": "online",
+                                    "payload_off": "offline", "device_class": "connectivity"})
+    add("sensor", "state", {**avail, "name": "State", "state_topic": topics.state,
+                            "value_template": "{{ value_json.state }}", "json_attributes_topic": topics.state})
+    add("event", "decision", {**avail, "name": "Decision", "state_topic": topics.event,
+                              "event_types": list(DECISIONS),
+                              "value_template": '{ "event_type": "{{ value_json.decision }}" }'})
+    for key, name, unit in (("outbox_depth", "Outbox depth", None), ("fps", "Frames per second", "fps"),
+                            ("uptime_s", "Uptime", "s"), ("sessions", "Sessions", None)):
+        cfg = {**avail, "name": name, "state_topic": topics.health,
+               "value_template": f"{{{{ value_json.{key} }}}}", "entity_category": "diagnostic"}
+        if unit:
+            cfg["unit_of_measurement"] = unit
+        add("sensor", key, cfg)
+    add("binary_sensor", "camera", {**avail, "name": "Camera", "state_topic": topics.health,
+                                    "value_template": "{{ 'ON' if value_json.camera_ok else 'OFF' }}",
+                                    "device_class": "running", "entity_category": "diagnostic"})
+    return out

@@ -1,0 +1,175 @@
+"""The on-disk outbox: signed results wait here (SQLite, WAL, synchronous=FULL) until the
+broker acknowledged them. Also holds the persisted sequence counter and the request ids /
+nonces of accepted commands (replay protection across restarts).
+
+A result gets its `seq` and is written in one transaction, so a crash or power cut either
+loses the whole not-yet-produced result or keeps it; `seq` never goes back. A result
+published on several topics (R/result and an MQTT 5 response topic) is one row per topic
+with the same seq. Undelivered rows expire by age or when more than `max_rows` wait;
+expiries are counted, never silent.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import FacegateError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS results (
+    seq INTEGER NOT NULL, topic TEXT NOT NULL, message BLOB NOT NULL,
+    correlation BLOB, created REAL NOT NULL, PRIMARY KEY (seq, topic));
+CREATE TABLE IF NOT EXISTS seen (
+    request_id TEXT PRIMARY KEY, nonce BLOB NOT NULL UNIQUE, exp REAL NOT NULL);
+"""
+
+
+class OutboxError(FacegateError):
+    """The outbox cannot store a result (disk full, database unusable)."""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One undelivered message: the signed bytes for one topic."""
+
+    seq: int
+    topic: str
+    message: bytes
+    correlation: bytes | None
+    created: float
+
+
+class Outbox:
+    """Thread-safe; one connection guarded by a lock (the daemon's threads share it)."""
+
+    def __init__(self, path: str | Path, max_age_s: float = 7 * 86400, max_rows: int = 100_000,
+                 clock: Callable[[], float] = time.time):
+        self.path = Path(path)
+        self.max_age_s, self.max_rows, self.clock = max_age_s, max_rows, clock
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- counters ----------------------------------------------------------------------
+    def _meta(self, key: str) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    @property
+    def last_seq(self) -> int:
+        with self._lock:
+            return self._meta("last_seq")
+
+    # -- results -----------------------------------------------------------------------
+    def add(self, make: Callable[[int], list[tuple[str, bytes, bytes | None]]]) -> int:
+        """Allocate the next seq, call make(seq) -> [(topic, signed message, correlation)]
+        and store the rows, all in one transaction. Returns the seq. Raises OutboxError
+        (e.g. disk full); then nothing was stored and seq was not used."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    seq = self._meta("last_seq") + 1
+                    now = self.clock()
+                    for topic, message, corr in make(seq):
+                        self._db.execute("INSERT INTO results VALUES (?, ?, ?, ?, ?)",
+                                         (seq, topic, message, corr, now))
+                    self._set_meta("last_seq", seq)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox cannot store a result: {exc}") from None
+            return seq
+
+    def pending(self, limit: int = 100, after: tuple[int, str] | None = None) -> list[Pending]:
+        """Undelivered messages in (seq, topic) order, starting after `after`."""
+        with self._lock:
+            if after is None:
+                rows = self._db.execute("SELECT seq, topic, message, correlation, created FROM results "
+                                        "ORDER BY seq, topic LIMIT ?", (limit,)).fetchall()
+            else:
+                rows = self._db.execute("SELECT seq, topic, message, correlation, created FROM results "
+                                        "WHERE (seq, topic) > (?, ?) ORDER BY seq, topic LIMIT ?",
+                                        (*after, limit)).fetchall()
+        return [Pending(*r) for r in rows]
+
+    def delivered(self, seq: int, topic: str) -> None:
+        """The broker acknowledged this message: drop it."""
+        with self._lock:
+            try:
+                self._db.execute("DELETE FROM results WHERE seq = ? AND topic = ?", (seq, topic))
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox: {exc}") from None
+
+    def depth(self) -> int:
+        """Results (distinct seq) still waiting for delivery."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(DISTINCT seq) FROM results").fetchone()[0])
+
+    @property
+    def expired(self) -> int:
+        with self._lock:
+            return self._meta("expired")
+
+    def expire(self) -> int:
+        """Drop undelivered results older than max_age_s, then the oldest beyond max_rows;
+        count them. Returns how many results expired now."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                cutoff = self.clock() - self.max_age_s
+                seqs = {r[0] for r in self._db.execute("SELECT DISTINCT seq FROM results WHERE created < ?",
+                                                       (cutoff,))}
+                over = self._db.execute("SELECT COUNT(DISTINCT seq) FROM results").fetchone()[0] - self.max_rows
+                if over > 0:
+                    seqs |= {r[0] for r in self._db.execute(
+                        "SELECT DISTINCT seq FROM results ORDER BY seq LIMIT ?", (over,))}
+                for s in seqs:
+                    self._db.execute("DELETE FROM results WHERE seq = ?", (s,))
+                self._db.execute("DELETE FROM seen WHERE exp < ?", (self.clock(),))
+                if seqs:
+                    self._set_meta("expired", self._meta("expired") + len(seqs))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise OutboxError(f"outbox: {exc}") from None
+            return len(seqs)
+
+    # -- replay protection -------------------------------------------------------------
+    def remember(self, request_id: str, nonce: bytes, exp: float) -> str | None:
+        """Record an accepted command; returns None, or 'replayed_request_id' /
+        'replayed_nonce' when either was seen before (and is not yet expired)."""
+        with self._lock:
+            try:
+                if self._db.execute("SELECT 1 FROM seen WHERE request_id = ?", (request_id,)).fetchone():
+                    return "replayed_request_id"
+                if self._db.execute("SELECT 1 FROM seen WHERE nonce = ?", (nonce,)).fetchone():
+                    return "replayed_nonce"
+                self._db.execute("INSERT INTO seen VALUES (?, ?, ?)", (request_id, nonce, exp))
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox: {exc}") from None
+        return None

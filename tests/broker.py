@@ -1,0 +1,186 @@
+"""A real Mosquitto for tests: free loopback port, TLS with a throw-away CA, a password
+file and an ACL. Also a backend client (paho) that records everything it receives."""
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+USERS = {"device": "device-secret", "backend": "backend-secret", "dashboard": "dash-secret"}
+ACL = """\
+user device
+topic readwrite facegate/v1/#
+topic readwrite homeassistant/#
+
+user backend
+topic readwrite facegate/#
+topic read homeassistant/#
+
+user dashboard
+topic read facegate/#
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cert(subject: str, key, issuer_name, issuer_key, ca: bool, sans=()) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+         .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def make_tls(d: Path) -> dict[str, Path]:
+    """CA + server certificate for 127.0.0.1 / localhost, PEM files in d."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "facegate test CA")])
+    ca = _cert("facegate test CA", ca_key, ca_name, ca_key, True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    srv = _cert("localhost", key, ca_name, ca_key, False,
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    files = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["cert"].write_bytes(srv.public_bytes(serialization.Encoding.PEM))
+    files["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return files
+
+
+class Mosquitto:
+    """mosquitto on 127.0.0.1:port with TLS, passwords and an ACL; start/stop/kill."""
+
+    def __init__(self, d: Path):
+        self.dir = d
+        self.port = free_port()
+        self.tls = make_tls(d)
+        pw = d / "passwd"
+        pw.write_text("")
+        for user, password in USERS.items():
+            subprocess.run(["mosquitto_passwd", "-b", str(pw), user, password], check=True, capture_output=True)
+        (d / "acl").write_text(ACL)
+        (d / "mosquitto.conf").write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            f"cafile {self.tls['ca']}\ncertfile {self.tls['cert']}\nkeyfile {self.tls['key']}\n"
+            f"allow_anonymous false\npassword_file {pw}\nacl_file {d / 'acl'}\n"
+            "persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+            "max_inflight_messages 20\nmax_queued_messages 100000\n"
+            # as root, mosquitto would switch to its own user, who cannot read pytest's tmp dirs
+            + (f"user {pwd.getpwuid(os.geteuid()).pw_name}\n" if os.geteuid() == 0 else ""))
+        for f in (pw, d / "acl", *self.tls.values()):
+            f.chmod(0o644)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Mosquitto":
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.dir / "mosquitto.conf")],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.dir / "mosquitto.log", "ab"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError((self.dir / "mosquitto.log").read_text())
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill() if kill else self.proc.terminate()
+            self.proc.wait(5)
+        self.proc = None
+
+    def mqtt_toml(self, user: str = "device") -> str:
+        pw = self.dir / f"{user}.password"
+        pw.write_text(USERS[user] + "\n")
+        return (f'[mqtt]\nhost = "127.0.0.1"\nport = {self.port}\ntls = true\nca_file = "{self.tls["ca"]}"\n'
+                f'username = "{user}"\npassword_file = "{pw}"\nreconnect_min_s = 1\nreconnect_max_s = 2\n'
+                'keepalive_s = 5\n')
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    correlation: bytes | None = None
+    t: float = field(default_factory=time.monotonic)
+
+
+class Backend:
+    """A paho client (MQTT 5, TLS, password) recording every message on `subscribe`."""
+
+    def __init__(self, broker: Mosquitto, user: str = "backend", subscribe: str = "facegate/#"):
+        self.messages: list[Received] = []
+        self._cv = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                                  client_id=f"test-{user}-{time.monotonic_ns()}")
+        self.client.username_pw_set(user, USERS[user])
+        self.client.tls_set(ca_certs=str(broker.tls["ca"]))
+        self.client.reconnect_delay_set(1, 1)
+        self.topic = subscribe
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect_async("127.0.0.1", broker.port, keepalive=5)
+        self.client.loop_start()
+
+    def _on_message(self, c, u, msg) -> None:
+        corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
+        with self._cv:
+            self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain), corr))
+            self._cv.notify_all()
+
+    def on(self, topic: str) -> list[Received]:
+        with self._cv:
+            return [m for m in self.messages if m.topic == topic]
+
+    def wait_for(self, pred, timeout_s: float = 30.0):
+        deadline = time.monotonic() + timeout_s
+        with self._cv:
+            while True:
+                got = pred(self.messages)
+                if got:
+                    return got
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"timed out; got topics {sorted({m.topic for m in self.messages})}")
+                self._cv.wait(left)
+
+    def publish(self, topic: str, payload: bytes, **props) -> None:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        p = None
+        if props:
+            p = Properties(PacketTypes.PUBLISH)
+            for k, v in props.items():
+                setattr(p, k, v)
+        self.wait_for(lambda _: self.client.is_connected(), 10)
+        self.client.publish(topic, payload, qos=1, properties=p).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
