@@ -71,6 +71,49 @@ def test_a_file_that_is_not_a_capture_device_is_refused(tmp_path):
         OpenCVCamera(CameraConfig(source="v4l2", device=str(fake)))
 
 
+def test_webcam_frames_are_bgr_and_a_failed_read_is_a_camera_error(tmp_path, monkeypatch):
+    import facegate.adapters.opencv_camera as oc
+
+    node = tmp_path / "video0"  # stands in for the device node (exists, read-write)
+    node.write_bytes(b"")
+    made = []
+
+    class FakeCapture:
+        def __init__(self, dev, backend, params):
+            self.dev, self.props, self.released = dev, {}, False
+            self.reads = [np.full((4, 6), 9, np.uint8), np.zeros((4, 6, 3), np.uint8)]
+            made.append(self)
+
+        def isOpened(self):
+            return True
+
+        def set(self, prop, value):
+            self.props[prop] = value
+
+        def read(self):
+            return (True, self.reads.pop(0)) if self.reads else (False, None)
+
+        def release(self):
+            self.released = True
+
+    monkeypatch.setattr(oc.cv2, "VideoCapture", FakeCapture)
+    clock = FakeClock(7.0)
+    cam = OpenCVCamera(CameraConfig(source="v4l2", device=str(node), width=640, height=480, fps=12),
+                       clock=clock)
+    cap = made[0]
+    assert cap.dev == str(node)
+    assert (cap.props[cv2.CAP_PROP_FRAME_WIDTH], cap.props[cv2.CAP_PROP_FRAME_HEIGHT],
+            cap.props[cv2.CAP_PROP_FPS]) == (640, 480, 12)
+    frames = cam.frames()
+    grey = next(frames)
+    assert grey.image.shape == (4, 6, 3) and grey.image[0, 0].tolist() == [9, 9, 9] and grey.t_mono_s == 7.0
+    assert next(frames).seq == 1
+    with pytest.raises(CameraError, match="no frame within 5 s"):
+        next(frames)
+    cam.close()
+    assert cap.released
+
+
 def test_parse_device(tmp_path):
     assert parse_device("0") == 0 and parse_device(" 2 ") == 2
     assert parse_device("/dev/video3") == 3

@@ -126,6 +126,7 @@ def test_button_calls_back(ind):
     time.sleep(0.06)  # past the debounce time
     pin.drive_low()
     assert _wait_for(lambda: presses == [1, 1])
+    pin.drive_high()
 
 
 def test_close_turns_off_and_releases_every_pin():
