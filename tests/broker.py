@@ -72,7 +72,7 @@ def make_tls(d: Path) -> dict[str, Path]:
 class Mosquitto:
     """mosquitto on 127.0.0.1:port with TLS, passwords and an ACL; start/stop/kill."""
 
-    def __init__(self, d: Path):
+    def __init__(self, d: Path, persist: bool = False):
         self.dir = d
         self.port = free_port()
         self.tls = make_tls(d)
@@ -85,7 +85,9 @@ class Mosquitto:
             f"listener {self.port} 127.0.0.1\n"
             f"cafile {self.tls['ca']}\ncertfile {self.tls['cert']}\nkeyfile {self.tls['key']}\n"
             f"allow_anonymous false\npassword_file {pw}\nacl_file {d / 'acl'}\n"
-            "persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+            + (f"persistence true\npersistence_location {d}/\nautosave_interval 1\n" if persist
+               else "persistence false\n")
+            + "log_dest stderr\nlog_type error\nlog_type warning\n"
             "max_inflight_messages 20\nmax_queued_messages 100000\n"
             # as root, mosquitto would switch to its own user, who cannot read pytest's tmp dirs
             + (f"user {pwd.getpwuid(os.geteuid()).pw_name}\n" if os.geteuid() == 0 else ""))
@@ -133,7 +135,9 @@ class Received:
 class Backend:
     """A paho client (MQTT 5, TLS, password) recording every message on `subscribe`."""
 
-    def __init__(self, broker: Mosquitto, user: str = "backend", subscribe: str = "facegate/#"):
+    def __init__(self, broker: Mosquitto, user: str = "backend", subscribe: str = "facegate/#",
+                 persistent: bool = False):
+        """persistent: a session the broker keeps (and queues for) across reconnects."""
         self.messages: list[Received] = []
         self._cv = threading.Condition()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
@@ -144,7 +148,15 @@ class Backend:
         self.topic = subscribe
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1)
         self.client.on_message = self._on_message
-        self.client.connect_async("127.0.0.1", broker.port, keepalive=5)
+        props = None
+        if persistent:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+        self.client.connect_async("127.0.0.1", broker.port, keepalive=5, clean_start=not persistent,
+                                  properties=props)
         self.client.loop_start()
 
     def _on_message(self, c, u, msg) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from facegate import config as config_mod
-from facegate import modelstore
+from facegate import modelstore, signing
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACEGATE_SHARED", REPO.parent / "shared"))
@@ -49,3 +49,27 @@ def verifier(model_dir):
     from facegate.cli import build_verifier
 
     return build_verifier(config_mod.Config())
+
+
+@pytest.fixture(scope="session")
+def faces(data_dir, lfw, tmp_path_factory):
+    """The camera video, a matching portrait (frame 20 of it) and a stranger's portrait."""
+    import cv2
+
+    from facegate.adapters.files import FileCamera
+
+    d = tmp_path_factory.mktemp("faces")
+    video = data_dir / "replay" / "zubair" / "live.webm"
+    with FileCamera(video) as cam:
+        for f in cam.frames():
+            if f.seq == 20:
+                ok, jpg = cv2.imencode(".jpg", f.image)
+                (d / "ref.jpg").write_bytes(jpg.tobytes())
+                break
+    stranger = (lfw / "Akhmed_Zakayev" / "Akhmed_Zakayev_0001.jpg").read_bytes()
+    return {"video": video, "ref": (d / "ref.jpg").read_bytes(), "stranger": stranger}
+
+
+@pytest.fixture(scope="session")
+def backend_key():
+    return signing.SigningKey.generate()

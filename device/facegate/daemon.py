@@ -37,7 +37,7 @@ from .outbox import Outbox, OutboxError
 from .liveness.passive import PassiveLiveness
 from .pipeline import LivenessCheck, Verifier
 from .ports import Camera, Inbound, Indicators, Publisher
-from .signing import SigningKey, load_or_create_key, public_from_hex, public_raw, kid_of, sign
+from .signing import load_or_create_key, public_from_hex, public_raw, kid_of, sign
 from .types import Decision, Frame
 
 log = logging.getLogger("facegate.daemon")

@@ -1,0 +1,109 @@
+"""Helpers for the daemon tests: `facegate run` as a subprocess, signed commands, and an
+independent COSE_Sign1 verifier (plain cbor2 + cryptography, no facegate code)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import cbor2
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from broker import Backend, Mosquitto
+from facegate import signing
+
+DEV = "kiosk-1"
+ROOT = f"facegate/v1/{DEV}"
+REPLY = "facegate/v1/replies/backend-7"
+
+
+# -- an independent verifier: RFC 9052 COSE_Sign1 by hand ---------------------------------
+def independent_verify(message: bytes, public_raw: bytes, topic: str) -> dict:
+    """Verify exactly as a backend without facegate would; returns the payload map."""
+    tag = cbor2.loads(message)
+    assert tag.tag == 18 and len(tag.value) == 4
+    protected, unprotected, payload, sig = tag.value
+    hdr = cbor2.loads(protected)
+    assert hdr[1] == -8, "alg must be EdDSA"
+    assert hdr[4] == hashlib.sha256(public_raw).digest()[:8], "kid = sha256(pub)[:8]"
+    sig_structure = cbor2.dumps(["Signature1", protected, topic.encode(), payload])
+    Ed25519PublicKey.from_public_bytes(public_raw).verify(sig, sig_structure)  # raises if bad
+    return cbor2.loads(payload)
+
+
+class DaemonProc:
+    """`facegate run` in a subprocess with its own state dir."""
+
+    def __init__(self, d: Path, broker: Mosquitto, faces, backend_key, extra: str = ""):
+        self.dir = d
+        self.state = d / "state"
+        self.cfg = d / "facegate.toml"
+        self.cfg.write_text(
+            f'device_id = "{DEV}"\n'
+            f'[camera]\nsource = "file"\npath = "{faces["video"]}"\nrealtime = false\nidle_fps = 5\n'
+            f'[daemon]\nstate_dir = "{self.state}"\nliveness = "passive"\nhealth_interval_s = 1\n'
+            f'session_timeout_s = 20\n'
+            f'[liveness]\nstep_timeout_s = 10.0\n'
+            + broker.mqtt_toml("device")
+            + f'trusted_keys = ["{backend_key.public.hex()}"]\n' + extra)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "DaemonProc":
+        self.log = open(self.dir / "daemon.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "facegate.cli", "run", "--config", str(self.cfg)],
+                                     stdout=self.log, stderr=self.log)
+        return self
+
+    @property
+    def public(self) -> bytes:
+        return signing.load_key(self.state / "signing.key").public
+
+    def status(self) -> dict:
+        return json.loads((self.state / "status.json").read_text())
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise
+        return self.proc.returncode if self.proc else 0
+
+    def logtext(self) -> str:
+        return (self.dir / "daemon.log").read_text(errors="replace")
+
+
+def wait_online(backend: Backend, timeout_s=60.0):
+    backend.wait_for(lambda ms: any(m.topic == f"{ROOT}/status" and m.payload == b"online" for m in ms), timeout_s)
+
+
+def command(key, reference: bytes, topic=f"{ROOT}/cmd/verify", **over) -> tuple[bytes, dict]:
+    now = time.time()
+    payload = {"request_id": uuid.uuid4().hex, "nonce": os.urandom(16), "iat": int(now), "exp": int(now) + 120,
+               "reference": reference}
+    payload.update(over)
+    payload = {k: v for k, v in payload.items() if v is not None}
+    return signing.sign(payload, key, topic), payload
+
+
+def results(backend: Backend, public: bytes, topic=f"{ROOT}/result") -> list[dict]:
+    return [independent_verify(m.payload, public, topic) for m in backend.on(topic)]
+
+
+def wait_result(backend: Backend, public: bytes, request_id: str, timeout_s=90.0, decision=None) -> dict:
+    def find(_):
+        for r in results(backend, public):
+            if r["request_id"] == request_id and decision in (None, r["decision"]):
+                return r
+        return None
+    return backend.wait_for(find, timeout_s)
+
+

@@ -1,0 +1,166 @@
+"""Nothing lost: a broker killed mid-stream, a daemon killed with SIGKILL, a clean stop,
+a key rotation. Real Mosquitto (persistent, so the backend's own session survives the
+broker restart), `facegate run` subprocesses, results checked with the independent
+verifier."""
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from broker import Backend, Mosquitto
+from daemon_helpers import ROOT, DaemonProc, command, independent_verify, results, wait_online
+
+
+
+def quick_daemon(tmp_path, broker, faces, backend_key, realtime: bool = False) -> DaemonProc:
+    """No liveness, two fused frames, room for a burst of commands: fast sessions
+    (realtime: the video plays at its own 15 fps, so a session lasts a fraction of a second)."""
+    d = DaemonProc(tmp_path, broker, faces, backend_key)
+    d.cfg.write_text(d.cfg.read_text().replace('liveness = "passive"', 'liveness = "none"\nmax_pending = 20')
+                     .replace("realtime = false", f"realtime = {str(realtime).lower()}")
+                     + '[verify]\nfusion_frames = 4\n')
+    return d
+
+
+def first_deliveries(rs: list[dict]) -> list[int]:
+    """seq of each result in the order it was first seen (duplicates dropped)."""
+    seen, out = set(), []
+    for r in rs:
+        if r["seq"] not in seen:
+            seen.add(r["seq"])
+            out.append(r["seq"])
+    return out
+
+
+def wait_status(d: DaemonProc, pred, timeout_s=30.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            st = d.status()
+            if pred(st):
+                return st
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"status never matched; last log:\n{d.logtext()[-1500:]}")
+
+
+@pytest.fixture
+def broker(tmp_path):
+    (tmp_path / "broker").mkdir()
+    b = Mosquitto(tmp_path / "broker", persist=True).start()
+    yield b
+    b.stop()
+
+
+def test_broker_killed_mid_stream_loses_nothing_and_keeps_seq_order(tmp_path, broker, faces, backend_key, model_dir):
+    d = quick_daemon(tmp_path, broker, faces, backend_key, realtime=True).start()
+    be = Backend(broker, persistent=True)
+    try:
+        wait_online(be)
+        sent = []
+        for i in range(8):
+            msg, cmd = command(backend_key, faces["ref"] if i % 2 == 0 else faces["stranger"])
+            be.publish(f"{ROOT}/cmd/verify", msg)
+            sent.append(cmd["request_id"])
+        be.wait_for(lambda _: results(be, d.public), 60)  # the first result is through ...
+        broker.stop(kill=True)                             # ... then the broker dies mid-stream
+        time.sleep(2.0)
+        during = d.status()
+        broker.start()
+        rs = be.wait_for(lambda _: (lambda r: r if {x["request_id"] for x in r} >= set(sent) else None)(
+            results(be, d.public)), 120)
+        order = first_deliveries(rs)
+        assert order == sorted(order), f"a result arrived out of seq order: {order}"
+        assert len(order) == len(set(order)) == 8
+        for r in rs:  # duplicates (at-least-once) carry the same seq and the same content
+            assert r == next(x for x in rs if x["seq"] == r["seq"])
+        assert {r["decision"] for r in rs} == {"match", "no_match"}
+        st = wait_status(d, lambda s: s["health"]["outbox_depth"] == 0)
+        assert st["broker"]["connected"]
+        assert during["health"]["sessions"] < 8 or during["health"]["outbox_depth"] > 0  # the outage mattered
+    finally:
+        be.close()
+        d.stop()
+
+
+def test_kill9_keeps_the_outbox_and_seq_increasing(tmp_path, broker, faces, backend_key, model_dir):
+    d = quick_daemon(tmp_path, broker, faces, backend_key).start()
+    be = Backend(broker, persistent=True)
+    try:
+        wait_online(be)
+        msg, warm = command(backend_key, faces["ref"])
+        be.publish(f"{ROOT}/cmd/verify", msg)
+        be.wait_for(lambda _: results(be, d.public), 60)
+        before = max(r["seq"] for r in results(be, d.public))
+        ids = []
+        for _ in range(3):
+            msg, cmd = command(backend_key, faces["ref"])
+            be.publish(f"{ROOT}/cmd/verify", msg)
+            ids.append(cmd["request_id"])
+        wait_status(d, lambda s: s["health"]["sessions"] >= 2)
+        broker.stop()  # results now pile up in the outbox
+        wait_status(d, lambda s: s["health"]["sessions"] >= 4 and s["state"]["state"] == "idle", 60)
+        time.sleep(1.5)
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(10)
+        db = sqlite3.connect(d.state / "outbox.sqlite")
+        stored = db.execute("SELECT DISTINCT seq FROM results ORDER BY seq").fetchall()
+        db.close()
+        stored = [s for (s,) in stored]  # what the outbox still held when the daemon died
+        assert stored and stored == list(range(stored[0], before + 4)), (before, stored)
+        broker.start()
+        d.start()  # same state dir: the outbox and the seq counter survive
+        rs = be.wait_for(lambda _: (lambda r: r if {x["request_id"] for x in r} >= set(ids) else None)(
+            results(be, d.public)), 90)
+        assert sorted(first_deliveries(rs)) == first_deliveries(rs)
+        msg, after = command(backend_key, faces["stranger"])
+        be.publish(f"{ROOT}/cmd/verify", msg)
+        last = be.wait_for(lambda _: [r for r in results(be, d.public) if r["request_id"] == after["request_id"]], 90)
+        earlier = [r["seq"] for r in results(be, d.public) if r["request_id"] != after["request_id"]]
+        assert last[0]["seq"] > max(earlier) >= before + 3
+        assert len({r["boot"] for r in results(be, d.public)}) == 2  # two process starts
+    finally:
+        be.close()
+        d.stop()
+
+
+def test_clean_stop_publishes_stopped_and_rotation_republishes_attest(tmp_path, broker, faces, backend_key, model_dir):
+    d = DaemonProc(tmp_path, broker, faces, backend_key).start()
+    be = Backend(broker)
+    try:
+        wait_online(be)
+        be.wait_for(lambda ms: [m for m in ms if m.topic == f"{ROOT}/attest"])
+        old = d.public
+        p = subprocess.run([sys.executable, "-m", "facegate.cli", "keys", "rotate", "--config", str(d.cfg), "--json"],
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        new = bytes.fromhex(json.loads(p.stdout)["public_key"])
+        assert new != old and "reload" in p.stderr
+        attest = be.wait_for(lambda ms: [m for m in ms if m.topic == f"{ROOT}/attest"
+                                         and _verifies(m.payload, new, f"{ROOT}/attest")], 20)
+        assert independent_verify(attest[0].payload, new, f"{ROOT}/attest")["pub"] == new
+        msg, cmd = command(backend_key, faces["ref"])
+        be.publish(f"{ROOT}/cmd/verify", msg)
+        r = be.wait_for(lambda _: results(be, new), 60)  # results are now signed with the new key
+        assert r[0]["request_id"] == cmd["request_id"]
+        assert d.stop(signal.SIGTERM) == 0
+        be.wait_for(lambda ms: [m for m in ms if m.topic == f"{ROOT}/status" and m.payload == b"stopped"], 10)
+        assert d.status()["pid"] and not (d.state / "status.json.tmp").exists()
+    finally:
+        be.close()
+        d.stop()
+
+
+def _verifies(payload: bytes, public: bytes, topic: str) -> bool:
+    try:
+        independent_verify(payload, public, topic)
+        return True
+    except Exception:
+        return False
