@@ -138,3 +138,23 @@ def test_screen_replay_is_a_spoof(zubair):
 def test_unknown_challenge_step_is_bad_input(pair):
     p = run("verify", "--reference", pair[0], "--probe", pair[1], "--liveness", "active", "--challenge", "smile")
     assert p.returncode == 2 and "unknown challenge step" in p.stderr
+
+
+def test_blink_challenge_passes_on_the_annotated_blink_clip(data_dir, tmp_path, model_dir):
+    """The whole CLI path (iris-model eye lids) finds the blink of the annotated clip, and a
+    still frame of the same face never passes a blink step."""
+    import cv2
+
+    from facegate.adapters.files import FileCamera
+
+    clip = data_dir / "eyeblink8" / "EyeBlink8_1" / "calibration18_video1.mp4"
+    with FileCamera(clip) as cam:
+        first = next(iter(cam.frames())).image
+    cv2.imwrite(str(tmp_path / "ref.png"), first)
+    p = run("verify", "--reference", tmp_path / "ref.png", "--probe", clip, "--liveness", "active",
+            "--challenge", "blink")
+    out = json.loads(p.stdout)
+    assert p.returncode == 0 and out["liveness"]["steps_done"] == ["blink"], out
+    still = run("verify", "--reference", tmp_path / "ref.png", "--probe", tmp_path / "ref.png",
+                "--liveness", "active", "--challenge", "blink")
+    assert json.loads(still.stdout)["decision"] == "spoof"

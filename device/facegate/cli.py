@@ -102,7 +102,7 @@ def build_liveness(cfg: config_mod.Config, args):
     import random
 
     from .liveness.challenge import Challenge, ChallengeOptions, draw_steps
-    from .pipeline import LivenessCheck, build_passive
+    from .pipeline import LivenessCheck, build_eyes, build_passive
 
     mode = getattr(args, "liveness", "none")
     if mode == "none":
@@ -118,6 +118,7 @@ def build_liveness(cfg: config_mod.Config, args):
             steps = draw_steps(random.Random(args.seed), lc.challenge_length, tuple(lc.challenge_steps))
         opts = ChallengeOptions(step_timeout_s=lc.step_timeout_s, turn_min_deg=lc.turn_min_deg)
         check.challenge = Challenge(steps, opts)
+        check.eyes = build_eyes(_store(cfg), cfg, make_runner)
     return check
 
 

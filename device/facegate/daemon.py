@@ -182,12 +182,12 @@ class Daemon:
     """One terminal. Every collaborator comes in from outside (build() makes the real
     ones): models, camera opener, publisher, indicators, notifier."""
 
-    def __init__(self, cfg: Config, *, verifier: Verifier, passive: PassiveLiveness | None,
+    def __init__(self, cfg: Config, *, verifier: Verifier, passive: PassiveLiveness | None, eyes=None,
                  camera, open_camera: Callable[[], Camera], publisher: Publisher | None, indicators: Indicators,
                  notifier, models: dict[str, str], config_path: str | None = None):
         self.cfg = cfg
         self.config_path = config_path
-        self.verifier, self.passive = verifier, passive
+        self.verifier, self.passive, self.eyes = verifier, passive, eyes
         self.camera = camera  # never ends: reopens itself (adapters.cameras.ReopeningCamera)
         self.open_camera = open_camera  # a fresh camera: per-session replays of a file
         self.publisher, self.indicators, self.notifier = publisher, indicators, notifier
@@ -393,6 +393,7 @@ class Daemon:
                 steps = draw_steps(random.SystemRandom(), lc.challenge_length, tuple(lc.challenge_steps))
             check.challenge = Challenge(list(steps), ChallengeOptions(step_timeout_s=lc.step_timeout_s,
                                                                        turn_min_deg=lc.turn_min_deg))
+            check.eyes = self.eyes
         return check
 
     def _session_frames(self, session: str, liveness: LivenessCheck | None, timed_out: list) -> Iterator[Frame]:
@@ -656,7 +657,7 @@ def build(cfg: Config, config_path: str | None = None) -> Daemon:
     from .adapters.mqtt import PahoPublisher
     from .adapters.systemd import SystemdNotifier
     from .modelstore import ModelStore
-    from .pipeline import build_passive
+    from .pipeline import build_eyes, build_passive
 
     # a session ends by its own timeout, not by a frame count
     vcfg = cfg.model_copy(update={"verify": cfg.verify.model_copy(update={"max_frames": 10**9})})
@@ -668,13 +669,17 @@ def build(cfg: Config, config_path: str | None = None) -> Daemon:
         passive = build_passive(store, cfg, make_runner)
         for task in ("pad_v2", "pad_v1se"):
             models[task] = store.path(task, cfg.models.precision)[1].sha256
+    eyes = None
+    if cfg.daemon.liveness in ("active", "both"):
+        eyes = build_eyes(store, cfg, make_runner)
+        models["iris"] = store.path("iris", "fp32")[1].sha256
     topics = Topics.of(cfg.mqtt.prefix, cfg.device_id)
     publisher = None
     if cfg.mqtt.enabled:
         publisher = PahoPublisher(cfg.mqtt, cfg.mqtt.client_id or f"facegate-{cfg.device_id}",
                                   will=(topics.status, b"offline"))
     indicators = GpiozeroIndicators(cfg.gpio) if cfg.gpio.enabled else NoIndicators()
-    return Daemon(cfg, verifier=verifier, passive=passive, camera=ReopeningCamera.from_config(cfg.camera),
+    return Daemon(cfg, verifier=verifier, passive=passive, eyes=eyes, camera=ReopeningCamera.from_config(cfg.camera),
                   open_camera=lambda: open_camera(cfg.camera),
                   publisher=publisher, indicators=indicators, notifier=SystemdNotifier(), models=models,
                   config_path=config_path)

@@ -18,7 +18,7 @@ from . import decide
 from .config import Config, VerifyConfig
 from .modelstore import ModelStore
 from .ports import Runner
-from .liveness.challenge import Challenge, Observation, eye_openness
+from .liveness.challenge import Challenge, EyeLids, Observation, eye_openness
 from .liveness.passive import V1SE_SCALE, V2_SCALE, PassiveLiveness, fuse
 from .types import Decision, Detection, FaceAnalysis, Frame
 from .vision.align import align, five_points
@@ -59,6 +59,12 @@ def build_passive(store: ModelStore, config: Config, make_runner: RunnerFactory)
     return PassiveLiveness(PadModel(make_runner(pv2, nt), V2_SCALE), PadModel(make_runner(pv1, nt), V1SE_SCALE))
 
 
+def build_eyes(store: ModelStore, config: Config, make_runner: RunnerFactory) -> EyeLids:
+    """The iris-landmark model whose eye contours follow the lids (blinks)."""
+    path, _ = store.path("iris", "fp32")
+    return EyeLids(make_runner(path, config.models.num_threads))
+
+
 @dataclass
 class LivenessCheck:
     """What liveness a video verification must pass: the passive models (or None) with
@@ -69,6 +75,7 @@ class LivenessCheck:
     passive_threshold: float = 0.5
     passive_min_frames: int = 1
     challenge: Challenge | None = None
+    eyes: EyeLids | None = None  # lid-following eye openness; None = the face mesh's (blinks barely move it)
     drift_every: int = 5
     scores: list = field(default_factory=list)
     track_changed: bool = False  # another face took the tracked face's place
@@ -91,7 +98,9 @@ class LivenessCheck:
                     self._first = e
                 sim = cosine(self._first, e)
             self._n += 1
-            self.challenge.update(Observation(t_s, True, face.quality.yaw_deg, eye_openness(face.mesh.points), sim))
+            openness = (self.eyes.openness(image, face.mesh.points) if self.eyes is not None
+                        else eye_openness(face.mesh.points))
+            self.challenge.update(Observation(t_s, True, face.quality.yaw_deg, openness, sim))
 
     def settled(self, min_frames: int) -> bool:
         """Enough seen for a verdict: the challenge finished (passed or failed) and the
