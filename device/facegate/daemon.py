@@ -533,13 +533,16 @@ class Daemon:
         """SIGHUP: re-read the config's trusted keys and the signing key (after
         `facegate keys rotate`), re-publish the attestation. Other changes need a restart."""
         self.reload_flag.clear()
+        self.notifier.reloading()
         try:
             cfg = config_mod.load(self.config_path) if self.config_path else self.cfg
             self.trusted = trusted_keys(cfg)
             self.key, _ = load_or_create_key(key_path(cfg))
         except FacegateError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
+            self.notifier.ready("reload refused: config error, running config kept")
             return
+        self.notifier.ready(f"reloaded: signing kid {self.key.kid.hex()}")
         log.info("reloaded: %d trusted key(s), signing kid %s", len(self.trusted), self.key.kid.hex())
         if self.publisher is not None and self.publisher.connected:
             self._publish_attest()
@@ -600,8 +603,7 @@ class Daemon:
             except queue.Empty:
                 continue
             if self.ready:
-                self.run_session(req)
-                self.indicators.show("ready")
+                self.run_session(req)  # pass / fail stays lit for gpio.result_show_s, then ready
             else:  # the camera never delivered: answer instead of waiting forever
                 self.emit_result("error", "camera_unavailable", request_id=req.command.request_id,
                                  nonce=req.command.nonce, response_topic=req.response_topic,

@@ -1,0 +1,97 @@
+"""The daemon in-process with MQTT off and GPIO on gpiozero's MockFactory: the relay
+pulses once per match and never on a spoof or no-match; LEDs follow the sessions; results
+wait in the outbox, signed, while there is no broker."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from facegate import config as config_mod
+from facegate import daemon as daemon_mod
+from facegate import signing
+from facegate.ports import Inbound
+
+RELAY, READY, BUSY, PASS, FAIL = 17, 5, 6, 13, 19
+
+
+@pytest.fixture
+def terminal(tmp_path, faces, backend_key, model_dir):
+    MockFactory().reset()
+    cfg = config_mod.parse(f'''
+device_id = "gpio-1"
+[camera]
+source = "file"
+path = "{faces["video"]}"
+realtime = false
+[daemon]
+state_dir = "{tmp_path}"
+liveness = "both"
+[liveness]
+step_timeout_s = 10.0
+[mqtt]
+enabled = false
+trusted_keys = ["{backend_key.public.hex()}"]
+[gpio]
+enabled = true
+pin_factory = "mock"
+led_ready = {READY}
+led_busy = {BUSY}
+led_pass = {PASS}
+led_fail = {FAIL}
+relay_pin = {RELAY}
+relay_pulse_ms = 50
+result_show_s = 0
+''')
+    d = daemon_mod.build(cfg)
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not d.ready and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert d.ready
+    yield d
+    d.request_stop()
+    t.join(30)
+    MockFactory().reset()
+
+
+def ask(d, key, reference: bytes, challenge) -> str:
+    topic = d.topics.cmd_verify
+    now = int(time.time())
+    rid = uuid.uuid4().hex
+    d.handle_inbound(Inbound(topic, signing.sign({"request_id": rid, "nonce": os.urandom(16), "iat": now,
+                                                  "exp": now + 120, "reference": reference,
+                                                  "challenge": challenge}, key, topic)))
+    return rid
+
+
+def decisions(d) -> dict:
+    out = {}
+    for row in d.outbox.pending(1000):
+        p = signing.verify(row.message, signing.public_from_hex(d.key.public.hex()), row.topic).payload
+        out[p["request_id"]] = p["decision"]
+    return out
+
+
+def test_relay_pulses_once_per_match_and_never_otherwise(terminal, faces, backend_key):
+    d = terminal
+    relay = d.indicators.factory.pin(RELAY)
+    ids = [ask(d, backend_key, faces["ref"], ["turn_right", "turn_left"]),   # the person, doing the challenge
+           ask(d, backend_key, faces["stranger"], ["turn_right", "turn_left"]),  # someone else's card
+           ask(d, backend_key, faces["ref"], ["blink", "turn_left"])]           # a step never done in the clip
+    deadline = time.monotonic() + 120
+    while len(decisions(d)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    got = decisions(d)
+    assert [got.get(i) for i in ids][:2] == ["match", "no_match"], got
+    assert got[ids[2]] in ("spoof", "timeout"), got
+    time.sleep(0.2)
+    rises = sum(1 for a, b in zip(relay.states, relay.states[1:]) if not a.state and b.state)
+    assert rises == 1, [s.state for s in relay.states]
+    assert d.indicators.factory.pin(FAIL).state  # the last decision stays shown (result_show_s = 0)
+    assert d.outbox.depth() == 3  # kept, signed, for a broker that is not there
