@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,27 @@ def test_blink_challenge_passes_on_the_annotated_blink_clip(data_dir, tmp_path, 
     still = run("verify", "--reference", tmp_path / "ref.png", "--probe", tmp_path / "ref.png",
                 "--liveness", "active", "--challenge", "blink")
     assert json.loads(still.stdout)["decision"] == "spoof"
+
+
+def test_keys_sign_command_and_verify_result_round_trip(tmp_path, pair):
+    key = tmp_path / "backend.pem"
+    assert run("keys", "init", "--path", key).returncode == 0
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert run("keys", "init", "--path", key).returncode == 1  # never overwrites
+    shown = json.loads(run("keys", "show", "--path", key, "--json").stdout)
+    assert len(shown["public_key"]) == 64 and len(shown["kid"]) == 16
+    cmd = tmp_path / "cmd.cose"
+    made = json.loads(run("sign-command", "--key", key, "--reference", pair[0], "--device", "k9",
+                          "--challenge", "turn_left,blink", "-o", cmd).stdout)
+    assert made["topic"] == "facegate/v1/k9/cmd/verify"
+    ok = run("verify-result", "--pubkey", shown["public_key"], "--topic", made["topic"], cmd)
+    payload = json.loads(ok.stdout)["payload"]
+    assert ok.returncode == 0 and payload["challenge"] == ["turn_left", "blink"]
+    assert payload["reference"] == Path(pair[0]).read_bytes().hex()
+    data = bytearray(cmd.read_bytes())
+    data[-5] ^= 1
+    cmd.write_bytes(bytes(data))
+    bad = run("verify-result", "--pubkey", key, "--topic", made["topic"], cmd)
+    assert bad.returncode == 1 and "bad_signature" in bad.stderr
+    garbage = run("verify-result", "--pubkey", "zz", "--topic", "t", cmd)
+    assert garbage.returncode == 2 and "64 hex digits" in garbage.stderr

@@ -247,6 +247,19 @@ def cmd_keys_show(args) -> int:
     return EXIT_OK
 
 
+def cmd_keys_init(args) -> int:
+    """Create a key only where there is none (a device's before first start, a backend's)."""
+    from .signing import SigningKey, save_key
+
+    path = _key_path(args)
+    if path.exists():
+        return _fail(f"{path} exists; 'facegate keys rotate' replaces a key", EXIT_NEGATIVE)
+    key = SigningKey.generate()
+    save_key(key, path)
+    _print_key(key, path, args.json)
+    return EXIT_OK
+
+
 def cmd_keys_rotate(args) -> int:
     """A new key replaces the old (kept as .old); a running daemon is told with SIGHUP
     and re-publishes its attestation."""
@@ -361,6 +374,30 @@ def _jsonable(v):
     return v
 
 
+def cmd_sign_command(args) -> int:
+    """What a backend sends: a signed verify command for one device (for tests and
+    integration; pipe it to `mosquitto_pub -f`)."""
+    import os
+
+    from .messages import Topics
+    from .signing import load_key, sign
+
+    key = load_key(Path(args.key))
+    try:
+        reference = Path(args.reference).read_bytes()
+    except OSError as exc:
+        return _fail(f"cannot read {args.reference}: {exc.strerror}")
+    topic = Topics.of(args.prefix, args.device).cmd_verify
+    now = int(time.time())
+    payload = {"request_id": args.request_id or os.urandom(8).hex(), "nonce": os.urandom(16),
+               "iat": now, "exp": now + args.ttl, "reference": reference}
+    if args.challenge is not None:
+        payload["challenge"] = [s for s in args.challenge.split(",") if s]
+    Path(args.out).write_bytes(sign(payload, key, topic))
+    print(json.dumps({"topic": topic, "request_id": payload["request_id"], "kid": key.kid.hex(), "out": args.out}))
+    return EXIT_OK
+
+
 def cmd_verify_result(args) -> int:
     """The reference verifier for backends: check a saved COSE_Sign1 message."""
     from .signing import SignatureError, verify
@@ -375,6 +412,63 @@ def cmd_verify_result(args) -> int:
     except SignatureError as exc:
         return _fail(f"signature NOT valid: {exc}", EXIT_NEGATIVE)
     print(json.dumps({"kid": v.kid.hex(), "payload": _jsonable(v.payload)}))
+    return EXIT_OK
+
+
+# -- demo -----------------------------------------------------------------------------
+def _show_value(key: str, value) -> str:
+    if key == "models" and isinstance(value, dict):  # sha256 per model file, shortened for the screen
+        return " ".join(f"{k}={str(v)[:12]}…" for k, v in value.items())
+    if isinstance(value, (dict, list)):
+        return json.dumps(_jsonable(value))
+    if isinstance(value, bytes):
+        return value.hex()
+    return "null" if value is None else str(value)
+
+
+def cmd_demo(args) -> int:
+    """The whole terminal on this machine: the real daemon with a video file as its camera
+    and no broker, a signed command in, the signed result out and verified."""
+    from . import demo
+
+    if (args.video is None) != (args.reference is None):
+        return _fail("--video and --reference go together")
+    workdir = Path(args.workdir) if args.workdir else demo.default_workdir()
+    challenge = [s for s in args.challenge.split(",") if s] if args.challenge else None
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else (lambda line: print(line, flush=True))
+    try:
+        runs = demo.plan(workdir, video=args.video, reference=args.reference, liveness=args.liveness,
+                         challenge=challenge, synthetic=args.synthetic)
+    except InputError as exc:
+        return _fail(str(exc))
+    for i, run in enumerate(runs, 1):
+        say(f"== demo {i}/{len(runs)}: {run.title}")
+        for line in run.about:
+            say(f"   {line}")
+        t0 = time.monotonic()
+        try:
+            res = demo.run_demo(run.video, run.reference, workdir, run.liveness, run.challenge,
+                                lambda msg, t0=t0: say(f"[{time.monotonic() - t0:5.2f} s] {msg}"),
+                                step_timeout_s=run.step_timeout_s)
+        except InputError as exc:
+            return _fail(str(exc))
+        except demo.DemoError as exc:
+            return _fail(f"demo failed: {exc}", EXIT_NEGATIVE)
+        if args.json:
+            print(json.dumps({"run": i, "title": run.title, "video": str(run.video), "reference": str(run.reference),
+                              "liveness": run.liveness, "challenge": run.challenge, "topic": res.topic,
+                              "kid": res.kid.hex(), "public_key": res.public_key.hex(), "message": res.message.hex(),
+                              "saved": str(res.saved), "verified": True, "payload": _jsonable(res.payload),
+                              "explanation": res.explanation, "timings_s": res.timings_s}), flush=True)
+            continue
+        print(f"signed result: {len(res.message)} bytes COSE_Sign1 for {res.topic}, saved as {res.saved}")
+        for k, v in res.payload.items():
+            print(f"  {k:10s} {_show_value(k, v)}")
+        print(f"signature verified (kid {res.kid.hex()}, device public key {res.public_key.hex()})")
+        print(f"  check it yourself: facegate verify-result --pubkey {res.public_key.hex()} --topic {res.topic} "
+              f"{res.saved}")
+        print(f"outcome: {res.explanation}")
+        print("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in res.timings_s.items()) + "\n", flush=True)
     return EXIT_OK
 
 
@@ -491,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("keys", help="the device's signing key")
     ksub = k.add_subparsers(dest="keys_cmd", required=True)
     for name, fn, hlp in (("show", cmd_keys_show, "print the key id and public key"),
+                          ("init", cmd_keys_init, "create a key (mode 0600) where there is none"),
                           ("rotate", cmd_keys_rotate, "make a new key; a running daemon re-publishes R/attest")):
         kp = ksub.add_parser(name, help=hlp)
         kp.add_argument("--config", help="config TOML file")
@@ -503,6 +598,31 @@ def build_parser() -> argparse.ArgumentParser:
     vr.add_argument("--topic", required=True, help="the topic the message was published on (external AAD)")
     vr.add_argument("file", help="the message bytes ('-' = stdin)")
     vr.set_defaults(func=cmd_verify_result)
+
+    dm = sub.add_parser("demo", help="the whole terminal on this machine: a video as camera, no broker, "
+                                     "a signed result verified")
+    dm.add_argument("--video", help="video (or image / folder) to play as the camera; needs --reference")
+    dm.add_argument("--reference", help="the reference portrait (JPEG/PNG); needs --video")
+    dm.add_argument("--liveness", choices=["none", "passive", "active", "both"],
+                    help="liveness the daemon requires (default: both; the built-in clip runs none, then both)")
+    dm.add_argument("--challenge", type=_steps, help="challenge steps, e.g. turn_right,turn_left "
+                                                     "(default: what the demo clip performs; for --video random)")
+    dm.add_argument("--synthetic", action="store_true",
+                    help="use the built-in clip even when ../shared replay data exists")
+    dm.add_argument("--workdir", help="clip, device key and outbox (default ~/.cache/facegate/demo)")
+    dm.add_argument("--json", action="store_true", help="one JSON object per session on stdout, progress on stderr")
+    dm.set_defaults(func=cmd_demo)
+
+    sc = sub.add_parser("sign-command", help="make a signed verify command (as a backend would)")
+    sc.add_argument("--key", required=True, help="the backend's Ed25519 private key (PEM)")
+    sc.add_argument("--reference", required=True, help="ID portrait (JPEG/PNG)")
+    sc.add_argument("--device", required=True, help="device_id of the terminal")
+    sc.add_argument("--prefix", default="facegate/v1")
+    sc.add_argument("--challenge", type=_steps, help="fixed steps, e.g. turn_left,blink ('' = none)")
+    sc.add_argument("--ttl", type=int, default=120, help="seconds until exp")
+    sc.add_argument("--request-id")
+    sc.add_argument("-o", "--out", required=True)
+    sc.set_defaults(func=cmd_sign_command)
 
     c = sub.add_parser("config", help="check or print the configuration")
     csub = c.add_subparsers(dest="config_cmd", required=True)
