@@ -7,17 +7,24 @@ PKG = Path(__file__).resolve().parents[1] / "device" / "facegate"
 ADAPTER_ONLY = {"ai_edge_litert", "tflite_runtime", "paho", "gpiozero", "picamera2", "lgpio", "systemd"}
 # room -> rooms it must not import
 FORBIDDEN = {
-    "types": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "cli"},
-    "errors": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "cli"},
-    "config": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "cli"},
-    "ports": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "cli"},
-    "vision": {"liveness", "decide", "pipeline", "session", "adapters", "daemon", "cli"},
-    "liveness": {"pipeline", "session", "adapters", "daemon", "cli"},
-    "decide": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "cli"},
-    "pipeline": {"adapters", "daemon", "cli"},
-    "session": {"adapters", "daemon", "cli"},
-    "adapters": {"pipeline", "session", "daemon", "cli"},
-    "daemon": {"cli"},
+    "types": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli"},
+    "errors": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli"},
+    "config": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli"},
+    "ports": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli"},
+    "vision": {"liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli"},
+    "liveness": {"pipeline", "session", "adapters", "daemon", "demo", "cli"},
+    "decide": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli"},
+    "pipeline": {"adapters", "daemon", "demo", "cli"},
+    "session": {"adapters", "daemon", "demo", "cli"},
+    "adapters": {"pipeline", "session", "daemon", "demo", "cli"},
+    "daemon": {"demo", "cli"},
+    "demo": {"cli"},
+    # rooms outside the chain above: nothing imports the daemon, the demo or the CLI
+    "imageio": {"daemon", "demo", "cli"},
+    "modelstore": {"daemon", "demo", "cli"},
+    "messages": {"daemon", "demo", "cli"},
+    "signing": {"daemon", "demo", "cli"},
+    "outbox": {"daemon", "demo", "cli"},
 }
 
 

@@ -1,0 +1,508 @@
+"""`facegate demo`: the whole terminal on any machine -- no Pi, no camera, no broker.
+
+`run_demo` builds the real daemon (daemon.build) from a config with MQTT off and a video
+file as its camera, runs it on a thread, signs a verify command with a throw-away backend
+key and hands it in as if the broker had delivered it (Daemon.handle_inbound), reports
+the daemon's state changes, takes the signed result out of the outbox, verifies it against
+the device's public key and the result topic, and stops the daemon. Nothing is printed
+here: progress goes to a callback, the caller (cli.py) prints.
+
+Inputs every install has (`sample_inputs`): the public-domain photograph of Grace Hopper
+(US Navy, 1984) that matplotlib ships, cut to an ID-chip-sized portrait, and a 6 s clip
+in which the same photo drifts and tilts on a grey background. That clip is a still photo,
+i.e. a presentation attack. Measured with the shipped models (int8, x86-64):
+- liveness none: match (the portrait is cut from the same photo: a plumbing check, not
+  evidence of accuracy);
+- passive: MiniFASNet p(real) median 0.02 over the 90 frames (threshold 0.5) ->
+  presentation_attack. Framing decides it: with the print's edges and the grey surround in
+  view the photo scores 0.005-0.02, the same photo filling a 640x480 frame scores 0.86
+  (live). The passive check alone is no proof against a photo;
+- active: a flat photo tilted by up to 60 degrees reads as at most 11 degrees of head yaw
+  (beyond that the face mesh loses the face); a turn step needs 25 degrees from the
+  person's own frontal pose, so it times out -> spoof, reason timeout.
+
+When the replay data of the evaluation set is beside the checkout ($FACEGATE_SHARED or
+../shared: data/replay/zubair/live.webm, a real person who turns the head at the end) the
+demo runs that instead, with liveness both and the challenge turn_right,turn_left the
+clip performs.
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from . import daemon as daemon_mod
+from .config import Config
+from .errors import FacegateError, InputError
+from .imageio import decode_image
+from .ports import Inbound
+from .signing import SignatureError, SigningKey, load_key, public_from_hex, sign, verify
+
+LIVENESS_MODES = ("none", "passive", "active", "both")
+DEMO_DEVICE_ID = "demo-kiosk"
+DEFAULT_TIMEOUT_S = 120.0  # from daemon start to verified result
+STOP_TIMEOUT_S = 20.0
+COMMAND_LIFETIME_S = 120
+MAX_REFERENCE_FILE_BYTES = 50_000_000
+
+# the built-in clip: change CLIP_VERSION whenever make_clip changes (cached files are rebuilt)
+CLIP_VERSION = 1
+CLIP_SIZE = (640, 480)  # width, height in pixels
+CLIP_FPS = 15
+CLIP_SECONDS = 6.0
+CLIP_MAX_TILT_DEG = 50.0
+SAMPLE_CHALLENGE = ["turn_right", "turn_left"]
+
+REPLAY_VIDEO = Path("data") / "replay" / "zubair" / "live.webm"
+REPLAY_REFERENCE_FRAME = 20
+REPLAY_CHALLENGE = ["turn_right", "turn_left"]
+REPLAY_STEP_TIMEOUT_S = 10.0  # its turns come at the end of the 13 s clip
+
+STEP_PROMPTS = {"turn_left": "turn your head to your left", "turn_right": "turn your head to your right",
+                "blink": "blink"}
+
+
+class DemoError(FacegateError):
+    """The demo did not complete: no result in time, the daemon failed or would not stop,
+    or the result did not verify."""
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One session of the demo: its inputs and what to say about them beforehand."""
+
+    title: str
+    video: Path
+    reference: Path
+    liveness: str
+    challenge: list[str] | None
+    step_timeout_s: float | None = None
+    about: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """A verified result. payload: the decoded CBOR map; message: the signed COSE_Sign1
+    bytes as stored in the outbox; topic: the topic they are signed for (external AAD);
+    kid / public_key: the device key (8 / 32 raw bytes); timings_s: build, ready (daemon
+    start to first frame), session (command to signed result), total; saved: the message
+    written to a file for `facegate verify-result`."""
+
+    payload: dict
+    message: bytes
+    topic: str
+    kid: bytes
+    public_key: bytes
+    request_id: str
+    challenge: list[str] | None
+    explanation: str
+    saved: Path
+    timings_s: dict = field(default_factory=dict)
+
+
+# -- inputs -------------------------------------------------------------------------------
+def default_workdir() -> Path:
+    """Where the demo keeps its clip, device key and outbox: $XDG_CACHE_HOME/facegate/demo."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "facegate" / "demo"
+
+
+def shared_dir() -> Path:
+    """The evaluation data mirror: $FACEGATE_SHARED, else `shared` beside the checkout."""
+    env = os.environ.get("FACEGATE_SHARED")
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared"
+
+
+def sample_photo() -> np.ndarray:
+    """The public-domain photograph of Grace Hopper that matplotlib ships (BGR uint8)."""
+    try:
+        from matplotlib import cbook
+    except ImportError:
+        raise InputError("the built-in demo needs matplotlib's sample photo (pip install matplotlib), "
+                         "or pass --video FILE --reference FILE") from None
+    path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    image = cv2.imread(str(path))
+    if image is None:
+        raise InputError(f"cannot read matplotlib's sample photo {path}")
+    return image
+
+
+def id_portrait(photo: np.ndarray) -> np.ndarray:
+    """A tight 102x126 head-and-shoulders crop, like the portrait on an ID card's chip
+    (the framing of scripts/sample_portraits.py)."""
+    h, w = photo.shape[:2]
+    crop = photo[int(h * 0.04):int(h * 0.62), int(w * 0.22):int(w * 0.78)]
+    return cv2.resize(crop, (102, 126), interpolation=cv2.INTER_AREA)
+
+
+def tilted(photo: np.ndarray, scale: float, dx: float, dy: float, tilt_deg: float,
+           size: tuple[int, int] = CLIP_SIZE) -> np.ndarray:
+    """The flat photo rotated by tilt_deg about its vertical axis (pinhole camera, focal
+    length 1.2x the frame width), scaled, shifted by (dx, dy) pixels and laid on grey."""
+    W, H = size
+    h, w = photo.shape[:2]
+    f = 1.2 * W
+    a = math.radians(tilt_deg)
+    corners = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    out = []
+    for x, y in corners - np.float32([w / 2, h / 2]):
+        X, Z = x * math.cos(a), x * math.sin(a) + f
+        out.append([f * X / Z * scale + W / 2 + dx, f * y / Z * scale + H / 2 + dy])
+    m = cv2.getPerspectiveTransform(corners, np.float32(out))
+    grey = np.full((H, W, 3), (92, 96, 100), np.uint8)
+    return cv2.warpPerspective(photo, m, (W, H), dst=grey, flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_TRANSPARENT)
+
+
+def clip_frames(photo: np.ndarray) -> list[np.ndarray]:
+    """The built-in clip, deterministic: 1.5 s frontal with a hand-held drift, the photo
+    tilted to +CLIP_MAX_TILT_DEG and back (2 s), to the other side and back (2 s), frontal."""
+    frames = []
+    for i in range(int(CLIP_SECONDS * CLIP_FPS)):
+        t = i / CLIP_FPS
+        scale = 0.72 + 0.04 * math.sin(1.3 * t)
+        dx, dy = 6 * math.sin(2.1 * t), 4 * math.sin(1.7 * t)
+        tilt = CLIP_MAX_TILT_DEG * math.sin(math.pi * (t - 1.5) / 2) if 1.5 <= t < 5.5 else 0.0
+        frames.append(tilted(photo, scale, dx, dy, tilt))
+    return frames
+
+
+def _write_clip(frames: list[np.ndarray], path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    w = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), CLIP_FPS, CLIP_SIZE)
+    if not w.isOpened():
+        raise DemoError(f"OpenCV cannot write an MPEG-4 video to {tmp}")
+    try:
+        for f in frames:
+            w.write(f)
+    finally:
+        w.release()
+    os.replace(tmp, path)
+
+
+def sample_inputs(workdir: Path) -> tuple[Path, Path]:
+    """(clip, portrait) from matplotlib's Grace Hopper photo, built once under workdir."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    clip = workdir / f"hopper_clip_v{CLIP_VERSION}.mp4"
+    portrait = workdir / "hopper_id.png"
+    if not (clip.is_file() and portrait.is_file()):
+        photo = sample_photo()
+        if not cv2.imwrite(str(portrait), id_portrait(photo)):
+            raise DemoError(f"cannot write {portrait}")
+        _write_clip(clip_frames(photo), clip)
+    return clip, portrait
+
+
+def replay_inputs(workdir: Path, shared: Path | None = None) -> tuple[Path, Path] | None:
+    """(live.webm, its frame 20 as a PNG portrait) when the replay data is present."""
+    from .adapters.files import FileCamera
+
+    video = (shared or shared_dir()) / REPLAY_VIDEO
+    if not video.is_file():
+        return None
+    workdir.mkdir(parents=True, exist_ok=True)
+    ref = workdir / f"zubair_frame{REPLAY_REFERENCE_FRAME}.png"
+    if not ref.is_file():
+        with FileCamera(video) as cam:
+            frame = next((f for f in cam.frames() if f.seq == REPLAY_REFERENCE_FRAME), None)
+        if frame is None or not cv2.imwrite(str(ref), frame.image):
+            raise DemoError(f"cannot take frame {REPLAY_REFERENCE_FRAME} of {video}")
+    return video, ref
+
+
+def plan(workdir: Path, video: Path | None = None, reference: Path | None = None, liveness: str | None = None,
+         challenge: list[str] | None = None, synthetic: bool = False) -> list[DemoRun]:
+    """The demo's sessions: the user's files, else the replay data when present (unless
+    `synthetic`), else the built-in clip twice (liveness none, then both)."""
+    if video is not None and reference is not None:
+        _check_video(Path(video))
+        _reference_bytes(Path(reference), Config().daemon.max_command_bytes, Config().daemon.max_reference_pixels)
+        return [DemoRun("your video as the camera, your portrait as the reference", Path(video), Path(reference),
+                        liveness or "both", challenge,
+                        about=(f"reference: {reference}", f"camera:    {video} (played as fast as it decodes)",
+                               "challenge: " + (",".join(challenge) if challenge else
+                                                "drawn at random by the daemon, as in production")))]
+    replay = None if synthetic else replay_inputs(workdir)
+    if replay is not None:
+        v, ref = replay
+        steps = challenge or REPLAY_CHALLENGE
+        return [DemoRun("a live person (replay of a webcam video) vs a portrait from it", v, ref, liveness or "both",
+                        steps, REPLAY_STEP_TIMEOUT_S,
+                        about=(f"camera:    {v} (13 s, 960x540: a real person who smiles, waves and "
+                               "turns the head at the end)",
+                               f"reference: {ref} (frame {REPLAY_REFERENCE_FRAME} of the same video)",
+                               f"liveness:  {liveness or 'both'}, challenge {','.join(steps)}, "
+                               f"step timeout {REPLAY_STEP_TIMEOUT_S:g} s (the turns come late)",
+                               "expect:    match, and every liveness check asked passes",
+                               "(`facegate demo --synthetic` runs the built-in clip every install has instead)"))]
+    clip, portrait = sample_inputs(workdir)
+    steps = challenge or SAMPLE_CHALLENGE
+    inputs = (f"reference: {portrait} (102x126 ID-chip-sized crop of the public-domain photo of Grace Hopper "
+              "that matplotlib ships)",
+              f"camera:    {clip} ({CLIP_SECONDS:g} s: the same photo drifting and tilted up to "
+              f"{CLIP_MAX_TILT_DEG:g} degrees on grey -- a still photo, i.e. a presentation attack)")
+    passive_why = ("the passive model scores this framing p(real) ~0.02, threshold 0.5 (the same photo filling "
+                   "the frame scores 0.86: the passive check alone is no proof)")
+    active_why = ("a flat photo tilted by up to 60 degrees reads as at most ~11 degrees of head yaw, a turn step "
+                  "needs 25, so the challenge times out")
+    expect = {"none": "expect:    match: the face comparison alone cannot tell a photo from a person (and the "
+                      "portrait is cut from this very photo: a plumbing check, not a measure of accuracy)",
+              "passive": f"expect:    spoof, presentation_attack. Measured with the shipped models: {passive_why}",
+              "active": f"expect:    spoof, timeout. Measured with the shipped models: {active_why}",
+              "both": f"expect:    spoof, timeout (the challenge is judged first). Measured with the shipped "
+                      f"models: {active_why}; and {passive_why}"}
+    if liveness is not None:
+        return [DemoRun(f"ID portrait vs a clip of the same photo, liveness {liveness}", clip, portrait, liveness,
+                        steps if liveness in ("active", "both") else None, about=inputs + (expect[liveness],))]
+    return [DemoRun("ID portrait vs a clip of the same photo, liveness none", clip, portrait, "none", None,
+                    about=inputs + (expect["none"],)),
+            DemoRun(f"the same clip with liveness both (passive + challenge {','.join(steps)}), the daemon's default",
+                    clip, portrait, "both", steps, about=(expect["both"],))]
+
+
+def _reference_bytes(path: Path, max_bytes: int, max_pixels: int) -> tuple[bytes, str]:
+    """The portrait as sent in a command: the file's bytes, or re-encoded as JPEG (and
+    scaled down) when it exceeds the daemon's command limits; plus a note of what was done."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_REFERENCE_FILE_BYTES:
+            raise InputError(f"{path} is too large for a portrait ({size} bytes)")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read the reference {path}: {exc.strerror}") from None
+    image = decode_image(data, MAX_REFERENCE_FILE_BYTES, 100_000_000, what=f"reference {path.name}")
+    h, w = image.shape[:2]
+    budget = max_bytes - 1024  # the rest of the command: ids, times, signature
+    if len(data) <= budget and h * w <= max_pixels:
+        return data, ""
+    f = min(1.0, math.sqrt(max_pixels / (h * w)))
+    small = cv2.resize(image, (max(1, int(w * f)), max(1, int(h * f))), interpolation=cv2.INTER_AREA)
+    ok, jpg = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    if not ok or len(jpg) > budget:
+        raise InputError(f"the reference {path} does not fit in a verify command ({max_bytes} bytes)")
+    return jpg.tobytes(), f"reference re-encoded as a {small.shape[1]}x{small.shape[0]} JPEG to fit the command limit"
+
+
+def _check_video(path: Path) -> None:
+    from .adapters.files import FileCamera
+
+    with FileCamera(path) as cam:  # raises InputError: missing, empty, too large, unreadable
+        if next(iter(cam.frames()), None) is None:
+            raise InputError(f"{path} holds no frames")
+
+
+def demo_config(video: Path, workdir: Path, liveness: str, backend_public_hex: str,
+                step_timeout_s: float | None = None) -> Config:
+    """The daemon's config: the video as camera (as fast as it decodes), MQTT off, state
+    and signing key inside workdir, the backend key trusted."""
+    lc = {} if step_timeout_s is None else {"step_timeout_s": step_timeout_s}
+    return Config.model_validate({
+        "device_id": DEMO_DEVICE_ID,
+        "camera": {"source": "file", "path": str(video), "realtime": False},
+        "mqtt": {"enabled": False, "trusted_keys": [backend_public_hex]},
+        "daemon": {"state_dir": str(workdir / "state"), "key_file": str(workdir / "device-signing.key"),
+                   "liveness": liveness},
+        "liveness": lc,
+    })
+
+
+# -- progress -----------------------------------------------------------------------------
+class _StateTap:
+    """Stands in for the systemd notifier (the demo is no service, nothing goes to
+    systemd): the daemon reports every state change to it, in order, from its own thread;
+    the tap reads daemon.state at that moment and queues it for the demo thread."""
+
+    def __init__(self, daemon):
+        self._daemon = daemon
+        self.events: queue.Queue = queue.Queue()
+        self.is_ready = threading.Event()
+
+    def ready(self, status: str | None = None) -> bool:
+        self.is_ready.set()
+        self.events.put(("ready", None, None))
+        return False
+
+    def status(self, text: str) -> bool:
+        self.events.put(self._daemon.state)
+        return False
+
+    def keepalive(self, progress: bool) -> bool:
+        return False
+
+    def stopping(self, status: str | None = None) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+class _Narrator:
+    """Turns state changes into progress lines."""
+
+    def __init__(self, on_progress: Callable[[str], None]):
+        self.say = on_progress
+        self.step: str | None = None
+
+    def __call__(self, state: str, step: str | None, session: str | None) -> None:
+        if state == "ready":
+            self.say("daemon ready: the camera delivers frames (idle)")
+        elif state == "waiting_face":
+            self.say(f"state waiting_face: session {session} started, looking for one face in the frames")
+        elif state == "challenge" and step and step != self.step:
+            if self.step:
+                self.say(f"  step {self.step} seen")
+            self.say(f"state challenge: step {step} (the kiosk asks: \"{STEP_PROMPTS.get(step, step)}\")")
+            self.step = step
+        elif state == "challenge" and not step and self.step is None:
+            self.say("state challenge: face found, checking liveness")
+            self.step = ""
+        elif state == "deciding":
+            self.say("state deciding: the session ended; deciding, signing (COSE_Sign1, Ed25519) "
+                     "and storing the result in the outbox")
+
+
+def explain(payload: dict) -> str:
+    """One sentence on what a result payload says (decisions only: no scores are published)."""
+    d, r, lv = payload.get("decision"), payload.get("reason"), payload.get("liveness") or {}
+    checks = []
+    if "steps" in lv:
+        checks.append(f"challenge {','.join(lv['steps'])} {'passed' if lv.get('active_pass') else 'NOT passed'}")
+    if "passive_pass" in lv:
+        checks.append(f"passive check {'passed' if lv['passive_pass'] else 'NOT passed'}")
+    tail = f" ({'; '.join(checks)})" if checks else ""
+    if d == "match":
+        return ("match: the face in the frames is the reference's person (the similarity never leaves the "
+                "device)" + (f" and liveness held{tail}" if checks else ", no liveness asked"))
+    if d == "spoof":
+        why = {"presentation_attack": "the passive model judged the face not live (a presentation attack)",
+               "timeout": "a challenge step was not seen within its step timeout",
+               "face_changed": "the tracked face was lost, replaced or changed during the session",
+               "challenge_incomplete": "the challenge was not completed"}.get(r, r)
+        return f"spoof ({r}): {why}{tail}; never a match, whatever the faces' similarity"
+    if d == "no_match":
+        return f"no_match ({r}): a usable face was found but it is not the reference's person"
+    if d == "timeout":
+        return f"timeout ({r}): the session timeout ended before a decision{tail}"
+    if d == "no_face":
+        return f"no_face ({r}): no usable face" + (" in the reference" if str(r).startswith("reference_") else "")
+    return f"{d} ({r})"
+
+
+# -- the run ------------------------------------------------------------------------------
+def run_demo(video: Path, reference: Path, workdir: Path, liveness: str, challenge: list[str] | None,
+             on_progress: Callable[[str], None], *, step_timeout_s: float | None = None,
+             timeout_s: float = DEFAULT_TIMEOUT_S) -> DemoResult:
+    """One verification through the real daemon: command in, signed result out, verified.
+
+    Raises InputError for unusable inputs (before anything starts) and DemoError when no
+    verified result arrives within timeout_s of the daemon's start, or the daemon fails or
+    does not stop. The daemon is always asked to stop and joined."""
+    video, reference, workdir = Path(video), Path(reference), Path(workdir)
+    if liveness not in LIVENESS_MODES:
+        raise InputError(f"liveness must be one of {', '.join(LIVENESS_MODES)}")
+    t0 = time.monotonic()
+    _check_video(video)
+    backend = SigningKey.generate()  # throw-away: only this run's daemon trusts it
+    cfg = demo_config(video, workdir, liveness, backend.public.hex(), step_timeout_s)
+    ref_bytes, note = _reference_bytes(reference, cfg.daemon.max_command_bytes, cfg.daemon.max_reference_pixels)
+    workdir.mkdir(parents=True, exist_ok=True)
+    d = daemon_mod.build(cfg)
+    tap = _StateTap(d)
+    d.notifier = tap
+    device_public = load_key(daemon_mod.key_path(cfg)).public  # as a backend would hold it: from the key file
+    topics = d.topics
+    t_built = time.monotonic()
+    on_progress(f"daemon built (models verified): device {cfg.device_id}, signing kid {d.key.kid.hex()}, "
+                f"liveness {liveness}, MQTT off (results stay in {d.state_dir / 'outbox.sqlite'})")
+    narrate = _Narrator(on_progress)
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["rc"] = d.run()
+        except BaseException as exc:  # reported to the demo thread
+            box["error"] = exc
+
+    def drain() -> None:
+        while True:
+            try:
+                narrate(*tap.events.get_nowait())
+            except queue.Empty:
+                return
+
+    thread = threading.Thread(target=target, name="facegate-demo-daemon", daemon=True)
+    deadline = time.monotonic() + timeout_s
+    thread.start()
+    try:
+        # commands wait in the daemon's queue while the camera starts; it answers
+        # camera_unavailable itself if no frame comes within camera.frame_timeout_s
+        tap.is_ready.wait(min(cfg.camera.frame_timeout_s + 1.0, timeout_s))
+        t_ready = time.monotonic()
+        drain()
+        start_seq = d.outbox.last_seq
+        now = time.time()
+        rid = uuid.uuid4().hex
+        cmd = {"request_id": rid, "nonce": os.urandom(16), "iat": int(now), "exp": int(now) + COMMAND_LIFETIME_S,
+               "reference": ref_bytes}
+        if challenge is not None:
+            cmd["challenge"] = list(challenge)
+        message = sign(cmd, backend, topics.cmd_verify)
+        if note:
+            on_progress(note)
+        on_progress(f"backend: verify command {rid} ({len(message)} bytes COSE_Sign1, signed by throw-away "
+                    f"backend key {backend.kid.hex()}) on {topics.cmd_verify}; challenge "
+                    + (",".join(challenge) if challenge else "none" if liveness in ("none", "passive")
+                       else "drawn by the daemon"))
+        t_cmd = time.monotonic()
+        d.handle_inbound(Inbound(topics.cmd_verify, message))
+        found = None
+        while found is None:
+            drain()
+            for row in d.outbox.pending(limit=50, after=(start_seq, "")):
+                if row.seq <= start_seq or row.topic != topics.result:
+                    continue
+                try:
+                    v = verify(row.message, public_from_hex(device_public.hex()), topics.result)
+                except SignatureError as exc:
+                    raise DemoError(f"result seq {row.seq} does NOT verify: {exc}") from None
+                if v.payload.get("request_id") == rid:
+                    found = (row, v)
+                    break
+            if found is None:
+                if not thread.is_alive():
+                    raise DemoError(f"the daemon stopped before answering: {box.get('error', 'exit ' + str(box.get('rc')))}")
+                if time.monotonic() > deadline:
+                    raise DemoError(f"no result within {timeout_s:g} s (daemon state: {d.state[0]}"
+                                    f"{', step ' + d.state[1] if d.state[1] else ''})")
+                time.sleep(0.02)
+        t_result = time.monotonic()
+        drain()
+        row, v = found
+        on_progress(f"result: seq {row.seq} in the outbox ({len(row.message)} bytes COSE_Sign1 for {row.topic}); "
+                    "taken as delivered")
+        d.outbox.delivered(row.seq, row.topic)  # the demo is its consumer: keep the outbox empty
+    finally:
+        d.request_stop()
+        thread.join(STOP_TIMEOUT_S)
+    if thread.is_alive():
+        raise DemoError(f"the daemon did not stop within {STOP_TIMEOUT_S:g} s")
+    if "error" in box:
+        raise DemoError(f"the daemon failed: {box['error']}")
+    on_progress(f"daemon stopped (exit {box.get('rc')})")
+    saved = workdir / f"result-{liveness}.cose"
+    saved.write_bytes(row.message)
+    t_end = time.monotonic()
+    return DemoResult(payload=v.payload, message=row.message, topic=row.topic, kid=v.kid, public_key=device_public,
+                      request_id=rid, challenge=challenge, explanation=explain(v.payload), saved=saved,
+                      timings_s={"build": round(t_built - t0, 2), "ready": round(t_ready - t_built, 2),
+                                 "session": round(t_result - t_cmd, 2), "total": round(t_end - t0, 2)})
