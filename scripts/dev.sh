@@ -62,9 +62,9 @@ case "$cmd" in
   setup) setup ;;
   demo)
     setup
-    "$VENV/bin/python" scripts/sample_portraits.py out/samples
-    log "demo: ID-card style portrait vs a photo of the same person (expect match)"
-    "$VENV/bin/facegate" verify --reference out/samples/hopper_id.png --probe out/samples/hopper_photo.jpg
+    shift
+    log "demo: the daemon with a video as its camera, no broker; signed results printed and verified"
+    "$VENV/bin/facegate" demo "$@"
     ;;
   test)
     setup
