@@ -236,13 +236,15 @@ def plan(workdir: Path, video: Path | None = None, reference: Path | None = None
     if replay is not None:
         v, ref = replay
         steps = challenge or REPLAY_CHALLENGE
-        return [DemoRun("a live person (replay of a webcam video) vs a portrait from it", v, ref, liveness or "both",
-                        steps, REPLAY_STEP_TIMEOUT_S,
+        mode = liveness or "both"
+        return [DemoRun("a live person (replay of a webcam video) vs a portrait from it", v, ref, mode,
+                        steps if mode in ("active", "both") else None, REPLAY_STEP_TIMEOUT_S,
                         about=(f"camera:    {v} (13 s, 960x540: a real person who smiles, waves and "
                                "turns the head at the end)",
                                f"reference: {ref} (frame {REPLAY_REFERENCE_FRAME} of the same video)",
-                               f"liveness:  {liveness or 'both'}, challenge {','.join(steps)}, "
-                               f"step timeout {REPLAY_STEP_TIMEOUT_S:g} s (the turns come late)",
+                               f"liveness:  {mode}" + (f", challenge {','.join(steps)}, step timeout "
+                                                       f"{REPLAY_STEP_TIMEOUT_S:g} s (the turns come late)"
+                                                       if mode in ("active", "both") else ""),
                                "expect:    match, and every liveness check asked passes",
                                "(`facegate demo --synthetic` runs the built-in clip every install has instead)"))]
     clip, portrait = sample_inputs(workdir)
@@ -480,7 +482,8 @@ def run_demo(video: Path, reference: Path, workdir: Path, liveness: str, challen
                     break
             if found is None:
                 if not thread.is_alive():
-                    raise DemoError(f"the daemon stopped before answering: {box.get('error', 'exit ' + str(box.get('rc')))}")
+                    why = box.get("error", f"exit {box.get('rc')}")
+                    raise DemoError(f"the daemon stopped before answering: {why}")
                 if time.monotonic() > deadline:
                     raise DemoError(f"no result within {timeout_s:g} s (daemon state: {d.state[0]}"
                                     f"{', step ' + d.state[1] if d.state[1] else ''})")
