@@ -29,7 +29,7 @@ topic readwrite homeassistant/#
 
 user backend
 topic readwrite facegate/#
-topic read homeassistant/#
+topic readwrite homeassistant/#
 
 user dashboard
 topic read facegate/#

@@ -153,3 +153,18 @@ def test_no_published_payload_carries_biometrics(running, faces):
         text = m.payload.decode("latin-1")
         for word in ("similarity", "score", "embedding"):
             assert word not in text, (m.topic, word)
+
+
+def test_discovery_is_republished_when_home_assistant_comes_online(running, broker):
+    d, be = running
+    ha = Backend(broker, user="backend", subscribe="homeassistant/#")
+    try:
+        ha.wait_for(lambda ms: [m for m in ms if m.topic.endswith("/decision/config")], 10)
+        n = len(ha.messages)
+        ha.publish("homeassistant/status", b"online")
+        again = ha.wait_for(lambda ms: [m for m in ms[n:] if m.topic.endswith("/decision/config")], 10)
+        assert not again[0].retain  # a fresh publish, not the retained copy
+        assert {json.loads(m.payload)["unique_id"] for m in ha.messages if m.topic.endswith("/config")} >= {
+            "facegate_kiosk-1_state", "facegate_kiosk-1_decision", "facegate_kiosk-1_online"}
+    finally:
+        ha.close()
