@@ -119,7 +119,7 @@ class LivenessCheck:
             ch = self.challenge
             summary.update(steps=list(ch.steps), active_pass=ch.status == "passed",
                            steps_done=[e for e, _ in ch.events])
-            if ch.status != "passed":
+            if ch.status != "passed" and reason is None:  # a face swap outranks what it caused
                 reason = ch.reason or "challenge_incomplete"
         if self.passive is not None:
             v = fuse(self.scores, self.passive_threshold, self.passive_min_frames)
