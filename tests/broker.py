@@ -54,14 +54,20 @@ def _cert(subject: str, key, issuer_name, issuer_key, ca: bool, sans=()) -> x509
 
 
 def make_tls(d: Path) -> dict[str, Path]:
-    """CA + server certificate for 127.0.0.1 / localhost, PEM files in d."""
+    """CA, a server certificate for 127.0.0.1 / localhost and a client certificate, PEM files in d."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "facegate test CA")])
     ca = _cert("facegate test CA", ca_key, ca_name, ca_key, True)
     key = ec.generate_private_key(ec.SECP256R1())
     srv = _cert("localhost", key, ca_name, ca_key, False,
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    files = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+    ckey = ec.generate_private_key(ec.SECP256R1())
+    client = _cert("kiosk-1", ckey, ca_name, ca_key, False)
+    files = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key",
+             "client_cert": d / "client.pem", "client_key": d / "client.key"}
+    files["client_cert"].write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    files["client_key"].write_bytes(ckey.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
     files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     files["cert"].write_bytes(srv.public_bytes(serialization.Encoding.PEM))
     files["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -72,7 +78,8 @@ def make_tls(d: Path) -> dict[str, Path]:
 class Mosquitto:
     """mosquitto on 127.0.0.1:port with TLS, passwords and an ACL; start/stop/kill."""
 
-    def __init__(self, d: Path, persist: bool = False):
+    def __init__(self, d: Path, persist: bool = False, client_certs: bool = False):
+        """client_certs: the listener also requires a client certificate from the CA."""
         self.dir = d
         self.port = free_port()
         self.tls = make_tls(d)
@@ -84,7 +91,8 @@ class Mosquitto:
         (d / "mosquitto.conf").write_text(
             f"listener {self.port} 127.0.0.1\n"
             f"cafile {self.tls['ca']}\ncertfile {self.tls['cert']}\nkeyfile {self.tls['key']}\n"
-            f"allow_anonymous false\npassword_file {pw}\nacl_file {d / 'acl'}\n"
+            + ("require_certificate true\n" if client_certs else "")
+            + f"allow_anonymous false\npassword_file {pw}\nacl_file {d / 'acl'}\n"
             + (f"persistence true\npersistence_location {d}/\nautosave_interval 1\n" if persist
                else "persistence false\n")
             + "log_dest stderr\nlog_type error\nlog_type warning\n"

@@ -164,3 +164,25 @@ def _verifies(payload: bytes, public: bytes, topic: str) -> bool:
         return True
     except Exception:
         return False
+
+
+def test_client_certificate_is_presented_when_the_broker_requires_one(tmp_path, faces, backend_key, model_dir):
+    (tmp_path / "broker").mkdir()
+    b = Mosquitto(tmp_path / "broker", client_certs=True).start()
+    (tmp_path / "a").mkdir()
+    with_cert = DaemonProc(tmp_path / "a", b, faces, backend_key)
+    with_cert.cfg.write_text(with_cert.cfg.read_text().replace(
+        "tls = true\n", f'tls = true\ncert_file = "{b.tls["client_cert"]}"\nkey_file = "{b.tls["client_key"]}"\n'))
+    (tmp_path / "b").mkdir()
+    without = DaemonProc(tmp_path / "b", b, faces, backend_key)
+    try:
+        with_cert.start()
+        without.start()
+        st = wait_status(with_cert, lambda s: s["broker"]["connected"], 60)
+        assert st["broker"]["connected"]
+        bad = wait_status(without, lambda s: s["health"]["uptime_s"] > 3, 60)
+        assert not bad["broker"]["connected"]  # the broker refuses a TLS client without a certificate
+    finally:
+        with_cert.stop()
+        without.stop()
+        b.stop()

@@ -356,15 +356,15 @@ class Daemon:
             cmd = parse_verify(msg.payload, msg.topic, self.trusted, time.time(), max_bytes=d.max_command_bytes,
                                max_age_s=d.command_max_age_s, skew_s=d.clock_skew_s,
                                max_pixels=d.max_reference_pixels)
+            # refusals that a retry may cure come before the request id and nonce are spent
+            if not self.storage_ok():
+                raise CommandRejected("storage_full", cmd.request_id, cmd.nonce)
+            if self.requests.full():  # only this thread puts, so a free slot stays free
+                raise CommandRejected("busy", cmd.request_id, cmd.nonce)
             replay = self.outbox.remember(cmd.request_id, cmd.nonce, cmd.exp + d.clock_skew_s)
             if replay:
                 raise CommandRejected(replay, cmd.request_id, cmd.nonce)
-            if not self.storage_ok():
-                raise CommandRejected("storage_full", cmd.request_id, cmd.nonce)
-            try:
-                self.requests.put_nowait(Request(cmd, msg.response_topic, msg.correlation))
-            except queue.Full:
-                raise CommandRejected("busy", cmd.request_id, cmd.nonce) from None
+            self.requests.put_nowait(Request(cmd, msg.response_topic, msg.correlation))
         except CommandRejected as rej:
             self.health.rejected += 1
             log.info("command rejected: %s (request %s)", rej.reason, rej.request_id)
