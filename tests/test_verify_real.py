@@ -76,3 +76,24 @@ def test_two_lanes_give_the_same_result_as_one(verifier, lfw, model_dir):
     assert d2.decision == d1.decision == "match"
     assert abs(d2.similarity - d1.similarity) < 1e-5
     assert t2["embed"] > 0 and t2["total"] < t2["detect"] + t2["mesh"] + t2["align"] + t2["embed"] + 5
+
+
+def test_faces_found_on_the_lores_stream_land_on_the_main_image(verifier, data_dir):
+    """picamera2 gives a small lores copy of each capture: detection runs there and the
+    boxes are scaled to the main image, where mesh and crops are taken."""
+    import cv2
+
+    from facegate.adapters.files import FileCamera
+    from facegate.pipeline import Timings
+    from facegate.types import Frame
+
+    with FileCamera(data_dir / "replay" / "zubair" / "live.webm") as cam:
+        img = next(iter(cam.frames())).image
+    big = cv2.resize(img, (img.shape[1] * 2, img.shape[0] * 2))
+    lores = cv2.resize(big, (big.shape[1] // 4, big.shape[0] // 4))
+    direct = verifier.find_faces(big, False, Timings())
+    via = verifier.find_frame_faces(Frame(big, 0.0, 0, lores), Timings())
+    assert len(direct) == len(via) == 1
+    a, b = np.array(direct[0].box), np.array(via[0].box)
+    assert np.abs(a - b).max() < 0.05 * (a[2] - a[0])  # the same face, within 5 % of its width
+    assert np.abs(direct[0].keypoints - via[0].keypoints).max() < 0.08 * (a[2] - a[0])

@@ -208,6 +208,17 @@ class Verifier:
         t.add("detect", t0)
         return dets
 
+    def find_frame_faces(self, frame: Frame, t: Timings) -> list[Detection]:
+        """Faces of a camera frame in `frame.image` pixels; detected on the small `lores`
+        stream when the camera gives one (picamera2), then scaled to the main image."""
+        if frame.lores is None:
+            return self.find_faces(frame.image, False, t)
+        sy = frame.image.shape[0] / frame.lores.shape[0]
+        sx = frame.image.shape[1] / frame.lores.shape[1]
+        return [Detection((d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy),
+                          (d.keypoints * np.float32([sx, sy])).astype(np.float32), d.score)
+                for d in self.find_faces(frame.lores, False, t)]
+
     def examine(self, image: np.ndarray, det: Detection, t: Timings, n_faces: int = 1,
                 embed: bool = True) -> FaceAnalysis:
         """Mesh, alignment, quality and (optionally) the embedding of one detected face."""
@@ -276,7 +287,7 @@ class Verifier:
             seen += 1
             if seen > self.cfg.max_frames:
                 break
-            dets = self.find_faces(frame.image, False, t)
+            dets = self.find_frame_faces(frame, t)
             h, w = frame.image.shape[:2]
             det, reason = decide.choose_face(dets, w, h, self.cfg.dominant_face_ratio)
             if det is not None and last_box is not None and iou(det.box, last_box) < 0.1:
