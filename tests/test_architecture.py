@@ -7,24 +7,25 @@ PKG = Path(__file__).resolve().parents[1] / "device" / "facegate"
 ADAPTER_ONLY = {"ai_edge_litert", "tflite_runtime", "paho", "gpiozero", "picamera2", "lgpio", "systemd"}
 # room -> rooms it must not import
 FORBIDDEN = {
-    "types": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli"},
-    "errors": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli"},
-    "config": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli"},
-    "ports": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli"},
-    "vision": {"liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli"},
-    "liveness": {"pipeline", "session", "adapters", "daemon", "demo", "cli"},
-    "decide": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli"},
-    "pipeline": {"adapters", "daemon", "demo", "cli"},
-    "session": {"adapters", "daemon", "demo", "cli"},
-    "adapters": {"pipeline", "session", "daemon", "demo", "cli"},
-    "daemon": {"demo", "cli"},
-    "demo": {"cli"},
-    # rooms outside the chain above: nothing imports the daemon, the demo or the CLI
-    "imageio": {"daemon", "demo", "cli"},
-    "modelstore": {"daemon", "demo", "cli"},
-    "messages": {"daemon", "demo", "cli"},
-    "signing": {"daemon", "demo", "cli"},
-    "outbox": {"daemon", "demo", "cli"},
+    "types": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest"},
+    "errors": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest"},
+    "config": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest"},
+    "ports": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest"},
+    "vision": {"liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest"},
+    "liveness": {"pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest"},
+    "decide": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest"},
+    "pipeline": {"adapters", "daemon", "demo", "cli", "selftest"},
+    "session": {"adapters", "daemon", "demo", "cli", "selftest"},
+    "adapters": {"pipeline", "session", "daemon", "demo", "cli", "selftest"},
+    "daemon": {"demo", "cli", "selftest"},
+    "demo": {"cli", "selftest"},
+    "selftest": {"demo", "cli"},  # beside the daemon (it may import it); only the CLI imports it
+    # rooms outside the chain above: nothing imports the daemon, the demo, the selftest or the CLI
+    "imageio": {"daemon", "demo", "cli", "selftest"},
+    "modelstore": {"daemon", "demo", "cli", "selftest"},
+    "messages": {"daemon", "demo", "cli", "selftest"},
+    "signing": {"daemon", "demo", "cli", "selftest"},
+    "outbox": {"daemon", "demo", "cli", "selftest"},
 }
 
 
