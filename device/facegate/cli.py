@@ -472,6 +472,31 @@ def cmd_demo(args) -> int:
     return EXIT_OK
 
 
+# -- selftest -------------------------------------------------------------------------
+def cmd_selftest(args) -> int:
+    """Key, state dir, models, camera, broker (and GPIO with --gpio): one pass / fail line
+    each, or one JSON object; exit 0 only when every check passed."""
+    from . import selftest
+
+    cfg = _config(args)
+    pid = _daemon_pid(args)
+    if pid and not args.json:
+        print(f"note: the daemon is running (pid {pid}); a Pi camera and GPIO lines it holds will show as busy "
+              "(systemctl stop facegate first)", file=sys.stderr)
+    checks = selftest.run_checks(cfg, gpio=args.gpio, key=args.key, broker_timeout_s=args.timeout)
+    ok = selftest.passed(checks)
+    failed = sum(not c.ok for c in checks)
+    if args.json:
+        print(json.dumps({"ok": ok, "failed": failed, "checks": [c.as_dict() for c in checks]}))
+    else:
+        width = max(len(c.name) for c in checks)
+        for c in checks:
+            word = "SKIP" if c.skipped else "PASS" if c.ok else "FAIL"
+            print(f"{word}  {c.name:{width}s}  {c.detail}  ({c.ms:.0f} ms)")
+        print(f"selftest: {'PASS' if ok else 'FAIL'} ({len(checks) - failed} of {len(checks)} checks passed)")
+    return EXIT_OK if ok else EXIT_NEGATIVE
+
+
 # -- config ---------------------------------------------------------------------------
 def cmd_config_check(args) -> int:
     try:
@@ -623,6 +648,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--request-id")
     sc.add_argument("-o", "--out", required=True)
     sc.set_defaults(func=cmd_sign_command)
+
+    sf = sub.add_parser("selftest", help="check key, state dir, models, camera, broker (and GPIO): pass / fail "
+                                         "per line")
+    sf.add_argument("--config", help="config TOML file")
+    sf.add_argument("--gpio", action="store_true", help="also cycle the LEDs, pulse the relay and beep (watch it)")
+    sf.add_argument("--key", help="signing key to check (default: as the daemon finds it; under systemd "
+                                  "/etc/facegate/signing.key)")
+    sf.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker (default 10)")
+    sf.add_argument("--json", action="store_true", help="one JSON object: ok, failed, checks")
+    sf.set_defaults(func=cmd_selftest)
 
     c = sub.add_parser("config", help="check or print the configuration")
     csub = c.add_subparsers(dest="config_cmd", required=True)
