@@ -476,8 +476,12 @@ def cmd_demo(args) -> int:
 def cmd_selftest(args) -> int:
     """Key, state dir, models, camera, broker (and GPIO with --gpio): one pass / fail line
     each, or one JSON object; exit 0 only when every check passed."""
+    import logging
+
     from . import selftest
 
+    # the checks' own lines say what failed; adapters' warnings (paho reconnects) are noise here
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = _config(args)
     pid = _daemon_pid(args)
     if pid and not args.json:
