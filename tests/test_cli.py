@@ -183,3 +183,15 @@ def test_keys_sign_command_and_verify_result_round_trip(tmp_path, pair):
     assert bad.returncode == 1 and "bad_signature" in bad.stderr
     garbage = run("verify-result", "--pubkey", "zz", "--topic", "t", cmd)
     assert garbage.returncode == 2 and "64 hex digits" in garbage.stderr
+
+
+def test_keys_commands_point_to_the_credential_when_the_service_signs_with_one(tmp_path):
+    """Under systemd the key is a credential copied at start: rotating the state-dir file
+    would silently do nothing, so the CLI says what to do instead."""
+    (tmp_path / "status.json").write_text(json.dumps({"pid": os.getpid(), "key": {
+        "path": "/run/credentials/facegate.service/signing.key", "source": "credential"}}))
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f'[daemon]\nstate_dir = "{tmp_path}"\n')
+    p = run("keys", "rotate", "--config", cfg)
+    assert p.returncode == 2 and "--path /etc/facegate/signing.key" in p.stderr
+    assert not (tmp_path / "signing.key").exists()

@@ -224,6 +224,11 @@ def _key_path(args):
 
     if getattr(args, "path", None):
         return Path(args.path)
+    doc = _status_doc(args)
+    if doc and (doc.get("key") or {}).get("source") == "credential":
+        raise FacegateError("the daemon signs with its systemd credential (LoadCredential=signing.key:...); "
+                            "give --path /etc/facegate/signing.key (the credential's source) and, after "
+                            "'keys rotate', run 'systemctl restart facegate'")
     return key_path(config_mod.load(args.config))
 
 

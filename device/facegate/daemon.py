@@ -46,14 +46,19 @@ STATUS_FILE = "status.json"
 HA_STATUS_TOPIC_SUFFIX = "/status"
 
 
-def key_path(cfg: Config) -> Path:
-    """Where the signing key lives: config, else the systemd credential, else state dir."""
+def key_source(cfg: Config) -> tuple[Path, str]:
+    """Where the signing key lives and why: (path, "config" | "credential" | "state_dir")."""
     if cfg.daemon.key_file:
-        return Path(cfg.daemon.key_file)
+        return Path(cfg.daemon.key_file), "config"
     cred = os.environ.get("CREDENTIALS_DIRECTORY")
     if cred and (Path(cred) / "signing.key").exists():
-        return Path(cred) / "signing.key"
-    return Path(cfg.daemon.state_dir) / "signing.key"
+        return Path(cred) / "signing.key", "credential"
+    return Path(cfg.daemon.state_dir) / "signing.key", "state_dir"
+
+
+def key_path(cfg: Config) -> Path:
+    """Where the signing key lives: config, else the systemd credential, else state dir."""
+    return key_source(cfg)[0]
 
 
 def trusted_keys(cfg: Config) -> dict:
@@ -438,13 +443,11 @@ class Daemon:
         self._set_state("waiting_face", None, session)
 
         def on_frame(face: bool) -> None:
+            """The display's state: waiting for a face until one is tracked, then each
+            challenge step as it is asked (a passive-only session stays waiting_face)."""
             ch = liveness.challenge if liveness else None
             if face and ch is not None and ch.step:
                 self._set_state("challenge", ch.step, session)
-            elif not face and self.state[0] == "waiting_face":
-                pass
-            elif face and ch is None:
-                self._set_state("challenge" if liveness else "waiting_face", None, session)
 
         timed_out: list = []
         t0 = time.perf_counter()
@@ -514,7 +517,8 @@ class Daemon:
                              "connected": bool(self.publisher and self.publisher.connected),
                              "error": getattr(self.publisher, "last_error", "")},
                   "camera": self.feed.health() if self.feed else {"ok": False},
-                  "models": self.models, "kid": self.key.kid.hex(), "last_seq": self.outbox.last_seq}
+                  "models": self.models, "kid": self.key.kid.hex(), "last_seq": self.outbox.last_seq,
+                  "key": dict(zip(("path", "source"), map(str, key_source(self.cfg))))}
         tmp = self.state_dir / (STATUS_FILE + ".tmp")
         try:
             tmp.write_text(json.dumps(status, indent=1))
@@ -573,6 +577,7 @@ class Daemon:
         next_health = 0.0
         last_frame = None
         started = time.monotonic()
+        camera_ok = True
         while not self.stop_flag.is_set():
             if self.reload_flag.is_set():
                 self._reload()
@@ -587,6 +592,10 @@ class Daemon:
                     self.notifier.ready(f"ready: {self.cfg.device_id}, kid {self.key.kid.hex()}")
                     self._set_state("idle")
                     log.info("ready")
+            if self.ready and self.feed.ok != camera_ok:  # tell systemctl status about the camera
+                camera_ok = self.feed.ok
+                self.notifier.status("idle" if camera_ok else
+                                     f"camera lost: {self.camera.health().last_error or 'no frames'}; reopening")
             if now >= next_health:
                 next_health = now + self.cfg.daemon.health_interval_s
                 self._publish_health()

@@ -29,7 +29,6 @@ from . import modelstore
 from .config import Config
 from .daemon import key_path
 from .errors import FacegateError
-from .messages import Topics
 
 GPIO_STEP_S = 0.4  # how long each LED stays lit while cycling
 
@@ -237,7 +236,7 @@ def check_broker(cfg: Config, timeout_s: float = 10.0) -> Check:
         client_id = f"{m.client_id or 'facegate-' + cfg.device_id}-selftest"
         # the will is an empty retained message on a selftest topic: if this process dies
         # mid-check the broker publishes nothing retained and the daemon's status stays
-        pub = PahoPublisher(m, client_id, will=(f"{Topics.of(m.prefix, cfg.device_id).root}/selftest", b""))
+        pub = PahoPublisher(m, client_id, will=None, persistent=False)
         acked = threading.Event()
         try:
             pub.start(lambda msg: None, acked.set, lambda: None)

@@ -40,8 +40,12 @@ class PahoPublisher:
     """ports.Publisher over paho-mqtt. will: (topic, payload) published retained, QoS 1,
     by the broker when this client vanishes."""
 
-    def __init__(self, cfg: MqttConfig, client_id: str, will: tuple[str, bytes]):
+    def __init__(self, cfg: MqttConfig, client_id: str, will: tuple[str, bytes] | None,
+                 persistent: bool = True):
+        """persistent: ask the broker to keep this client's session (and queue its
+        commands) for SESSION_EXPIRY_S across disconnects; a one-off check says False."""
         self.cfg = cfg
+        self.persistent = persistent
         self.connected = False
         self.refused = 0  # QoS 1 publishes the broker answered with a failure reason code
         self.last_error = ""
@@ -60,11 +64,13 @@ class PahoPublisher:
                     raise ConfigError(f"mqtt.{name}: {value} does not exist")
             c.tls_set(ca_certs=cfg.ca_file or None, certfile=cfg.cert_file or None,
                       keyfile=cfg.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
-        c.will_set(will[0], will[1], qos=1, retain=True)
+        if will is not None:
+            c.will_set(will[0], will[1], qos=1, retain=True)
         c.reconnect_delay_set(min_delay=max(1, int(cfg.reconnect_min_s)), max_delay=max(1, int(cfg.reconnect_max_s)))
         c.max_inflight_messages_set(cfg.max_inflight)
         c.max_queued_messages_set(0)
         c.on_connect = self._handle_connect
+        c.on_connect_fail = self._handle_connect_fail
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
         c.on_publish = self._handle_publish
@@ -81,6 +87,9 @@ class PahoPublisher:
         log.info("connected to %s:%d", self.cfg.host, self.cfg.port)
         if self._on_connect:
             self._on_connect()
+
+    def _handle_connect_fail(self, client, userdata) -> None:
+        self.last_error = f"cannot reach {self.cfg.host}:{self.cfg.port} (connection or TLS handshake failed)"
 
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected
@@ -117,9 +126,9 @@ class PahoPublisher:
         # a persistent session: commands sent while this client is briefly away are queued
         # by the broker (they still expire by their own `exp`)
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.SessionExpiryInterval = SESSION_EXPIRY_S if self.persistent else 0
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
-                                   clean_start=False, properties=props)
+                                   clean_start=not self.persistent, properties=props)
         self._client.loop_start()
 
     def subscribe(self, topic: str) -> None:
