@@ -221,7 +221,7 @@ def main() -> int:
     h, n = recall[args.eyes]
     blink_recall = f"{h / n:.2f}" if n else "n/a"
     print(f"blink_recall: {args.eyes} {h}/{n} (iris {recall['iris'][0]}/{recall['iris'][1]}, mesh {recall['mesh'][0]}/"
-          f"{recall['mesh'][1]}); pipeline.LivenessCheck feeds mesh eye_openness until it is given EyeLids")
+          f"{recall['mesh'][1]}); the pipeline uses the iris model (EyeLids)")
     if args.plots:
         plot(videos, nuaa_seq, args.out)
     print(f"liveness: apcer_print={apcer * 100:.2f} bpcer={bpcer * 100:.2f} replay_rejected={rej}/{n_rep} "
