@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,17 @@ def _unverified_ids(message: bytes) -> tuple[str | None, bytes | None]:
         return None, None
 
 
+def _finite_number(val: Any) -> bool:
+    """A real number a float can hold: an int or float, not a bool, NaN or infinity, and
+    not an int beyond the float range (CBOR carries integers of any size)."""
+    if isinstance(val, bool) or not isinstance(val, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(val))
+    except OverflowError:
+        return False
+
+
 def parse_verify(message: bytes, topic: str, keys: dict, now: float, *, max_bytes: int,
                  max_age_s: float, skew_s: float, max_pixels: int) -> VerifyCommand:
     """Check a cmd/verify message; raises CommandRejected(reason) with reason one of
@@ -118,7 +130,7 @@ def parse_verify(message: bytes, topic: str, keys: dict, now: float, *, max_byte
             raise CommandRejected(f"missing_{name}", rid, nonce)
     iat, exp = p["iat"], p["exp"]
     for name, val in (("iat", iat), ("exp", exp)):
-        if isinstance(val, bool) or not isinstance(val, (int, float)) or not np.isfinite(val):
+        if not _finite_number(val):
             raise CommandRejected(f"bad_{name}", rid, nonce)
     if iat > now + skew_s:
         raise CommandRejected("not_yet_valid", rid, nonce)
