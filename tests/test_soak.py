@@ -1,8 +1,7 @@
 """Short versions of scripts/soak.py: faults (broker and daemon killed, camera gone, a model
 changed on disk, storage full), fuzzed commands over MQTT and in process, bad portraits
 through `facegate verify`. Real Mosquitto, `facegate run` subprocesses, results verified
-with plain cbor2 + cryptography. Known bugs are strict xfails: they turn red once fixed, so
-that the mark is removed."""
+with plain cbor2 + cryptography."""
 from __future__ import annotations
 
 import os
@@ -352,8 +351,6 @@ def test_state_dir_filling_up_refuses_sessions_and_says_so(tmp_path, tmpfs, brok
         assert d.stop() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a session accepted while storage_ok was true loses its result when the "
-                   "disk fills before it ends (Daemon.emit_result: OutboxError -> counted as unstored, dropped)")
 def test_results_of_running_sessions_survive_the_disk_filling_up(tmp_path, tmpfs, broker, backend_key, inputs,
                                                                   model_dir):
     d = _daemon(tmp_path, broker, backend_key, inputs, state_dir=tmpfs / "state", realtime=True, fusion_frames=6,
@@ -405,9 +402,6 @@ def test_fuzzed_commands_over_mqtt_are_each_answered_by_a_documented_rule(tmp_pa
         assert d.stop() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an unauthenticated command with a wildcard MQTT 5 ResponseTopic leaves "
-                   "an outbox row paho refuses to publish; Daemon._deliver_loop retries it forever, holding up every "
-                   "later result (head-of-line)")
 def test_wildcard_response_topic_does_not_hold_up_later_results(tmp_path, broker, backend_key, inputs, model_dir):
     d = _daemon(tmp_path, broker, backend_key, inputs).start()
     be = soak.Collector(broker, d.public)
@@ -454,8 +448,6 @@ def test_bad_portraits_exit_2_with_one_line_and_bounded_memory(tmp_path, inputs,
         assert not out and peak < 250, (name, peak)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: imageio.decode_image lets a 10 KB WebP decode to 16000x16000 (1.5 GB) "
-                   "before its size check (header_size returns 0x0 for WebP)")
 def test_webp_bomb_is_refused_before_decoding(tmp_path, inputs, model_dir):
     good = tmp_path / "good.jpg"
     good.write_bytes(inputs.ref)
@@ -464,8 +456,6 @@ def test_webp_bomb_is_refused_before_decoding(tmp_path, inputs, model_dir):
     assert rc == 2 and peak < 250, peak
 
 
-@pytest.mark.xfail(strict=True, reason="bug: libjpeg / libpng warnings reach stderr beside facegate's one line "
-                   "('Corrupt JPEG data: N extraneous bytes before marker')")
 def test_corrupt_jpeg_prints_only_facegates_line(tmp_path, inputs, model_dir):
     good = tmp_path / "good.jpg"
     good.write_bytes(inputs.ref)

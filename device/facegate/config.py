@@ -125,7 +125,7 @@ class MqttConfig(_Section):
     reconnect_max_s: float = Field(60.0, gt=0, description="Largest reconnect back-off, seconds")
     max_inflight: int = Field(20, ge=1, le=1000, description="Results published and not yet acknowledged at once")
     ha_discovery: bool = Field(True, description="Publish Home Assistant MQTT discovery")
-    ha_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix")
+    ha_prefix: str = Field("homeassistant", pattern=r"^[^#+]+$", description="Home Assistant discovery prefix")
     trusted_keys: list[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]] = Field(default_factory=list, description="Ed25519 public keys (64 hex digits each) whose signed verify commands are accepted")
 
 

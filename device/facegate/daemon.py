@@ -77,6 +77,13 @@ def decision_policy(cfg: Config) -> str:
                         "precision": cfg.models.precision})
 
 
+def valid_response_topic(topic: str | None) -> bool:
+    """An MQTT 5 response topic the daemon will publish to: a plain topic name (no
+    wildcards, not a $SYS-style name, no NUL, at most 256 characters). Others are ignored
+    and the answer goes to R/result only."""
+    return bool(topic) and len(topic) <= 256 and not any(c in topic for c in "+#\0") and not topic.startswith("$")
+
+
 def react(indicators: Indicators, decision: str) -> None:
     """The one place a decision reaches the hardware: the relay pulses only on a match."""
     if decision == "match":
@@ -170,7 +177,8 @@ class Health:
     sessions: int = 0
     rejected: int = 0
     dropped_inbound: int = 0
-    unstored: int = 0
+    unstored: int = 0  # results the outbox could not take; kept in memory and retried
+    undeliverable: int = 0
     decisions: dict = field(default_factory=dict)
     latencies: dict = field(default_factory=dict)  # stage -> deque of ms
     last_decision: dict | None = None
@@ -215,6 +223,8 @@ class Daemon:
         self.requests: queue.Queue = queue.Queue(maxsize=cfg.daemon.max_pending)
         self._deliver_cv = threading.Condition()
         self._inflight: dict[tuple[int, str], float] = {}
+        self._unstored: deque = deque()  # result makers waiting for disk space, in order
+        self._store_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.feed: FrameFeed | None = None
         self.ready = False
@@ -283,18 +293,39 @@ class Daemon:
             if response_topic and response_topic != self.topics.result:
                 rows.append((response_topic, sign(payload, self.key, response_topic), correlation))
             return rows
-        try:
-            seq = self.outbox.add(make)
-        except OutboxError as exc:
-            self.health.unstored += 1
-            log.error("result %s for request %s NOT stored: %s", decision, request_id, exc)
-            return None
+        with self._store_lock:
+            if self._unstored:  # keep seq order behind results still waiting for the disk
+                self._unstored.append(make)
+                self.health.unstored = len(self._unstored)
+                return None
+            try:
+                seq = self.outbox.add(make)
+            except OutboxError as exc:
+                self._unstored.append(make)
+                self.health.unstored = len(self._unstored)
+                log.error("result %s for request %s cannot be stored yet (%s); kept in memory, retried",
+                          decision, request_id, exc)
+                return None
         self.health.decisions[decision] = self.health.decisions.get(decision, 0) + 1
         with self._deliver_cv:
             self._deliver_cv.notify_all()
         if self.publisher is not None:
             self.publisher.publish(self.topics.event, event_json(session, request_id, decision, time.time()), qos=0)
         return seq
+
+    def _store_unstored(self) -> None:
+        """Retry results the outbox could not take (disk full), oldest first."""
+        with self._store_lock:
+            while self._unstored:
+                try:
+                    self.outbox.add(self._unstored[0])
+                except OutboxError:
+                    break
+                self._unstored.popleft()
+                log.info("a held result is stored now (%d still held)", len(self._unstored))
+            self.health.unstored = len(self._unstored)
+        with self._deliver_cv:
+            self._deliver_cv.notify_all()
 
     def _deliver_loop(self) -> None:
         ack_timeout_s = 30.0
@@ -321,8 +352,15 @@ class Daemon:
                     if len(self._inflight) >= self.cfg.mqtt.max_inflight:
                         break
                     self._inflight[key] = now
-                if not p.publish(r.topic, r.message, qos=1, correlation=r.correlation,
-                                 on_ack=lambda key=key: self._acked(key)):
+                try:
+                    sent = p.publish(r.topic, r.message, qos=1, correlation=r.correlation,
+                                     on_ack=lambda key=key: self._acked(key))
+                except ValueError as exc:  # a topic no broker takes: drop it, counted, never block
+                    log.error("result %d cannot be published on %r (%s): dropped", r.seq, r.topic, exc)
+                    self.health.undeliverable += 1
+                    self._acked(key)
+                    continue
+                if not sent:
                     with self._deliver_cv:
                         self._inflight.pop(key, None)
                     break
@@ -356,7 +394,8 @@ class Daemon:
         if msg.topic != self.topics.cmd_verify:
             return
         d = self.cfg.daemon
-        answer = dict(response_topic=msg.response_topic, correlation=msg.correlation)
+        rt = msg.response_topic if valid_response_topic(msg.response_topic) else None
+        answer = dict(response_topic=rt, correlation=msg.correlation if rt else None)
         try:
             cmd = parse_verify(msg.payload, msg.topic, self.trusted, time.time(), max_bytes=d.max_command_bytes,
                                max_age_s=d.command_max_age_s, skew_s=d.clock_skew_s,
@@ -369,7 +408,7 @@ class Daemon:
             replay = self.outbox.remember(cmd.request_id, cmd.nonce, cmd.exp + d.clock_skew_s)
             if replay:
                 raise CommandRejected(replay, cmd.request_id, cmd.nonce)
-            self.requests.put_nowait(Request(cmd, msg.response_topic, msg.correlation))
+            self.requests.put_nowait(Request(cmd, **answer))
         except CommandRejected as rej:
             self.health.rejected += 1
             log.info("command rejected: %s (request %s)", rej.reason, rej.request_id)
@@ -379,6 +418,8 @@ class Daemon:
             log.error("command dropped, outbox unusable: %s", exc)
 
     def storage_ok(self) -> bool:
+        if self._unstored:
+            return False
         try:
             free_mb = shutil.disk_usage(self.state_dir).free / 2**20
         except OSError:
@@ -505,6 +546,7 @@ class Daemon:
             "rejected": self.health.rejected,
             "dropped_inbound": self.health.dropped_inbound,
             "unstored": self.health.unstored,
+            "undeliverable": self.health.undeliverable,
             "publish_refused": getattr(self.publisher, "refused", 0),
         }
 
@@ -582,6 +624,8 @@ class Daemon:
             if self.reload_flag.is_set():
                 self._reload()
             now = time.monotonic()
+            if self._unstored:
+                self._store_unstored()
             frame = self.feed.next(last_frame, 0.0) if self.feed else None
             if frame is not None and frame is not last_frame:
                 last_frame = frame
@@ -629,6 +673,9 @@ class Daemon:
                 break
             self.emit_result("error", "shutting_down", request_id=req.command.request_id, nonce=req.command.nonce,
                              response_topic=req.response_topic, correlation=req.correlation)
+        self._store_unstored()
+        if self._unstored:
+            log.error("%d result(s) could not be stored before exit (disk full): lost", len(self._unstored))
         self._draining = True
         deadline = time.monotonic() + 3.0
         while (self.publisher is not None and self.publisher.connected and time.monotonic() < deadline

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
+from .quiet import quiet_stderr
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -40,8 +41,17 @@ def header_size(data: bytes) -> tuple[str, int, int] | None:
     if data[:2] == b"BM" and len(data) >= 26:
         w, h = struct.unpack("<ii", data[18:26])
         return "bmp", abs(w), abs(h)
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp", 0, 0  # size checked after decoding (libwebp caps at 16383^2)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        chunk = data[12:16]
+        if chunk == b"VP8X":  # extended: 24-bit canvas width-1 / height-1
+            return "webp", int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+        if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy key frame
+            w, h = struct.unpack("<HH", data[26:30])
+            return "webp", w & 0x3FFF, h & 0x3FFF
+        if chunk == b"VP8L" and data[20] == 0x2F:  # lossless: 14-bit width-1, height-1
+            bits = int.from_bytes(data[21:25], "little")
+            return "webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        return "webp", 0, 0
     return None
 
 
@@ -56,6 +66,8 @@ def decode_image(data: bytes, max_bytes: int = 20_000_000, max_pixels: int = 40_
     if head is None:
         raise InputError(f"{what} is not a JPEG, PNG, BMP or WebP image")
     fmt, w, h = head
+    if w * h == 0:  # no size in the header: refuse rather than decode blind (a bomb could hide)
+        raise InputError(f"{what} is corrupt: no image size in its {fmt.upper()} header")
     if w * h > max_pixels:
         raise InputError(f"{what} is too large ({w}x{h} pixels > {max_pixels})")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
@@ -80,7 +92,8 @@ def read_image(path: str | Path, max_bytes: int = 20_000_000, max_pixels: int = 
         raise InputError(f"{p} is a directory, not an image") from None
     except OSError as exc:
         raise InputError(f"cannot read {p}: {exc.strerror}") from None
-    return decode_image(data, max_bytes, max_pixels, what=p.name)
+    with quiet_stderr():  # libjpeg / libpng warnings would stand beside the CLI's one line
+        return decode_image(data, max_bytes, max_pixels, what=p.name)
 
 
 def is_image_path(path: str | Path) -> bool:

@@ -2,13 +2,12 @@
 tflite_runtime when only that is installed)."""
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ModelError
+from ..quiet import quiet_stderr
 from ..ports import DelegateReport, TensorSpec
 
 try:  # pragma: no cover - which one is present depends on the machine
@@ -25,25 +24,6 @@ except ImportError:  # pragma: no cover
         RUNTIME = "none"
 
 
-@contextmanager
-def _quiet_stderr():
-    """Silence the runtime's C++ INFO lines (e.g. "Created TensorFlow Lite XNNPACK
-    delegate") while an interpreter is built; Python errors still propagate."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def _spec(d: dict) -> TensorSpec:
     scale, zero = d["quantization"]
     return TensorSpec(d["name"], tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]), float(scale), int(zero))
@@ -57,7 +37,7 @@ class LiteRTRunner:
             raise ModelError("no TFLite runtime installed (pip install ai-edge-litert)")
         self.path = Path(path)
         try:
-            with _quiet_stderr():
+            with quiet_stderr():
                 self._it = _Interpreter(model_path=str(self.path), num_threads=int(num_threads))
                 self._it.allocate_tensors()
         except (ValueError, RuntimeError) as exc:

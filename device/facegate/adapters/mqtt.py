@@ -144,9 +144,10 @@ class PahoPublisher:
             props.CorrelationData = correlation
         try:
             info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        except (ValueError, OSError) as exc:
+        except OSError as exc:
             log.error("publish to %s failed: %s", topic, exc)
             return False
+        # ValueError (a topic or payload no broker takes) propagates: retrying cannot help
         with self._lock:  # every mid is registered, so an early PUBACK is never mistaken
             if info.mid in self._early:
                 self._early.discard(info.mid)
