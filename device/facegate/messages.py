@@ -39,10 +39,29 @@ class Topics:
     def of(cls, prefix: str, device_id: str) -> "Topics":
         return cls(f"{prefix.rstrip('/')}/{device_id}")
 
-    def __getattr__(self, name: str) -> str:  # status, attest, state, health, event, result
-        if name in ("status", "attest", "state", "health", "event", "result"):
-            return f"{self.root}/{name}"
-        raise AttributeError(name)
+    @property
+    def status(self) -> str:
+        return f"{self.root}/status"
+
+    @property
+    def attest(self) -> str:
+        return f"{self.root}/attest"
+
+    @property
+    def state(self) -> str:
+        return f"{self.root}/state"
+
+    @property
+    def health(self) -> str:
+        return f"{self.root}/health"
+
+    @property
+    def event(self) -> str:
+        return f"{self.root}/event"
+
+    @property
+    def result(self) -> str:
+        return f"{self.root}/result"
 
     @property
     def cmd_verify(self) -> str:
