@@ -158,11 +158,13 @@ class Daemon:
         except (OSError, ValueError):
             return {}
 
-    def wait_status(self, pred, timeout_s: float = 30.0) -> dict:
+    def wait_status(self, pred, timeout_s: float = 30.0, fresh_after: float | None = None) -> dict:
+        """The status file once pred(status) holds; fresh_after: written after this wall-clock
+        time (a status file that cannot be rewritten, e.g. on a full disk, goes stale)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             st = self.status()
-            if st and pred(st):
+            if st and (fresh_after is None or st.get("ts", 0) > fresh_after) and pred(st):
                 return st
             if not self.alive():
                 raise RuntimeError(f"daemon exited ({self.proc.returncode}):\n{self.logtail()}")
@@ -771,7 +773,8 @@ def phase_model(ctx: Ctx) -> None:
 
 
 def phase_disk(ctx: Ctx) -> None:
-    """State dir on a tmpfs: the min_free_mb rule, then a truly full disk."""
+    """State dir on a tmpfs: the min_free_mb rule, then a disk that fills up completely
+    while sessions run, and space coming back."""
     if os.geteuid() != 0:
         ctx.row("disk", "tmpfs state dir", "SKIPPED: needs root to mount a tmpfs", None)
         return
@@ -780,6 +783,7 @@ def phase_disk(ctx: Ctx) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], check=True)
     b = ctx.broker("disk-broker")
     filler = mnt / "filler"
+    n = ctx.args.disk_commands
     d = None
     try:
         d = new_daemon(ctx, "disk", b, state_dir=mnt / "state", realtime=True, fusion_frames=6,
@@ -787,18 +791,18 @@ def phase_disk(ctx: Ctx) -> None:
         be = Collector(b, d.public)
         be.wait(lambda: be.online_after(0), 60)
 
-        def burst(n: int, ref: bytes | None = None) -> list[str]:
+        def burst(k: int) -> list[str]:
             ids = []
-            for _ in range(n):
-                msg, c = command(ctx.key, ref or ctx.inputs.ref)
+            for _ in range(k):
+                msg, c = command(ctx.key, ctx.inputs.ref)
                 be.send(msg)
                 ids.append(c["request_id"])
             return ids
 
-        def answers(ids: list[str], timeout_s: float = 20.0) -> dict[str, list[Res]]:
+        def answers(ids: list[str], timeout_s: float) -> dict[str, Res]:
             be.wait(lambda: set(be.by_request()) >= set(ids), timeout_s)
             got = be.by_request()
-            return {i: got[i] for i in ids if i in got}
+            return {i: got[i][0] for i in ids if i in got}
 
         def fill_to(free_bytes: int) -> None:
             st = os.statvfs(mnt)
@@ -821,60 +825,66 @@ def phase_disk(ctx: Ctx) -> None:
             finally:
                 os.close(fd)
 
-        warm = answers(burst(2))
-        ok_warm = len(warm) == 2 and all(v[0].decision == "match" for v in warm.values())
-        # 1. below min_free_mb (4 of 32 MiB free, the rule asks for 8): refused, answered, counted
+        warm = answers(burst(2), 30)
+        ok_warm = len(warm) == 2 and all(r.decision == "match" for r in warm.values())
+        ctx.row("disk", "warm-up sessions", ", ".join(r.decision for r in warm.values()), ok_warm)
+        # 1. below min_free_mb (4 of 32 MiB free, the rule asks for 8)
+        t = time.time()
         fill_to(4 * 2**20)
-        st = d.wait_status(lambda s: s["health"]["storage_ok"] is False, 10)
-        mqtt_health = be.wait(lambda: be.health if be.health.get("storage_ok") is False else None, 10)
-        sessions0 = st["health"]["sessions"]
-        ids = burst(ctx.args.disk_commands)
-        got = answers(ids)
-        refused = sum(1 for v in got.values() if (v[0].decision, v[0].reason) == ("rejected", "storage_full"))
-        st = d.wait_status(lambda s: True)
-        ctx.row("disk", "warm-up sessions before filling", "2 match" if ok_warm else str(warm), ok_warm)
-        ctx.row("disk", "4 MiB free < min_free_mb 8: status / MQTT health storage_ok",
-                f"{st['health']['storage_ok']} / {bool(mqtt_health) and mqtt_health['storage_ok']}",
-                st["health"]["storage_ok"] is False and bool(mqtt_health))
+        st = d.wait_status(lambda s: s["health"]["storage_ok"] is False, 10, fresh_after=t)
+        mqtt_ok = be.wait(lambda: be.health.get("storage_ok") is False, 10)
+        ids = burst(n)
+        got = answers(ids, 30)
+        refused = sum(1 for r in got.values() if (r.decision, r.reason) == ("rejected", "storage_full"))
+        st2 = d.wait_status(lambda s: True, 10, fresh_after=time.time())
+        ctx.row("disk", "4 MiB free < min_free_mb 8: status.json / R/health storage_ok",
+                f"{st['health']['storage_ok']} / {be.health.get('storage_ok')}",
+                st["health"]["storage_ok"] is False and bool(mqtt_ok))
         ctx.row("disk", "  commands answered rejected/storage_full; sessions started",
-                f"{refused}/{len(ids)}; {st['health']['sessions'] - sessions0}",
-                refused == len(ids) and st["health"]["sessions"] == sessions0)
-        # 2. sessions accepted, then the disk fills up completely while they run
+                f"{refused}/{n}; {st2['health']['sessions'] - st['health']['sessions']}",
+                refused == n and st2["health"]["sessions"] == st["health"]["sessions"])
+        # 2. space again, then the disk fills up completely while sessions run
         filler.unlink()
-        d.wait_status(lambda s: s["health"]["storage_ok"] is True, 10)
-        seq0 = d.status()["last_seq"]
+        d.wait_status(lambda s: s["health"]["storage_ok"], 10, fresh_after=time.time())
         mid = burst(3)
         d.wait_status(lambda s: s["state"]["state"] != "idle", 10)
+        t_fill = time.time()
         fill_to(0)
         time.sleep(3.0)
+        health_full = dict(be.health)
         st_full = d.status()
-        # 3. truly full: commands on a full disk
-        ids_full = burst(ctx.args.disk_commands)
-        got_full = answers(ids_full, 10)
-        health_full = be.health
-        status_age = time.time() - d.status().get("ts", 0)
-        # 4. space again
+        full_ids = burst(n)
+        during = answers(full_ids, 5)
+        ctx.row("disk", "0 bytes free: R/health storage_ok / results held in memory (unstored)",
+                f"{health_full.get('storage_ok')} / {health_full.get('unstored')}",
+                health_full.get("storage_ok") is False)
+        ctx.row("disk", "0 bytes free: status.json written since the disk filled / its storage_ok",
+                f"{'yes' if st_full.get('ts', 0) > t_fill else 'no, stale'} / {st_full.get('health', {}).get('storage_ok')}",
+                st_full.get("ts", 0) > t_fill and st_full.get("health", {}).get("storage_ok") is False)
+        ctx.row("disk", "0 bytes free: commands answered while full", f"{len(during)}/{n}", None)
+        # 3. space back: everything held arrives, new sessions run
+        t_free = time.monotonic()
         filler.unlink()
-        d.wait_status(lambda s: s["health"]["storage_ok"] is True, 10)
+        d.wait_status(lambda s: s["health"]["storage_ok"] and s["health"]["unstored"] == 0, 20,
+                      fresh_after=time.time())
+        got_mid = answers(mid, 30)
+        got_full = answers(full_ids, 30)
+        late = max([r.t for r in list(got_mid.values()) + list(got_full.values())], default=t_free) - t_free
         after = answers(burst(3), 30)
-        got_mid = answers(mid, 5)
         st_end = d.wait_status(lambda s: s["health"]["outbox_depth"] == 0, 30)
         chk = stream_checks(be.results)
         lost_seq = len(set(range(1, st_end["last_seq"] + 1)) - chk["seqs"])
-        mid_lost = sum(1 for i in mid if i not in got_mid)
-        ctx.row("disk", "sessions running when the disk filled: results delivered / lost (unstored)",
-                f"{len(got_mid)} / {mid_lost} (unstored={st_end['health']['unstored']})", mid_lost == 0)
-        ctx.row("disk", "0 bytes free: MQTT health storage_ok / status.json age (s)",
-                f"{health_full.get('storage_ok')} / {status_age:.1f}", health_full.get("storage_ok") is False)
-        ans_full = sum(1 for v in got_full.values() if v[0].reason == "storage_full")
-        ctx.row("disk", "0 bytes free: commands answered storage_full", f"{ans_full}/{len(ids_full)}",
-                ans_full == len(ids_full))
-        ctx.row("disk", "space back: sessions run; seq gaps", f"{len(after)}/3 ({', '.join(sorted({v[0].decision for v in after.values()}))}); {lost_seq}",
-                len(after) == 3 and lost_seq == 0)
+        mid_lost = sum(1 for i in mid if i not in got_mid or not got_mid[i].session)
+        full_refused = sum(1 for r in got_full.values() if r.reason == "storage_full")
+        ctx.row("disk", "space back: results of the sessions running when it filled / lost",
+                f"{3 - mid_lost} delivered / {mid_lost}", mid_lost == 0)
+        ctx.row("disk", "space back: commands sent while full answered storage_full / last one after (s)",
+                f"{full_refused}/{n} / {late:.1f}", full_refused == n)
+        ctx.row("disk", "space back: new commands -> sessions; seq gaps",
+                f"{sum(1 for r in after.values() if r.session)}/3; {lost_seq}",
+                all(r.session for r in after.values()) and len(after) == 3 and lost_seq == 0)
         ctx.totals["lost"] += mid_lost + lost_seq
-        ctx.totals["sessions"] += sum(1 for v in list(after.values()) + list(got_mid.values()) + list(warm.values())
-                                      if v[0].session)
-        ctx.disk_state = {"full_status_storage_ok": st_full.get("health", {}).get("storage_ok"), "seq0": seq0}
+        ctx.totals["sessions"] += sum(1 for r in [*warm.values(), *got_mid.values(), *after.values()] if r.session)
         be.close()
     finally:
         if d is not None:

@@ -448,12 +448,19 @@ def test_bad_portraits_exit_2_with_one_line_and_bounded_memory(tmp_path, inputs,
         assert not out and peak < 250, (name, peak)
 
 
-def test_webp_bomb_is_refused_before_decoding(tmp_path, inputs, model_dir):
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory):
+    return soak.bomb_files(tmp_path_factory.mktemp("bombs"))
+
+
+@pytest.mark.parametrize("name", ["webp_16000x16000", "jpeg_12000x12000_ff00", "jpeg_12000x12000"])
+def test_image_bombs_are_refused_before_decoding(tmp_path, inputs, model_dir, bombs, name):
+    """A 10 KB WebP of 16000x16000 (1.5 GB decoded) and a JPEG whose frame header hides
+    behind stray FF 00 bytes (libjpeg skips them, a naive header scan does not)."""
     good = tmp_path / "good.jpg"
     good.write_bytes(inputs.ref)
-    bomb = soak.bomb_files(tmp_path)["webp_16000x16000"]
-    rc, out, err, dt, peak = soak._verify_child(bomb, good)
-    assert rc == 2 and peak < 250, peak
+    rc, out, err, dt, peak = soak._verify_child(bombs[name], good)
+    assert rc == 2 and peak < 250 and len(err.strip().splitlines()) == 1, (peak, err)
 
 
 def test_corrupt_jpeg_prints_only_facegates_line(tmp_path, inputs, model_dir):
@@ -463,3 +470,36 @@ def test_corrupt_jpeg_prints_only_facegates_line(tmp_path, inputs, model_dir):
     bad.write_bytes(bytes(b ^ 0x5A if 300 < i < 2000 else b for i, b in enumerate(inputs.ref)))
     rc, out, err, dt, peak = soak._verify_child(bad, good)
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.xfail(strict=True, reason="bug: FFmpeg's own messages ('[matroska,webm @ 0x...] EBML header parsing "
+                   "failed') reach stderr beside facegate's one line when a probe video is unreadable "
+                   "(adapters/files.py opens cv2.VideoCapture without quieting FFmpeg)")
+def test_unreadable_probe_video_prints_only_facegates_line(tmp_path, inputs, model_dir):
+    good = tmp_path / "good.jpg"
+    good.write_bytes(inputs.ref)
+    bad = tmp_path / "random.webm"
+    bad.write_bytes(b"\x1a\x45\xdf\xa3" + os.urandom(20000))
+    rc, out, err, dt, peak = soak._verify_child(good, bad)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.xfail(strict=True, reason="bug: on a full disk Daemon._write_status cannot create status.json.tmp, so "
+                   "status.json keeps its last content (storage_ok true) and `facegate status` is stale")
+def test_status_file_says_storage_is_full_on_a_full_disk(tmp_path, tmpfs, broker, backend_key, inputs, model_dir):
+    d = _daemon(tmp_path, broker, backend_key, inputs, state_dir=tmpfs / "state", daemon_extra="min_free_mb = 4\n",
+                health_interval_s=0.25).start()
+    be = soak.Collector(broker, d.public)
+    try:
+        be.wait(lambda: be.online_after(0), 60)
+        d.wait_status(lambda s: s["health"]["storage_ok"], 10)
+        t = time.time()
+        filler = _fill(tmpfs, 0)
+        try:
+            st = d.wait_status(lambda s: s["health"]["storage_ok"] is False, 5, fresh_after=t)
+        finally:
+            filler.unlink()
+        assert st["health"]["storage_ok"] is False
+    finally:
+        be.close()
+        d.stop()
