@@ -249,6 +249,29 @@ def test_camera_frames_removed_and_restored(tmp_path, broker, backend_key, input
         assert d.stop() == 0
 
 
+def test_a_live_feed_session_gets_the_cameras_frame_rate(tmp_path, broker, backend_key, inputs, model_dir):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, jpg in enumerate(inputs.frames):
+        (folder / f"{i:03d}.jpg").write_bytes(jpg)
+    cam = (f'source = "file"\npath = "{folder}"\nrealtime = true\nfps = 15\nidle_fps = 5\n'
+           'restart_each_session = false\n')
+    d = _daemon(tmp_path, broker, backend_key, inputs, camera=cam, fusion_frames=15).start()
+    be = soak.Collector(broker, d.public)
+    try:
+        be.wait(lambda: be.online_after(0), 60)
+        d.wait_status(lambda s: s["health"]["camera_ok"], 30)
+        msg, c = soak.command(backend_key, inputs.ref)
+        t = time.monotonic()
+        be.send(msg)
+        r = be.wait(lambda: be.by_request().get(c["request_id"]), 30)
+        assert r and r[0].decision == "match"
+        assert r[0].t - t < 2.0  # 15 frames at 15 fps: 1 s (at idle_fps 5: 3 s)
+    finally:
+        be.close()
+        d.stop()
+
+
 def test_model_changed_on_disk_is_refused_at_start(tmp_path, broker, backend_key, inputs, model_dir):
     copy = tmp_path / "models"
     shutil.copytree(model_dir, copy)
@@ -370,6 +393,32 @@ def test_results_of_running_sessions_survive_the_disk_filling_up(tmp_path, tmpfs
         d.stop()
 
 
+def test_a_puback_the_full_disk_cannot_record_does_not_start_a_publish_storm(tmp_path, tmpfs, broker, backend_key,
+                                                                            inputs, model_dir):
+    d = _daemon(tmp_path, broker, backend_key, inputs, state_dir=tmpfs / "state", realtime=True,
+                daemon_extra="min_free_mb = 4\n", health_interval_s=0.25).start()
+    be = soak.Collector(broker, d.public)
+    try:
+        be.wait(lambda: be.online_after(0), 60)
+        msg, c = soak.command(backend_key, inputs.ref)
+        be.send(msg)
+        d.wait_status(lambda s: s["state"]["state"] != "idle", 10)
+        broker.stop()  # the result waits in the outbox ...
+        d.wait_status(lambda s: s["health"]["outbox_depth"] >= 1, 20, fresh_after=time.time())
+        filler = _fill(tmpfs, 0)  # ... the disk fills up, the broker comes back and acknowledges it
+        try:
+            broker.start()
+            assert be.wait(lambda: c["request_id"] in be.by_request(), 20)
+            time.sleep(2.0)
+            copies = len(be.by_request()[c["request_id"]])
+        finally:
+            filler.unlink()
+        assert copies <= 3, copies
+    finally:
+        be.close()
+        d.stop()
+
+
 # -- fuzzed commands over MQTT ----------------------------------------------------------------
 def test_fuzzed_commands_over_mqtt_are_each_answered_by_a_documented_rule(tmp_path, broker, backend_key, inputs,
                                                                            model_dir):
@@ -472,9 +521,6 @@ def test_corrupt_jpeg_prints_only_facegates_line(tmp_path, inputs, model_dir):
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.xfail(strict=True, reason="bug: FFmpeg's own messages ('[matroska,webm @ 0x...] EBML header parsing "
-                   "failed') reach stderr beside facegate's one line when a probe video is unreadable "
-                   "(adapters/files.py opens cv2.VideoCapture without quieting FFmpeg)")
 def test_unreadable_probe_video_prints_only_facegates_line(tmp_path, inputs, model_dir):
     good = tmp_path / "good.jpg"
     good.write_bytes(inputs.ref)
@@ -484,8 +530,6 @@ def test_unreadable_probe_video_prints_only_facegates_line(tmp_path, inputs, mod
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.xfail(strict=True, reason="bug: on a full disk Daemon._write_status cannot create status.json.tmp, so "
-                   "status.json keeps its last content (storage_ok true) and `facegate status` is stale")
 def test_status_file_says_storage_is_full_on_a_full_disk(tmp_path, tmpfs, broker, backend_key, inputs, model_dir):
     d = _daemon(tmp_path, broker, backend_key, inputs, state_dir=tmpfs / "state", daemon_extra="min_free_mb = 4\n",
                 health_interval_s=0.25).start()

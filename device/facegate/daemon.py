@@ -561,12 +561,19 @@ class Daemon:
                   "camera": self.feed.health() if self.feed else {"ok": False},
                   "models": self.models, "kid": self.key.kid.hex(), "last_seq": self.outbox.last_seq,
                   "key": dict(zip(("path", "source"), map(str, key_source(self.cfg))))}
+        text = json.dumps(status, indent=1)
         tmp = self.state_dir / (STATUS_FILE + ".tmp")
         try:
-            tmp.write_text(json.dumps(status, indent=1))
+            tmp.write_text(text)
             os.replace(tmp, self.state_dir / STATUS_FILE)
         except OSError as exc:
-            log.warning("cannot write the status file: %s", exc)
+            try:  # a full disk: overwrite in place, reusing the old file's blocks
+                tmp.unlink(missing_ok=True)
+                with open(self.state_dir / STATUS_FILE, "r+" if (self.state_dir / STATUS_FILE).exists() else "w") as f:
+                    f.truncate(0)
+                    f.write(text)
+            except OSError:
+                log.warning("cannot write the status file: %s", exc)
 
     # -- lifecycle ---------------------------------------------------------------------
     def request_stop(self, *_):
@@ -656,7 +663,11 @@ class Daemon:
             except queue.Empty:
                 continue
             if self.ready:
-                self.run_session(req)  # pass / fail stays lit for gpio.result_show_s, then ready
+                self.feed.max_fps = None  # a session sees every frame the camera gives
+                try:
+                    self.run_session(req)  # pass / fail stays lit for gpio.result_show_s, then ready
+                finally:
+                    self.feed.max_fps = self.cfg.camera.idle_fps
             else:  # the camera never delivered: answer instead of waiting forever
                 self.emit_result("error", "camera_unavailable", request_id=req.command.request_id,
                                  nonce=req.command.nonce, response_topic=req.response_topic,

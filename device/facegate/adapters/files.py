@@ -14,6 +14,7 @@ import cv2
 
 from ..errors import InputError
 from ..imageio import IMAGE_SUFFIXES, read_image
+from ..quiet import quiet_stderr
 from ..types import Frame
 
 
@@ -60,7 +61,8 @@ class FileCamera:
             yield read_image(f, self.max_bytes, self.max_pixels), i / self.fps
 
     def _video(self) -> Iterator[tuple]:
-        self._cap = cv2.VideoCapture(str(self.path))
+        with quiet_stderr():  # FFmpeg prints its own lines on unreadable files
+            self._cap = cv2.VideoCapture(str(self.path))
         if not self._cap.isOpened():
             raise InputError(f"{self.path.name} is not a readable image or video")
         fps = self._cap.get(cv2.CAP_PROP_FPS) or self.fps
