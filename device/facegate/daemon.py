@@ -225,6 +225,7 @@ class Daemon:
         self._inflight: dict[tuple[int, str], float] = {}
         self._unstored: deque = deque()  # result makers waiting for disk space, in order
         self._store_lock = threading.Lock()
+        self._acked_unrecorded: set[tuple[int, str]] = set()  # PUBACKed, not yet deleted (disk full)
         self._threads: list[threading.Thread] = []
         self.feed: FrameFeed | None = None
         self.ready = False
@@ -345,6 +346,8 @@ class Daemon:
             now = time.monotonic()
             for r in rows:
                 key = (r.seq, r.topic)
+                if key in self._acked_unrecorded:
+                    continue
                 with self._deliver_cv:
                     t = self._inflight.get(key)
                     if t is not None and now - t < ack_timeout_s:
@@ -368,8 +371,9 @@ class Daemon:
     def _acked(self, key: tuple[int, str]) -> None:
         try:
             self.outbox.delivered(*key)
-        except OutboxError as exc:
-            log.error("%s", exc)
+        except OutboxError as exc:  # delivered all the same: never publish it again
+            log.error("%s; result %d is delivered and will be dropped from the outbox later", exc, key[0])
+            self._acked_unrecorded.add(key)
         with self._deliver_cv:
             self._inflight.pop(key, None)
             self._deliver_cv.notify_all()
@@ -633,6 +637,12 @@ class Daemon:
             now = time.monotonic()
             if self._unstored:
                 self._store_unstored()
+            for key in list(self._acked_unrecorded):
+                try:
+                    self.outbox.delivered(*key)
+                    self._acked_unrecorded.discard(key)
+                except OutboxError:
+                    break
             frame = self.feed.next(last_frame, 0.0) if self.feed else None
             if frame is not None and frame is not last_frame:
                 last_frame = frame
