@@ -219,7 +219,7 @@ install_config() {
 }
 
 # An Ed25519 key, PEM PKCS#8 unencrypted, created 0600 (O_EXCL: never overwrites).
-# TODO: use `facegate keys init --path` once the CLI has it.
+# (What `facegate keys init --path` does, without its imports; O_EXCL makes it race-free.)
 KEYGEN_PY='
 import os, sys
 from cryptography.hazmat.primitives import serialization
