@@ -179,6 +179,7 @@ class Health:
     dropped_inbound: int = 0
     unstored: int = 0  # results the outbox could not take; kept in memory and retried
     undeliverable: int = 0
+    dropped_commands: int = 0  # the replay record could not be written (outbox unusable)
     decisions: dict = field(default_factory=dict)
     latencies: dict = field(default_factory=dict)  # stage -> deque of ms
     last_decision: dict | None = None
@@ -418,7 +419,7 @@ class Daemon:
             log.info("command rejected: %s (request %s)", rej.reason, rej.request_id)
             self.emit_result("rejected", rej.reason, request_id=rej.request_id, nonce=rej.nonce, **answer)
         except OutboxError as exc:
-            self.health.unstored += 1
+            self.health.dropped_commands += 1
             log.error("command dropped, outbox unusable: %s", exc)
 
     def storage_ok(self) -> bool:
@@ -551,6 +552,7 @@ class Daemon:
             "dropped_inbound": self.health.dropped_inbound,
             "unstored": self.health.unstored,
             "undeliverable": self.health.undeliverable,
+            "dropped_commands": self.health.dropped_commands,
             "publish_refused": getattr(self.publisher, "refused", 0),
         }
 
