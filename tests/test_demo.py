@@ -10,27 +10,13 @@ import re
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
-import cbor2
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from daemon_helpers import independent_verify
 from facegate import demo
 
 TOPIC = f"facegate/v1/{demo.DEMO_DEVICE_ID}/result"
-
-
-def independent_verify(message: bytes, public_raw: bytes, topic: str) -> dict:
-    """RFC 9052 COSE_Sign1 / EdDSA by hand; returns the payload map (raises if bad)."""
-    tag = cbor2.loads(message)
-    assert tag.tag == 18 and len(tag.value) == 4
-    protected, _unprotected, payload, sig = tag.value
-    hdr = cbor2.loads(protected)
-    assert hdr[1] == -8 and hdr[4] == hashlib.sha256(public_raw).digest()[:8]
-    Ed25519PublicKey.from_public_bytes(public_raw).verify(
-        sig, cbor2.dumps(["Signature1", protected, topic.encode(), payload]))
-    return cbor2.loads(payload)
 
 
 def facegate(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
