@@ -7,16 +7,16 @@ PKG = Path(__file__).resolve().parents[1] / "device" / "facegate"
 ADAPTER_ONLY = {"ai_edge_litert", "tflite_runtime", "paho", "gpiozero", "picamera2", "lgpio", "systemd"}
 # room -> rooms it must not import
 FORBIDDEN = {
-    "types": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest"},
-    "errors": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest"},
-    "config": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest"},
-    "ports": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest"},
-    "vision": {"liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest"},
-    "liveness": {"pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest"},
-    "decide": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest"},
-    "pipeline": {"adapters", "daemon", "demo", "cli", "selftest"},
-    "session": {"adapters", "daemon", "demo", "cli", "selftest"},
-    "adapters": {"pipeline", "session", "daemon", "demo", "cli", "selftest"},
+    "types": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed"},
+    "errors": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed"},
+    "config": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed"},
+    "ports": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed"},
+    "vision": {"liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed"},
+    "liveness": {"pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed"},
+    "decide": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed"},
+    "pipeline": {"adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed"},
+    "session": {"adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed"},
+    "adapters": {"pipeline", "session", "daemon", "demo", "cli", "selftest", "delivery", "feed"},
     "daemon": {"demo", "cli", "selftest"},
     "demo": {"cli", "selftest"},
     "selftest": {"demo", "cli"},  # beside the daemon (it may import it); only the CLI imports it
@@ -24,8 +24,12 @@ FORBIDDEN = {
     "imageio": {"daemon", "demo", "cli", "selftest"},
     "modelstore": {"daemon", "demo", "cli", "selftest"},
     "messages": {"daemon", "demo", "cli", "selftest"},
-    "signing": {"daemon", "demo", "cli", "selftest"},
-    "outbox": {"daemon", "demo", "cli", "selftest"},
+    "outbox": {"pipeline", "adapters", "delivery", "feed", "daemon", "demo", "cli", "selftest"},
+    "signing": {"pipeline", "adapters", "delivery", "feed", "daemon", "demo", "cli", "selftest"},
+    "quiet": {"types", "config", "ports", "vision", "liveness", "pipeline", "adapters", "daemon", "demo", "cli"},
+    # the daemon's machinery: results to the broker, the newest camera frame
+    "delivery": {"pipeline", "vision", "liveness", "adapters", "feed", "daemon", "demo", "cli", "selftest"},
+    "feed": {"pipeline", "vision", "liveness", "adapters", "delivery", "daemon", "demo", "cli", "selftest"},
 }
 
 

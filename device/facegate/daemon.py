@@ -33,6 +33,8 @@ from .errors import CameraError, FacegateError
 from .liveness.challenge import Challenge, ChallengeOptions, draw_steps
 from .messages import (CommandRejected, Topics, VerifyCommand, attest_payload, event_json, ha_discovery,
                        parse_verify, policy_hash, result_payload, state_json)
+from .delivery import Delivery
+from .feed import FrameFeed
 from .outbox import Outbox, OutboxError
 from .liveness.passive import PassiveLiveness
 from .pipeline import LivenessCheck, Verifier
@@ -103,72 +105,6 @@ class Request:
     correlation: bytes | None = None
 
 
-class FrameFeed:
-    """Keeps the newest frame of a never-ending camera (adapters.cameras.ReopeningCamera,
-    which reopens a failed camera with back-off) on its own thread. max_fps: read at most
-    this often (the idle rate)."""
-
-    def __init__(self, camera, max_fps: float | None = None):
-        self.camera = camera
-        self.max_fps = max_fps
-        self._latest: Frame | None = None
-        self._cv = threading.Condition()
-        self._stop = threading.Event()
-        self._times: deque = deque(maxlen=60)
-        self._thread = threading.Thread(target=self._run, name="facegate-camera", daemon=True)
-
-    def start(self) -> "FrameFeed":
-        self._thread.start()
-        return self
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.camera.ok)
-
-    def health(self) -> dict:
-        return {**self.camera.health().as_dict(), "fps": round(self.fps, 1)}
-
-    @property
-    def fps(self) -> float:
-        ts = list(self._times)
-        return 0.0 if len(ts) < 2 or ts[-1] == ts[0] else (len(ts) - 1) / (ts[-1] - ts[0])
-
-    def _run(self) -> None:
-        for frame in self.camera.frames():
-            now = time.monotonic()
-            with self._cv:
-                self._latest = frame
-                self._times.append(now)
-                self._cv.notify_all()
-            if self._stop.is_set():
-                break
-            if self.max_fps:
-                self._stop.wait(max(0.0, 1.0 / self.max_fps - (time.monotonic() - now)))
-
-    def next(self, after: Frame | None, timeout_s: float) -> Frame | None:
-        """The newest frame if it is not `after` (the one seen last), else wait for one;
-        None on timeout."""
-        deadline = time.monotonic() + timeout_s
-        with self._cv:
-            while not self._stop.is_set():
-                f = self._latest
-                if f is not None and f is not after:
-                    return f
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cv.wait(left)
-        return None
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.camera.stop()
-        with self._cv:
-            self._cv.notify_all()
-        self._thread.join(timeout=10)
-        self.camera.close()
-
-
 @dataclass
 class Health:
     """Counters behind R/health and `facegate status`."""
@@ -177,8 +113,6 @@ class Health:
     sessions: int = 0
     rejected: int = 0
     dropped_inbound: int = 0
-    unstored: int = 0  # results the outbox could not take; kept in memory and retried
-    undeliverable: int = 0
     dropped_commands: int = 0  # the replay record could not be written (outbox unusable)
     decisions: dict = field(default_factory=dict)
     latencies: dict = field(default_factory=dict)  # stage -> deque of ms
@@ -222,11 +156,7 @@ class Daemon:
         self.state = ("idle", None, None)
         self.inbound: queue.Queue = queue.Queue(maxsize=256)
         self.requests: queue.Queue = queue.Queue(maxsize=cfg.daemon.max_pending)
-        self._deliver_cv = threading.Condition()
-        self._inflight: dict[tuple[int, str], float] = {}
-        self._unstored: deque = deque()  # result makers waiting for disk space, in order
-        self._store_lock = threading.Lock()
-        self._acked_unrecorded: set[tuple[int, str]] = set()  # PUBACKed, not yet deleted (disk full)
+        self.delivery = Delivery(self.outbox, publisher, cfg.mqtt.max_inflight)
         self._threads: list[threading.Thread] = []
         self.feed: FrameFeed | None = None
         self.ready = False
@@ -244,13 +174,10 @@ class Daemon:
         self._publish_health()
         if self.cfg.mqtt.ha_discovery:
             self._publish_discovery()
-        with self._deliver_cv:
-            self._inflight.clear()  # re-drive from the oldest undelivered result, in order
-            self._deliver_cv.notify_all()
+        self.delivery.restart()  # re-drive from the oldest undelivered result, in order
 
     def _on_disconnect(self) -> None:
-        with self._deliver_cv:
-            self._inflight.clear()
+        self.delivery.restart()
 
     def _on_message(self, msg: Inbound) -> None:
         try:
@@ -295,89 +222,11 @@ class Daemon:
             if response_topic and response_topic != self.topics.result:
                 rows.append((response_topic, sign(payload, self.key, response_topic), correlation))
             return rows
-        with self._store_lock:
-            if self._unstored:  # keep seq order behind results still waiting for the disk
-                self._unstored.append(make)
-                self.health.unstored = len(self._unstored)
-                return None
-            try:
-                seq = self.outbox.add(make)
-            except OutboxError as exc:
-                self._unstored.append(make)
-                self.health.unstored = len(self._unstored)
-                log.error("result %s for request %s cannot be stored yet (%s); kept in memory, retried",
-                          decision, request_id, exc)
-                return None
+        seq = self.delivery.store(make)  # None: held in memory until the disk has room
         self.health.decisions[decision] = self.health.decisions.get(decision, 0) + 1
-        with self._deliver_cv:
-            self._deliver_cv.notify_all()
         if self.publisher is not None:
             self.publisher.publish(self.topics.event, event_json(session, request_id, decision, time.time()), qos=0)
         return seq
-
-    def _store_unstored(self) -> None:
-        """Retry results the outbox could not take (disk full), oldest first."""
-        with self._store_lock:
-            while self._unstored:
-                try:
-                    self.outbox.add(self._unstored[0])
-                except OutboxError:
-                    break
-                self._unstored.popleft()
-                log.info("a held result is stored now (%d still held)", len(self._unstored))
-            self.health.unstored = len(self._unstored)
-        with self._deliver_cv:
-            self._deliver_cv.notify_all()
-
-    def _deliver_loop(self) -> None:
-        ack_timeout_s = 30.0
-        while True:
-            with self._deliver_cv:
-                self._deliver_cv.wait(timeout=1.0)
-            if self.stop_flag.is_set() and not self._draining:
-                return
-            p = self.publisher
-            if p is None or not p.connected:
-                continue
-            try:
-                rows = self.outbox.pending(limit=self.cfg.mqtt.max_inflight * 2)
-            except OutboxError as exc:
-                log.error("%s", exc)
-                continue
-            now = time.monotonic()
-            for r in rows:
-                key = (r.seq, r.topic)
-                if key in self._acked_unrecorded:
-                    continue
-                with self._deliver_cv:
-                    t = self._inflight.get(key)
-                    if t is not None and now - t < ack_timeout_s:
-                        continue
-                    if len(self._inflight) >= self.cfg.mqtt.max_inflight:
-                        break
-                    self._inflight[key] = now
-                try:
-                    sent = p.publish(r.topic, r.message, qos=1, correlation=r.correlation,
-                                     on_ack=lambda key=key: self._acked(key))
-                except ValueError as exc:  # a topic no broker takes: drop it, counted, never block
-                    log.error("result %d cannot be published on %r (%s): dropped", r.seq, r.topic, exc)
-                    self.health.undeliverable += 1
-                    self._acked(key)
-                    continue
-                if not sent:
-                    with self._deliver_cv:
-                        self._inflight.pop(key, None)
-                    break
-
-    def _acked(self, key: tuple[int, str]) -> None:
-        try:
-            self.outbox.delivered(*key)
-        except OutboxError as exc:  # delivered all the same: never publish it again
-            log.error("%s; result %d is delivered and will be dropped from the outbox later", exc, key[0])
-            self._acked_unrecorded.add(key)
-        with self._deliver_cv:
-            self._inflight.pop(key, None)
-            self._deliver_cv.notify_all()
 
     # -- commands ------------------------------------------------------------------------
     def _command_loop(self) -> None:
@@ -423,7 +272,7 @@ class Daemon:
             log.error("command dropped, outbox unusable: %s", exc)
 
     def storage_ok(self) -> bool:
-        if self._unstored:
+        if self.delivery.held:
             return False
         try:
             free_mb = shutil.disk_usage(self.state_dir).free / 2**20
@@ -550,8 +399,8 @@ class Daemon:
             "sessions": self.health.sessions,
             "rejected": self.health.rejected,
             "dropped_inbound": self.health.dropped_inbound,
-            "unstored": self.health.unstored,
-            "undeliverable": self.health.undeliverable,
+            "unstored": self.delivery.held,
+            "undeliverable": self.delivery.undeliverable,
             "dropped_commands": self.health.dropped_commands,
             "publish_refused": getattr(self.publisher, "refused", 0),
         }
@@ -613,14 +462,13 @@ class Daemon:
 
     def run(self) -> int:
         """Run until stopped; returns the process exit code."""
-        self._draining = False
         self._last_progress = time.monotonic()
         self.indicators.show("busy")
         try:
             self.outbox.expire()
             self.feed = FrameFeed(self.camera, max_fps=self.cfg.camera.idle_fps).start()
             self._start_thread(self._command_loop, "facegate-commands")
-            self._start_thread(self._deliver_loop, "facegate-delivery")
+            self._start_thread(self.delivery.run, "facegate-delivery")
             if self.publisher is not None:
                 self.publisher.start(self._on_message, self._on_connect, self._on_disconnect)
             self._main_loop()
@@ -637,14 +485,8 @@ class Daemon:
             if self.reload_flag.is_set():
                 self._reload()
             now = time.monotonic()
-            if self._unstored:
-                self._store_unstored()
-            for key in list(self._acked_unrecorded):
-                try:
-                    self.outbox.delivered(*key)
-                    self._acked_unrecorded.discard(key)
-                except OutboxError:
-                    break
+            if self.delivery.needs_retry:  # the disk was full: try again
+                self.delivery.retry()
             frame = self.feed.next(last_frame, 0.0) if self.feed else None
             if frame is not None and frame is not last_frame:
                 last_frame = frame
@@ -696,19 +538,10 @@ class Daemon:
                 break
             self.emit_result("error", "shutting_down", request_id=req.command.request_id, nonce=req.command.nonce,
                              response_topic=req.response_topic, correlation=req.correlation)
-        self._store_unstored()
-        if self._unstored:
-            log.error("%d result(s) could not be stored before exit (disk full): lost", len(self._unstored))
-        self._draining = True
-        deadline = time.monotonic() + 3.0
-        while (self.publisher is not None and self.publisher.connected and time.monotonic() < deadline
-               and self.outbox.depth() > 0):
-            with self._deliver_cv:
-                self._deliver_cv.notify_all()
-            time.sleep(0.05)
-        self._draining = False
-        with self._deliver_cv:
-            self._deliver_cv.notify_all()
+        self.delivery.drain(3.0)
+        if self.delivery.held:
+            log.error("%d result(s) could not be stored before exit (disk full): lost", self.delivery.held)
+        self.delivery.stop()
         for t in self._threads:
             t.join(timeout=5)
         try:

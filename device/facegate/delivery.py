@@ -1,0 +1,156 @@
+"""Signed results from the outbox to the broker, in seq order, dropped only on PUBACK.
+
+`Delivery.store(make)` puts a result into the outbox (or, when the disk is full, holds it
+in memory in seq order and retries); `run()` (its own thread) publishes undelivered rows
+oldest first with at most `max_inflight` unacknowledged, and forgets a row only when the
+broker acknowledged it. After a reconnect everything unacknowledged is re-published from
+the oldest (at least once: a duplicate carries the same seq). A row no broker takes (an
+invalid topic) is dropped and counted rather than blocking the rows behind it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Callable
+
+from .outbox import Outbox, OutboxError
+from .ports import Publisher
+
+log = logging.getLogger("facegate.delivery")
+ACK_TIMEOUT_S = 30.0  # re-publish a row not acknowledged for this long while connected
+
+
+class Delivery:
+    """Thread-safe; `publisher` may be None (MQTT off: results stay in the outbox)."""
+
+    def __init__(self, outbox: Outbox, publisher: Publisher | None, max_inflight: int):
+        self.outbox, self.publisher, self.max_inflight = outbox, publisher, max_inflight
+        self.undeliverable = 0  # rows dropped because no broker takes their topic
+        self._cv = threading.Condition()
+        self._inflight: dict[tuple[int, str], float] = {}
+        self._held: deque = deque()  # result makers waiting for disk space, in order
+        self._store_lock = threading.Lock()
+        self._acked_unrecorded: set[tuple[int, str]] = set()  # PUBACKed, not yet deleted (disk full)
+        self._stop = threading.Event()
+
+    @property
+    def held(self) -> int:
+        """Results waiting in memory for disk space."""
+        return len(self._held)
+
+    def store(self, make: Callable[[int], list]) -> int | None:
+        """Give the result (a maker of its signed rows for a seq) to the outbox; returns the
+        seq, or None when it is held in memory because the outbox cannot take it now."""
+        with self._store_lock:
+            if self._held:  # keep seq order behind results still waiting for the disk
+                self._held.append(make)
+                return None
+            try:
+                seq = self.outbox.add(make)
+            except OutboxError as exc:
+                self._held.append(make)
+                log.error("a result cannot be stored yet (%s); held in memory and retried", exc)
+                return None
+        self.wake()
+        return seq
+
+    @property
+    def needs_retry(self) -> bool:
+        return bool(self._held or self._acked_unrecorded)
+
+    def retry(self) -> None:
+        """Store held results and forget acknowledged rows, as far as the disk allows."""
+        with self._store_lock:
+            while self._held:
+                try:
+                    self.outbox.add(self._held[0])
+                except OutboxError:
+                    break
+                self._held.popleft()
+                log.info("a held result is stored now (%d still held)", len(self._held))
+        for key in list(self._acked_unrecorded):
+            try:
+                self.outbox.delivered(*key)
+            except OutboxError:
+                break
+            self._acked_unrecorded.discard(key)
+        self.wake()
+
+    def wake(self) -> None:
+        with self._cv:
+            self._cv.notify_all()
+
+    def restart(self) -> None:
+        """(Re)connected or disconnected: re-drive from the oldest undelivered row."""
+        with self._cv:
+            self._inflight.clear()
+            self._cv.notify_all()
+
+    def run(self) -> None:
+        """The delivery thread: until stop()."""
+        while not self._stop.is_set():
+            with self._cv:
+                self._cv.wait(timeout=1.0)
+            p = self.publisher
+            if p is None or not p.connected or self._stop.is_set():
+                continue
+            try:
+                rows = self.outbox.pending(limit=self.max_inflight * 2)
+            except OutboxError as exc:
+                log.error("%s", exc)
+                continue
+            self._publish(p, rows)
+
+    def _publish(self, p: Publisher, rows: list) -> None:
+        now = time.monotonic()
+        for r in rows:
+            key = (r.seq, r.topic)
+            if key in self._acked_unrecorded:
+                continue
+            with self._cv:
+                t = self._inflight.get(key)
+                if t is not None and now - t < ACK_TIMEOUT_S:
+                    continue
+                if len(self._inflight) >= self.max_inflight:
+                    return
+                self._inflight[key] = now
+            try:
+                sent = p.publish(r.topic, r.message, qos=1, correlation=r.correlation,
+                                 on_ack=lambda key=key: self._acked(key))
+            except ValueError as exc:  # a topic no broker takes: drop it, counted, never block
+                log.error("result %d cannot be published on %r (%s): dropped", r.seq, r.topic, exc)
+                self.undeliverable += 1
+                self._acked(key)
+                continue
+            if not sent:
+                with self._cv:
+                    self._inflight.pop(key, None)
+                return
+
+    def _acked(self, key: tuple[int, str]) -> None:
+        try:
+            self.outbox.delivered(*key)
+        except OutboxError as exc:  # delivered all the same: never publish it again
+            log.error("%s; result %d is delivered and will be dropped from the outbox later", exc, key[0])
+            self._acked_unrecorded.add(key)
+        with self._cv:
+            self._inflight.pop(key, None)
+            self._cv.notify_all()
+
+    def drain(self, timeout_s: float) -> None:
+        """Before a clean exit: give the broker up to timeout_s to take what waits."""
+        self.retry()
+        deadline = time.monotonic() + timeout_s
+        p = self.publisher
+        while p is not None and p.connected and time.monotonic() < deadline and self.outbox.depth() > 0:
+            try:
+                self._publish(p, self.outbox.pending(limit=self.max_inflight * 2))
+            except OutboxError:
+                break
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake()
