@@ -218,11 +218,17 @@ def _by_boot(results) -> dict:
     return out
 
 
-def test_camera_frames_removed_and_restored(tmp_path, broker, backend_key, inputs, model_dir):
+def _frame_folder(tmp_path: Path, inputs) -> Path:
+    """The replay's frames as a folder of JPEGs: a live-feed camera that can vanish."""
     folder = tmp_path / "frames"
     folder.mkdir()
     for i, jpg in enumerate(inputs.frames):
         (folder / f"{i:03d}.jpg").write_bytes(jpg)
+    return folder
+
+
+def test_camera_frames_removed_and_restored(tmp_path, broker, backend_key, inputs, model_dir):
+    folder = _frame_folder(tmp_path, inputs)
     cam = (f'source = "file"\npath = "{folder}"\nrealtime = true\nidle_fps = 5\nrestart_each_session = false\n'
            'frame_timeout_s = 2\n')
     d = _daemon(tmp_path, broker, backend_key, inputs, camera=cam, health_interval_s=0.25).start()
@@ -250,10 +256,7 @@ def test_camera_frames_removed_and_restored(tmp_path, broker, backend_key, input
 
 
 def test_a_live_feed_session_gets_the_cameras_frame_rate(tmp_path, broker, backend_key, inputs, model_dir):
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i, jpg in enumerate(inputs.frames):
-        (folder / f"{i:03d}.jpg").write_bytes(jpg)
+    folder = _frame_folder(tmp_path, inputs)
     cam = (f'source = "file"\npath = "{folder}"\nrealtime = true\nfps = 15\nidle_fps = 5\n'
            'restart_each_session = false\n')
     d = _daemon(tmp_path, broker, backend_key, inputs, camera=cam, fusion_frames=15).start()
