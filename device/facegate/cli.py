@@ -98,28 +98,16 @@ def cmd_verify(args) -> int:
 
 
 def build_liveness(cfg: config_mod.Config, args):
-    """The LivenessCheck that --liveness asks for, or None."""
+    """The LivenessCheck that --liveness asks for, or None (models loaded only as needed)."""
     import random
 
-    from .liveness.challenge import Challenge, ChallengeOptions, draw_steps
-    from .pipeline import LivenessCheck, build_eyes, build_passive
+    from .pipeline import ACTIVE_MODES, PASSIVE_MODES, build_eyes, build_passive, liveness_check
 
     mode = getattr(args, "liveness", "none")
-    if mode == "none":
-        return None
-    lc = cfg.liveness
-    check = LivenessCheck(passive_threshold=lc.passive_threshold, passive_min_frames=lc.passive_min_frames)
-    if mode in ("passive", "both"):
-        check.passive = build_passive(_store(cfg), cfg, make_runner)
-    if mode in ("active", "both"):
-        if args.challenge is not None:
-            steps = [s for s in args.challenge.split(",") if s]
-        else:
-            steps = draw_steps(random.Random(args.seed), lc.challenge_length, tuple(lc.challenge_steps))
-        opts = ChallengeOptions(step_timeout_s=lc.step_timeout_s, turn_min_deg=lc.turn_min_deg)
-        check.challenge = Challenge(steps, opts)
-        check.eyes = build_eyes(_store(cfg), cfg, make_runner)
-    return check
+    steps = None if args.challenge is None else [s for s in args.challenge.split(",") if s]
+    passive = build_passive(_store(cfg), cfg, make_runner) if mode in PASSIVE_MODES else None
+    eyes = build_eyes(_store(cfg), cfg, make_runner) if mode in ACTIVE_MODES else None
+    return liveness_check(cfg.liveness, mode, steps, random.Random(args.seed), passive, eyes)
 
 
 # -- models ---------------------------------------------------------------------------
@@ -299,10 +287,11 @@ def _status_doc(args) -> dict | None:
         return None
 
 
-def _daemon_pid(args) -> int | None:
+def _daemon_pid(args, doc: dict | None = None) -> int | None:
+    """The running daemon's pid from its status file (`doc` when already read), or None."""
     import os
 
-    doc = _status_doc(args)
+    doc = doc if doc is not None else _status_doc(args)
     pid = doc.get("pid") if doc else None
     if not isinstance(pid, int):
         return None
@@ -315,7 +304,7 @@ def _daemon_pid(args) -> int | None:
 
 def cmd_status(args) -> int:
     doc = _status_doc(args)
-    running = _daemon_pid(args) is not None
+    running = _daemon_pid(args, doc) is not None
     if doc is None:
         if args.json:
             print(json.dumps({"running": False}))

@@ -30,14 +30,13 @@ from . import config as config_mod
 from .config import Config
 from .decide import NO_FACE, SPOOF
 from .errors import CameraError, FacegateError
-from .liveness.challenge import Challenge, ChallengeOptions, draw_steps
 from .messages import (CommandRejected, Topics, VerifyCommand, attest_payload, event_json, ha_discovery,
                        parse_verify, policy_hash, result_payload, state_json)
 from .delivery import Delivery
 from .feed import FrameFeed
 from .outbox import Outbox, OutboxError
 from .liveness.passive import PassiveLiveness
-from .pipeline import LivenessCheck, Verifier
+from .pipeline import ACTIVE_MODES, PASSIVE_MODES, LivenessCheck, Verifier, liveness_check
 from .ports import Camera, Inbound, Indicators, Publisher
 from .signing import load_or_create_key, public_from_hex, public_raw, kid_of, sign
 from .types import Decision, Frame
@@ -282,19 +281,8 @@ class Daemon:
 
     # -- sessions ------------------------------------------------------------------------
     def _liveness(self, steps: list[str] | None) -> LivenessCheck | None:
-        mode, lc = self.cfg.daemon.liveness, self.cfg.liveness
-        if mode == "none":
-            return None
-        check = LivenessCheck(passive_threshold=lc.passive_threshold, passive_min_frames=lc.passive_min_frames)
-        if mode in ("passive", "both"):
-            check.passive = self.passive
-        if mode in ("active", "both"):
-            if steps is None:
-                steps = draw_steps(random.SystemRandom(), lc.challenge_length, tuple(lc.challenge_steps))
-            check.challenge = Challenge(list(steps), ChallengeOptions(step_timeout_s=lc.step_timeout_s,
-                                                                       turn_min_deg=lc.turn_min_deg))
-            check.eyes = self.eyes
-        return check
+        return liveness_check(self.cfg.liveness, self.cfg.daemon.liveness, steps, random.SystemRandom(),
+                              self.passive, self.eyes)
 
     def _session_frames(self, session: str, liveness: LivenessCheck | None, timed_out: list) -> Iterator[Frame]:
         """Frames for one session, until the session timeout (in frame time) or stop."""
@@ -350,9 +338,9 @@ class Daemon:
             decision, timings = self.verifier.verify_frames(
                 cmd.reference, self._session_frames(session, liveness, timed_out), liveness,
                 stop_early=True, on_frame=on_frame)
-            if timed_out and decision.decision in (NO_FACE,):
+            if timed_out and decision.decision == NO_FACE:
                 decision = Decision("timeout", "no_face_in_time", None, decision.quality, 0, decision.liveness)
-            elif timed_out and decision.decision == SPOOF and decision.reason in ("challenge_incomplete",):
+            elif timed_out and decision.decision == SPOOF and decision.reason == "challenge_incomplete":
                 decision = Decision("timeout", "challenge_incomplete", None, decision.quality,
                                     decision.frames_used, decision.liveness)
             self.health.record(timings)
@@ -378,7 +366,6 @@ class Daemon:
 
     def _progress(self) -> None:
         """Frames flow: feed the watchdog."""
-        self._last_progress = time.monotonic()
         self.notifier.keepalive(True)
 
     # -- health / status -----------------------------------------------------------------
@@ -462,7 +449,6 @@ class Daemon:
 
     def run(self) -> int:
         """Run until stopped; returns the process exit code."""
-        self._last_progress = time.monotonic()
         self.indicators.show("busy")
         try:
             self.outbox.expire()
@@ -488,7 +474,7 @@ class Daemon:
             if self.delivery.needs_retry:  # the disk was full: try again
                 self.delivery.retry()
             frame = self.feed.next(last_frame, 0.0) if self.feed else None
-            if frame is not None and frame is not last_frame:
+            if frame is not None:  # next() returns only a frame newer than last_frame
                 last_frame = frame
                 self._progress()
                 if not self.ready:
@@ -566,7 +552,7 @@ def install_signal_handlers(daemon: Daemon) -> None:
 def build(cfg: Config, config_path: str | None = None) -> Daemon:
     """A daemon with the real adapters named by the config (models verified on load)."""
     from .adapters.cameras import ReopeningCamera, open_camera
-    from .adapters.gpio import GpiozeroIndicators, NoIndicators
+    from .adapters.gpio import open_indicators
     from .adapters.litert import make_runner
     from .adapters.mqtt import PahoPublisher
     from .adapters.systemd import SystemdNotifier
@@ -579,21 +565,20 @@ def build(cfg: Config, config_path: str | None = None) -> Daemon:
     verifier = Verifier.from_store(store, vcfg, make_runner)
     models = dict(verifier.models)
     passive = None
-    if cfg.daemon.liveness in ("passive", "both"):
-        passive = build_passive(store, cfg, make_runner)
-        for task in ("pad_v2", "pad_v1se"):
-            models[task] = store.path(task, cfg.models.precision)[1].sha256
+    if cfg.daemon.liveness in PASSIVE_MODES:
+        passive = build_passive(store, cfg, make_runner)  # verifies the files' sha256 ...
+        for task in ("pad_v2", "pad_v1se"):  # ... so the manifest's entries name them
+            models[task] = store.resolve(task, cfg.models.precision).sha256
     eyes = None
-    if cfg.daemon.liveness in ("active", "both"):
+    if cfg.daemon.liveness in ACTIVE_MODES:
         eyes = build_eyes(store, cfg, make_runner)
-        models["iris"] = store.path("iris", "fp32")[1].sha256
+        models["iris"] = store.resolve("iris", "fp32").sha256
     topics = Topics.of(cfg.mqtt.prefix, cfg.device_id)
     publisher = None
     if cfg.mqtt.enabled:
         publisher = PahoPublisher(cfg.mqtt, cfg.mqtt.client_id or f"facegate-{cfg.device_id}",
                                   will=(topics.status, b"offline"))
-    indicators = GpiozeroIndicators(cfg.gpio) if cfg.gpio.enabled else NoIndicators()
     return Daemon(cfg, verifier=verifier, passive=passive, eyes=eyes, camera=ReopeningCamera.from_config(cfg.camera),
                   open_camera=lambda: open_camera(cfg.camera),
-                  publisher=publisher, indicators=indicators, notifier=SystemdNotifier(), models=models,
+                  publisher=publisher, indicators=open_indicators(cfg.gpio), notifier=SystemdNotifier(), models=models,
                   config_path=config_path)

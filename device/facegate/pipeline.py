@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 
 from . import decide
-from .config import Config, VerifyConfig
+from .config import Config, LivenessConfig, VerifyConfig
 from .modelstore import ModelStore
 from .ports import Runner
-from .liveness.challenge import Challenge, EyeLids, Observation, eye_openness
+from .liveness.challenge import Challenge, ChallengeOptions, EyeLids, Observation, draw_steps, eye_openness
 from .liveness.passive import V1SE_SCALE, V2_SCALE, PassiveLiveness, fuse
 from .types import Decision, Detection, FaceAnalysis, Frame
 from .vision.align import align, five_points
@@ -127,6 +127,29 @@ class LivenessCheck:
             if not v.live and reason is None:
                 reason = v.reason
         return reason, summary
+
+
+PASSIVE_MODES = ("passive", "both")  # liveness modes that run the MiniFASNet models
+ACTIVE_MODES = ("active", "both")    # liveness modes that run a challenge (and the eye-lid model)
+
+
+def liveness_check(lc: LivenessConfig, mode: str, steps: list[str] | None, rng,
+                   passive: PassiveLiveness | None = None, eyes: EyeLids | None = None) -> LivenessCheck | None:
+    """The LivenessCheck a session in `mode` (none | passive | active | both) must pass:
+    `passive` for the passive modes, a challenge of `steps` (None = drawn with `rng`
+    from the config) with `eyes` for the active ones; None for mode "none"."""
+    if mode == "none":
+        return None
+    check = LivenessCheck(passive_threshold=lc.passive_threshold, passive_min_frames=lc.passive_min_frames)
+    if mode in PASSIVE_MODES:
+        check.passive = passive
+    if mode in ACTIVE_MODES:
+        if steps is None:
+            steps = draw_steps(rng, lc.challenge_length, tuple(lc.challenge_steps))
+        check.challenge = Challenge(list(steps), ChallengeOptions(step_timeout_s=lc.step_timeout_s,
+                                                                   turn_min_deg=lc.turn_min_deg))
+        check.eyes = eyes
+    return check
 
 
 @dataclass(frozen=True)
