@@ -371,9 +371,7 @@ def _jsonable(v):
 def cmd_sign_command(args) -> int:
     """What a backend sends: a signed verify command for one device (for tests and
     integration; pipe it to `mosquitto_pub -f`)."""
-    import os
-
-    from .messages import Topics
+    from .messages import Topics, verify_command
     from .signing import load_key, sign
 
     key = load_key(Path(args.key))
@@ -382,11 +380,8 @@ def cmd_sign_command(args) -> int:
     except OSError as exc:
         return _fail(f"cannot read {args.reference}: {exc.strerror}")
     topic = Topics.of(args.prefix, args.device).cmd_verify
-    now = int(time.time())
-    payload = {"request_id": args.request_id or os.urandom(8).hex(), "nonce": os.urandom(16),
-               "iat": now, "exp": now + args.ttl, "reference": reference}
-    if args.challenge is not None:
-        payload["challenge"] = [s for s in args.challenge.split(",") if s]
+    steps = None if args.challenge is None else [s for s in args.challenge.split(",") if s]
+    payload = verify_command(reference, time.time(), args.ttl, args.request_id, steps)
     Path(args.out).write_bytes(sign(payload, key, topic))
     print(json.dumps({"topic": topic, "request_id": payload["request_id"], "kid": key.kid.hex(), "out": args.out}))
     return EXIT_OK

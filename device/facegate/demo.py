@@ -45,6 +45,7 @@ from . import daemon as daemon_mod
 from .config import Config
 from .errors import FacegateError, InputError
 from .imageio import decode_image
+from .messages import verify_command
 from .ports import Inbound
 from .signing import SignatureError, SigningKey, load_key, public_from_hex, sign, verify
 
@@ -452,12 +453,8 @@ def run_demo(video: Path, reference: Path, workdir: Path, liveness: str, challen
         t_ready = time.monotonic()
         drain()
         start_seq = d.outbox.last_seq
-        now = time.time()
         rid = uuid.uuid4().hex
-        cmd = {"request_id": rid, "nonce": os.urandom(16), "iat": int(now), "exp": int(now) + COMMAND_LIFETIME_S,
-               "reference": ref_bytes}
-        if challenge is not None:
-            cmd["challenge"] = list(challenge)
+        cmd = verify_command(ref_bytes, time.time(), COMMAND_LIFETIME_S, rid, challenge)
         message = sign(cmd, backend, topics.cmd_verify)
         if note:
             on_progress(note)

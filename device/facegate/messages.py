@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,6 +173,18 @@ def parse_verify(message: bytes, topic: str, keys: dict, now: float, *, max_byte
     except InputError:
         raise CommandRejected("bad_reference", rid, nonce) from None
     return VerifyCommand(rid, nonce, float(iat), float(exp), image, None if challenge is None else list(challenge), v.kid)
+
+
+def verify_command(reference: bytes, now: float, lifetime_s: float, request_id: str | None = None,
+                   challenge: list[str] | None = None) -> dict:
+    """A backend's cmd/verify payload (to be signed for the device's cmd/verify topic):
+    a fresh 16-byte nonce, iat = now, exp = now + lifetime_s, a random request id unless
+    given, and `challenge` only when the backend fixes the steps."""
+    payload = {"request_id": request_id or os.urandom(8).hex(), "nonce": os.urandom(16), "iat": int(now),
+               "exp": int(now + lifetime_s), "reference": reference}
+    if challenge is not None:
+        payload["challenge"] = list(challenge)
+    return payload
 
 
 # -- payloads ------------------------------------------------------------------------------
