@@ -51,6 +51,13 @@ class Timings:
         return {k: round(v, 2) for k, v in self.ms.items()}
 
 
+def lanes_and_threads(config: Config) -> tuple[int, int]:
+    """(verifier lanes, inference threads per lane) for the configured thread budget:
+    models.lanes, or 2 lanes from 2 threads on; the threads shared between the lanes."""
+    lanes = config.models.lanes or (2 if config.models.num_threads >= 2 else 1)
+    return lanes, max(1, config.models.num_threads // lanes)
+
+
 def build_passive(store: ModelStore, config: Config, make_runner: RunnerFactory) -> PassiveLiveness:
     """Both MiniFASNet models at the configured precision (verified files)."""
     nt = config.models.num_threads
@@ -199,8 +206,7 @@ class Verifier:
     @classmethod
     def from_store(cls, store: ModelStore, config: Config, make_runner: RunnerFactory) -> "Verifier":
         """Load the verified model files named by the config (raises ModelError)."""
-        lanes = config.models.lanes or (2 if config.models.num_threads >= 2 else 1)
-        nt = max(1, config.models.num_threads // lanes)
+        lanes, nt = lanes_and_threads(config)
         paths = {}
         for task, precision in (("detect_short", "fp32"), ("detect_full", "fp32"), ("mesh", "fp32"),
                                 ("embed", config.models.precision)):

@@ -29,6 +29,7 @@ from . import modelstore
 from .config import Config
 from .daemon import key_path
 from .errors import FacegateError
+from .pipeline import ACTIVE_MODES, PASSIVE_MODES, lanes_and_threads
 
 GPIO_STEP_S = 0.4  # how long each LED stays lit while cycling
 
@@ -110,9 +111,9 @@ def models_in_use(cfg: Config) -> list[tuple[str, str]]:
     """(task, precision) of every model `facegate run` loads with this config."""
     p = cfg.models.precision
     tasks = [("detect_short", "fp32"), ("detect_full", "fp32"), ("mesh", "fp32"), ("embed", p)]
-    if cfg.daemon.liveness in ("passive", "both"):
+    if cfg.daemon.liveness in PASSIVE_MODES:
         tasks += [("pad_v2", p), ("pad_v1se", p)]
-    if cfg.daemon.liveness in ("active", "both"):
+    if cfg.daemon.liveness in ACTIVE_MODES:
         tasks.append(("iris", "fp32"))
     return tasks
 
@@ -134,7 +135,7 @@ def check_models(cfg: Config, make_runner: Callable | None = None) -> list[Check
         ok = sum(r.status == "ok" for r in results)
         return f"{ok} file(s) in {store.model_dir} match the manifest"
     checks = [_timed("models", verify_all)]
-    threads = max(1, cfg.models.num_threads // (cfg.models.lanes or (2 if cfg.models.num_threads >= 2 else 1)))
+    _, threads = lanes_and_threads(cfg)
     for task, precision in models_in_use(cfg):
         def one(task=task, precision=precision):
             path, entry = store.path(task, precision)
