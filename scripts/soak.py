@@ -539,7 +539,7 @@ def _outbox_after_kill(path: Path) -> tuple[str, list[int], int]:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         ok = db.execute("PRAGMA integrity_check").fetchone()[0]
-        seqs = [s for (s,) in db.execute("SELECT DISTINCT seq FROM results ORDER BY seq")]
+        seqs = [s for (s,) in db.execute("SELECT DISTINCT seq FROM results WHERE acked IS NULL ORDER BY seq")]
         row = db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
         return ok, seqs, int(row[0]) if row else 0
     finally:

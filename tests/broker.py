@@ -78,8 +78,10 @@ def make_tls(d: Path) -> dict[str, Path]:
 class Mosquitto:
     """mosquitto on 127.0.0.1:port with TLS, passwords and an ACL; start/stop/kill."""
 
-    def __init__(self, d: Path, persist: bool = False, client_certs: bool = False):
-        """client_certs: the listener also requires a client certificate from the CA."""
+    def __init__(self, d: Path, persist: bool = False, client_certs: bool = False, autosave_s: int = 1):
+        """client_certs: the listener also requires a client certificate from the CA.
+        persist: keep sessions on disk, saved every autosave_s and on SIGTERM (a SIGKILL
+        loses what came since the last save)."""
         self.dir = d
         self.port = free_port()
         self.tls = make_tls(d)
@@ -93,7 +95,7 @@ class Mosquitto:
             f"cafile {self.tls['ca']}\ncertfile {self.tls['cert']}\nkeyfile {self.tls['key']}\n"
             + ("require_certificate true\n" if client_certs else "")
             + f"allow_anonymous false\npassword_file {pw}\nacl_file {d / 'acl'}\n"
-            + (f"persistence true\npersistence_location {d}/\nautosave_interval 1\n" if persist
+            + (f"persistence true\npersistence_location {d}/\nautosave_interval {autosave_s}\n" if persist
                else "persistence false\n")
             + "log_dest stderr\nlog_type error\nlog_type warning\n"
             "max_inflight_messages 20\nmax_queued_messages 100000\n"
@@ -144,12 +146,13 @@ class Backend:
     """A paho client (MQTT 5, TLS, password) recording every message on `subscribe`."""
 
     def __init__(self, broker: Mosquitto, user: str = "backend", subscribe: str = "facegate/#",
-                 persistent: bool = False):
-        """persistent: a session the broker keeps (and queues for) across reconnects."""
+                 persistent: bool = False, client_id: str | None = None):
+        """persistent: a session the broker keeps (and queues for) across reconnects;
+        client_id: the same id picks up that session again."""
         self.messages: list[Received] = []
         self._cv = threading.Condition()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
-                                  client_id=f"test-{user}-{time.monotonic_ns()}")
+                                  client_id=client_id or f"test-{user}-{time.monotonic_ns()}")
         self.client.username_pw_set(user, USERS[user])
         self.client.tls_set(ca_certs=str(broker.tls["ca"]))
         self.client.reconnect_delay_set(1, 1)

@@ -95,3 +95,32 @@ def test_relay_pulses_once_per_match_and_never_otherwise(terminal, faces, backen
     assert rises == 1, [s.state for s in relay.states]
     assert d.indicators.factory.pin(FAIL).state  # the last decision stays shown (result_show_s = 0)
     assert d.outbox.depth() == 3  # kept, signed, for a broker that is not there
+
+
+def test_a_command_the_broker_delivers_again_is_taken_once(terminal, faces, backend_key):
+    """MQTT QoS 1 is at least once: a broker that restarts before it saw the PUBACK sends the
+    command again with the DUP flag. That copy is ignored; a new publish of the same bytes
+    is a replay and is rejected."""
+    d = terminal
+    topic = d.topics.cmd_verify
+    now = int(time.time())
+    msg = signing.sign({"request_id": "twice", "nonce": os.urandom(16), "iat": now, "exp": now + 120,
+                        "reference": faces["stranger"], "challenge": ["turn_right"]}, backend_key, topic)
+    d.handle_inbound(Inbound(topic, msg))
+    d.handle_inbound(Inbound(topic, msg, redelivered=True))
+    d.handle_inbound(Inbound(topic, msg))
+
+    def answers():
+        out = []
+        for row in d.outbox.pending(1000):
+            p = signing.verify(row.message, signing.public_from_hex(d.key.public.hex()), row.topic).payload
+            if p["request_id"] == "twice":
+                out.append((p["decision"], p["reason"]))
+        return out
+    deadline = time.monotonic() + 60
+    while len(answers()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    got = answers()
+    assert len(got) == 2 and ("rejected", "replayed_request_id") in got, got
+    assert [a for a in got if a[0] != "rejected"], got  # and the one session that ran

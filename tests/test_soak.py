@@ -165,7 +165,13 @@ def test_broker_killed_during_a_stream_loses_and_reorders_nothing(tmp_path, brok
             broker.start()
             d.wait_status(lambda s: s["broker"]["connected"], 30)
             be.wait(be.connected, 30)
-        assert be.wait(lambda: {r.request_id for r in be.results} >= set(sent), 90), d.logtail()
+        ok = be.wait(lambda: {r.request_id for r in be.results} >= set(sent), 90)
+        if not ok:
+            got = {r.request_id for r in be.results}
+            miss = [i for i, s in enumerate(sent) if s not in got]
+            stt = d.wait_status(lambda s: True)
+            raise AssertionError(f"missing burst idx {miss}; seqs {sorted(r.seq for r in be.results)}; "
+                                 f"last_seq {stt['last_seq']} depth {stt['health']['outbox_depth']}\n" + d.logtail())
         st = d.wait_status(lambda s: s["health"]["outbox_depth"] == 0)
         chk = soak.stream_checks(be.results)
         assert chk["seqs"] >= set(range(1, st["last_seq"] + 1))  # every seq ever allocated arrived

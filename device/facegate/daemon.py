@@ -148,7 +148,8 @@ class Daemon:
             log.info("created signing key %s (kid %s)", key_path(cfg), self.key.kid.hex())
         self.trusted = trusted_keys(cfg)
         self.policy = decision_policy(cfg)
-        self.outbox = Outbox(self.state_dir / "outbox.sqlite", cfg.daemon.outbox_max_age_s, cfg.daemon.outbox_max_rows)
+        self.outbox = Outbox(self.state_dir / "outbox.sqlite", cfg.daemon.outbox_max_age_s, cfg.daemon.outbox_max_rows,
+                             keep_acked_s=cfg.mqtt.redeliver_s)
         self.health = Health()
         self.stop_flag = threading.Event()
         self.reload_flag = threading.Event()
@@ -173,7 +174,7 @@ class Daemon:
         self._publish_health()
         if self.cfg.mqtt.ha_discovery:
             self._publish_discovery()
-        self.delivery.restart()  # re-drive from the oldest undelivered result, in order
+        self.delivery.restart(redeliver=True)  # re-drive from the oldest undelivered result, in order
 
     def _on_disconnect(self) -> None:
         self.delivery.restart()
@@ -259,8 +260,12 @@ class Daemon:
             if self.requests.full():  # only this thread puts, so a free slot stays free
                 raise CommandRejected("busy", cmd.request_id, cmd.nonce)
             replay = self.outbox.remember(cmd.request_id, cmd.nonce, cmd.exp + d.clock_skew_s)
+            if replay == "same_command" and msg.redelivered:  # QoS 1 is at least once: taken already
+                log.info("request %s delivered again by the broker: already taken, ignored", cmd.request_id)
+                return
             if replay:
-                raise CommandRejected(replay, cmd.request_id, cmd.nonce)
+                raise CommandRejected("replayed_request_id" if replay == "same_command" else replay,
+                                      cmd.request_id, cmd.nonce)
             self.requests.put_nowait(Request(cmd, **answer))
         except CommandRejected as rej:
             self.health.rejected += 1

@@ -3,8 +3,11 @@
 `Delivery.store(make)` puts a result into the outbox (or, when the disk is full, holds it
 in memory in seq order and retries); `run()` (its own thread) publishes undelivered rows
 oldest first with at most `max_inflight` unacknowledged, and forgets a row only when the
-broker acknowledged it. After a reconnect everything unacknowledged is re-published from
-the oldest (at least once: a duplicate carries the same seq). A row no broker takes (an
+broker acknowledged it. After a reconnect everything unacknowledged, and what was
+acknowledged within the outbox's keep_acked_s (a crashed broker may have lost it), is
+re-published from the oldest (at least once: a duplicate carries the same seq and bytes).
+The outbox alone drives re-sends: the MQTT adapter drops its client's own retries on
+reconnect, so nothing overtakes an older result. A row no broker takes (an
 invalid topic) is dropped and counted rather than blocking the rows behind it.
 """
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Delivery:
         self._store_lock = threading.Lock()
         self._acked_unrecorded: set[tuple[int, str]] = set()  # PUBACKed, not yet deleted (disk full)
         self._stop = threading.Event()
+        self._generation = 0  # bumped by restart(): a publishing pass of an older one stops
 
     @property
     def held(self) -> int:
@@ -82,9 +86,19 @@ class Delivery:
         with self._cv:
             self._cv.notify_all()
 
-    def restart(self) -> None:
-        """(Re)connected or disconnected: re-drive from the oldest undelivered row."""
+    def restart(self, redeliver: bool = False) -> None:
+        """(Re)connected or disconnected: re-drive from the oldest undelivered row;
+        redeliver (on connect): the recently acknowledged rows too."""
+        if redeliver:
+            try:
+                n = self.outbox.redeliver()
+            except OutboxError as exc:
+                log.error("%s", exc)
+            else:
+                if n:
+                    log.info("re-publishing %d recently acknowledged message(s) after the reconnect", n)
         with self._cv:
+            self._generation += 1
             self._inflight.clear()
             self._cv.notify_all()
 
@@ -96,20 +110,26 @@ class Delivery:
             p = self.publisher
             if p is None or not p.connected or self._stop.is_set():
                 continue
-            try:
-                rows = self.outbox.pending(limit=self.max_inflight * 2)
-            except OutboxError as exc:
-                log.error("%s", exc)
-                continue
-            self._publish(p, rows)
+            self._publish(p)
 
-    def _publish(self, p: Publisher, rows: list) -> None:
+    def _publish(self, p: Publisher) -> None:
+        """One pass over the oldest undelivered rows; it ends early when a reconnect
+        restarts delivery from the oldest row."""
         now = time.monotonic()
+        with self._cv:
+            generation = self._generation
+        try:
+            rows = self.outbox.pending(limit=self.max_inflight * 2)
+        except OutboxError as exc:
+            log.error("%s", exc)
+            return
         for r in rows:
             key = (r.seq, r.topic)
             if key in self._acked_unrecorded:
                 continue
             with self._cv:
+                if self._generation != generation:  # reconnected meanwhile: start again from the oldest
+                    return
                 t = self._inflight.get(key)
                 if t is not None and now - t < ACK_TIMEOUT_S:
                     continue
@@ -145,10 +165,7 @@ class Delivery:
         deadline = time.monotonic() + timeout_s
         p = self.publisher
         while p is not None and p.connected and time.monotonic() < deadline and self.outbox.depth() > 0:
-            try:
-                self._publish(p, self.outbox.pending(limit=self.max_inflight * 2))
-            except OutboxError:
-                break
+            self._publish(p)
             time.sleep(0.05)
 
     def stop(self) -> None:

@@ -7,6 +7,11 @@ loses the whole not-yet-produced result or keeps it; `seq` never goes back. A re
 published on several topics (R/result and an MQTT 5 response topic) is one row per topic
 with the same seq. Undelivered rows expire by age or when more than `max_rows` wait;
 expiries are counted, never silent.
+
+An acknowledged row is kept for `keep_acked_s` more (then purged): a broker that crashes
+forgets what it acknowledged since its last save (Mosquitto saves every autosave_interval),
+so after every reconnect `redeliver()` puts the recently acknowledged rows back in line. A
+backend sees them again with the same seq and the same bytes (at least once).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS results (
     seq INTEGER NOT NULL, topic TEXT NOT NULL, message BLOB NOT NULL,
-    correlation BLOB, created REAL NOT NULL, PRIMARY KEY (seq, topic));
+    correlation BLOB, created REAL NOT NULL, acked REAL, PRIMARY KEY (seq, topic));
 CREATE TABLE IF NOT EXISTS seen (
     request_id TEXT PRIMARY KEY, nonce BLOB NOT NULL UNIQUE, exp REAL NOT NULL);
 """
@@ -48,9 +53,10 @@ class Outbox:
     """Thread-safe; one connection guarded by a lock (the daemon's threads share it)."""
 
     def __init__(self, path: str | Path, max_age_s: float = 7 * 86400, max_rows: int = 100_000,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, keep_acked_s: float = 0.0):
         self.path = Path(path)
         self.max_age_s, self.max_rows, self.clock = max_age_s, max_rows, clock
+        self.keep_acked_s = keep_acked_s
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +64,8 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            if "acked" not in {r[1] for r in self._db.execute("PRAGMA table_info(results)")}:
+                self._db.execute("ALTER TABLE results ADD COLUMN acked REAL")  # an outbox of 0.1.0
         except (sqlite3.Error, OSError) as exc:
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from None
 
@@ -91,8 +99,8 @@ class Outbox:
                     seq = self._meta("last_seq") + 1
                     now = self.clock()
                     for topic, message, corr in make(seq):
-                        self._db.execute("INSERT INTO results VALUES (?, ?, ?, ?, ?)",
-                                         (seq, topic, message, corr, now))
+                        self._db.execute("INSERT INTO results (seq, topic, message, correlation, created) "
+                                         "VALUES (?, ?, ?, ?, ?)", (seq, topic, message, corr, now))
                     self._set_meta("last_seq", seq)
                     self._db.execute("COMMIT")
                 except BaseException:
@@ -107,25 +115,41 @@ class Outbox:
         with self._lock:
             if after is None:
                 rows = self._db.execute("SELECT seq, topic, message, correlation, created FROM results "
-                                        "ORDER BY seq, topic LIMIT ?", (limit,)).fetchall()
+                                        "WHERE acked IS NULL ORDER BY seq, topic LIMIT ?", (limit,)).fetchall()
             else:
                 rows = self._db.execute("SELECT seq, topic, message, correlation, created FROM results "
-                                        "WHERE (seq, topic) > (?, ?) ORDER BY seq, topic LIMIT ?",
+                                        "WHERE acked IS NULL AND (seq, topic) > (?, ?) ORDER BY seq, topic LIMIT ?",
                                         (*after, limit)).fetchall()
         return [Pending(*r) for r in rows]
 
     def delivered(self, seq: int, topic: str) -> None:
-        """The broker acknowledged this message: drop it."""
+        """The broker acknowledged this message: no longer pending (kept keep_acked_s for
+        redeliver(), or dropped at once when that is 0)."""
         with self._lock:
             try:
-                self._db.execute("DELETE FROM results WHERE seq = ? AND topic = ?", (seq, topic))
+                if self.keep_acked_s > 0:
+                    self._db.execute("UPDATE results SET acked = ? WHERE seq = ? AND topic = ?",
+                                     (self.clock(), seq, topic))
+                else:
+                    self._db.execute("DELETE FROM results WHERE seq = ? AND topic = ?", (seq, topic))
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox: {exc}") from None
+
+    def redeliver(self) -> int:
+        """Put the rows acknowledged in the last keep_acked_s back in line (after a
+        reconnect: the broker may have lost them). Returns how many rows."""
+        with self._lock:
+            try:
+                cur = self._db.execute("UPDATE results SET acked = NULL WHERE acked >= ?",
+                                       (self.clock() - self.keep_acked_s,))
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox: {exc}") from None
+            return cur.rowcount
 
     def depth(self) -> int:
         """Results (distinct seq) still waiting for delivery."""
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(DISTINCT seq) FROM results").fetchone()[0])
+            return int(self._db.execute("SELECT COUNT(DISTINCT seq) FROM results WHERE acked IS NULL").fetchone()[0])
 
     @property
     def expired(self) -> int:
@@ -134,19 +158,21 @@ class Outbox:
 
     def expire(self) -> int:
         """Drop undelivered results older than max_age_s, then the oldest beyond max_rows;
-        count them. Returns how many results expired now."""
+        count them. Purge acknowledged rows older than keep_acked_s (not counted: they
+        were delivered). Returns how many results expired now."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                cutoff = self.clock() - self.max_age_s
-                seqs = {r[0] for r in self._db.execute("SELECT DISTINCT seq FROM results WHERE created < ?",
-                                                       (cutoff,))}
-                over = self._db.execute("SELECT COUNT(DISTINCT seq) FROM results").fetchone()[0] - self.max_rows
+                now = self.clock()
+                self._db.execute("DELETE FROM results WHERE acked < ?", (now - self.keep_acked_s,))
+                seqs = {r[0] for r in self._db.execute(
+                    "SELECT DISTINCT seq FROM results WHERE acked IS NULL AND created < ?", (now - self.max_age_s,))}
+                over = self.depth() - self.max_rows
                 if over > 0:
                     seqs |= {r[0] for r in self._db.execute(
-                        "SELECT DISTINCT seq FROM results ORDER BY seq LIMIT ?", (over,))}
+                        "SELECT DISTINCT seq FROM results WHERE acked IS NULL ORDER BY seq LIMIT ?", (over,))}
                 for s in seqs:
-                    self._db.execute("DELETE FROM results WHERE seq = ?", (s,))
+                    self._db.execute("DELETE FROM results WHERE seq = ? AND acked IS NULL", (s,))
                 self._db.execute("DELETE FROM seen WHERE exp < ?", (self.clock(),))
                 if seqs:
                     self._set_meta("expired", self._meta("expired") + len(seqs))
@@ -162,11 +188,13 @@ class Outbox:
     # -- replay protection -------------------------------------------------------------
     def remember(self, request_id: str, nonce: bytes, exp: float) -> str | None:
         """Record an accepted command; returns None, or 'replayed_request_id' /
-        'replayed_nonce' when either was seen before (and is not yet expired)."""
+        'replayed_nonce' when either was seen before (and is not yet expired), or
+        'same_command' when this request id came before with this very nonce."""
         with self._lock:
             try:
-                if self._db.execute("SELECT 1 FROM seen WHERE request_id = ?", (request_id,)).fetchone():
-                    return "replayed_request_id"
+                row = self._db.execute("SELECT nonce FROM seen WHERE request_id = ?", (request_id,)).fetchone()
+                if row:
+                    return "same_command" if bytes(row[0]) == nonce else "replayed_request_id"
                 if self._db.execute("SELECT 1 FROM seen WHERE nonce = ?", (nonce,)).fetchone():
                     return "replayed_nonce"
                 self._db.execute("INSERT INTO seen VALUES (?, ?, ?)", (request_id, nonce, exp))

@@ -82,12 +82,14 @@ class Indicators(Protocol):
 @dataclass(frozen=True)
 class Inbound:
     """One received MQTT message. response_topic / correlation: MQTT 5 request-response
-    properties, when the sender set them."""
+    properties, when the sender set them. redelivered: the broker's own retransmission
+    (MQTT DUP flag) of a message it may have delivered before, not a new publish."""
 
     topic: str
     payload: bytes
     response_topic: str | None = None
     correlation: bytes | None = None
+    redelivered: bool = False
 
 
 class Publisher(Protocol):

@@ -84,6 +84,13 @@ class PahoPublisher:
             self.last_error = f"connection refused: {reason_code}"
             log.warning("broker refused the connection: %s", reason_code)
             return
+        # paho would now re-send what it still holds, ahead of anything newer; the outbox
+        # re-sends all of it in seq order instead (and the daemon re-publishes its state)
+        dropped = self._client.drop_out_messages()
+        with self._lock:
+            for m in dropped:
+                self._acks.pop(m.mid, None)
+            self._early.clear()
         self.connected = True
         self.last_error = ""
         log.info("connected to %s:%d", self.cfg.host, self.cfg.port)
@@ -116,7 +123,7 @@ class PahoPublisher:
         rt = getattr(props, "ResponseTopic", None) if props else None
         corr = getattr(props, "CorrelationData", None) if props else None
         if self._on_message:
-            self._on_message(Inbound(msg.topic, bytes(msg.payload), rt or None, corr))
+            self._on_message(Inbound(msg.topic, bytes(msg.payload), rt or None, corr, bool(msg.dup)))
 
     def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
         if reason_code is not None and reason_code.is_failure:

@@ -1,0 +1,87 @@
+"""The outbox on a real SQLite file: seq allocation, PUBACK bookkeeping, the redelivery
+window for a broker that crashed, expiry, and an outbox written by 0.1.0 (no `acked`)."""
+from __future__ import annotations
+
+import sqlite3
+
+from facegate.outbox import SCHEMA, Outbox
+
+
+class Clock:
+    def __init__(self, t: float = 1_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def rows(seq: int):
+    return [("dev/result", f"signed {seq}".encode(), None), ("replies/x", f"reply {seq}".encode(), b"c")]
+
+
+def test_acknowledged_rows_come_back_after_a_reconnect_within_the_window(tmp_path):
+    clock = Clock()
+    ob = Outbox(tmp_path / "o.sqlite", clock=clock, keep_acked_s=60)
+    assert [ob.add(rows) for _ in range(3)] == [1, 2, 3]
+    for p in ob.pending():
+        if p.seq <= 2:
+            ob.delivered(p.seq, p.topic)
+    assert ob.depth() == 1 and [p.seq for p in ob.pending()] == [3, 3]
+    clock.t += 30
+    ob.delivered(3, "dev/result")  # seq 3 still waits for its reply topic
+    assert ob.depth() == 1
+    assert ob.redeliver() == 5  # everything acknowledged in the last 60 s
+    again = ob.pending()
+    assert [(p.seq, p.topic) for p in again] == [(s, t) for s in (1, 2, 3) for t in ("dev/result", "replies/x")]
+    assert again[0].message == b"signed 1" and again[1].correlation == b"c"  # the same bytes
+    assert ob.depth() == 3
+
+
+def test_the_window_closes_and_old_acknowledged_rows_are_purged_uncounted(tmp_path):
+    clock = Clock()
+    ob = Outbox(tmp_path / "o.sqlite", clock=clock, keep_acked_s=60)
+    ob.add(rows)
+    for p in ob.pending():
+        ob.delivered(p.seq, p.topic)
+    clock.t += 61
+    assert ob.redeliver() == 0 and ob.pending() == []
+    assert ob.expire() == 0 and ob.expired == 0
+    n = sqlite3.connect(tmp_path / "o.sqlite").execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    assert n == 0
+
+
+def test_without_a_window_a_delivered_row_is_gone_at_once(tmp_path):
+    ob = Outbox(tmp_path / "o.sqlite")
+    ob.add(rows)
+    for p in ob.pending():
+        ob.delivered(p.seq, p.topic)
+    assert ob.redeliver() == 0 and ob.depth() == 0
+    assert sqlite3.connect(tmp_path / "o.sqlite").execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
+
+
+def test_expiry_counts_undelivered_results_only(tmp_path):
+    clock = Clock()
+    ob = Outbox(tmp_path / "o.sqlite", max_age_s=100, max_rows=10, clock=clock, keep_acked_s=1000)
+    ob.add(rows)
+    ob.add(rows)
+    for p in ob.pending():
+        if p.seq == 1:
+            ob.delivered(p.seq, p.topic)
+    clock.t += 101
+    assert ob.expire() == 1 and ob.expired == 1  # seq 2 expired undelivered; seq 1 was delivered
+    assert ob.redeliver() == 2 and {p.seq for p in ob.pending()} == {1}
+    for _ in range(12):
+        ob.add(rows)
+    assert ob.expire() == 3 and ob.depth() == 10 and ob.last_seq == 14  # beyond max_rows: oldest first
+
+
+def test_an_outbox_from_before_the_window_opens_and_keeps_its_rows(tmp_path):
+    db = sqlite3.connect(tmp_path / "o.sqlite")
+    db.executescript(SCHEMA.replace(" acked REAL,", ""))
+    db.execute("INSERT INTO results VALUES (7, 'dev/result', x'01', NULL, 5.0)")
+    db.execute("INSERT INTO meta VALUES ('last_seq', 7)")
+    db.commit()
+    db.close()
+    ob = Outbox(tmp_path / "o.sqlite", keep_acked_s=60)
+    assert [p.seq for p in ob.pending()] == [7] and ob.last_seq == 7
+    assert ob.add(rows) == 8
