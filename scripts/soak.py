@@ -106,6 +106,11 @@ def clear_hwm(pid: int) -> None:
         pass
 
 
+# the test broker saves its sessions every second (autosave_interval 1): as the README
+# advises, the daemon re-sends what was acknowledged that long before a lost connection
+REDELIVER_S = 2
+
+
 class Daemon:
     """`facegate run` with its own config and state dir; the signing key is made up front
     so that results can be verified from the first one."""
@@ -125,7 +130,8 @@ class Daemon:
             f'[daemon]\nstate_dir = "{self.state}"\nliveness = "{liveness}"\nhealth_interval_s = {health_interval_s}\n'
             f'session_timeout_s = 20\nmax_pending = {max_pending}\n{daemon_extra}'
             f'[verify]\nfusion_frames = {fusion_frames}\n'
-            + broker.mqtt_toml("device") + f'trusted_keys = ["{backend.public.hex()}"]\n')
+            + broker.mqtt_toml("device") + f'redeliver_s = {REDELIVER_S}\n'
+            + f'trusted_keys = ["{backend.public.hex()}"]\n')
         self.public = b""
         if make_key:
             self.state.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,11 @@
 """The outbox on a real SQLite file: seq allocation, PUBACK bookkeeping, the redelivery
-window for a broker that crashed, expiry, and an outbox written by 0.1.0 (no `acked`)."""
+window for a broker that crashed (also through Delivery across a long outage), expiry, and
+an outbox written by 0.1.0 (no `acked`)."""
 from __future__ import annotations
 
 import sqlite3
 
+from facegate.delivery import Delivery
 from facegate.outbox import SCHEMA, Outbox
 
 
@@ -30,7 +32,7 @@ def test_acknowledged_rows_come_back_after_a_reconnect_within_the_window(tmp_pat
     clock.t += 30
     ob.delivered(3, "dev/result")  # seq 3 still waits for its reply topic
     assert ob.depth() == 1
-    assert ob.redeliver() == 5  # everything acknowledged in the last 60 s
+    assert ob.redeliver(clock.t - 60) == 5  # everything acknowledged in the last 60 s
     again = ob.pending()
     assert [(p.seq, p.topic) for p in again] == [(s, t) for s in (1, 2, 3) for t in ("dev/result", "replies/x")]
     assert again[0].message == b"signed 1" and again[1].correlation == b"c"  # the same bytes
@@ -44,7 +46,7 @@ def test_the_window_closes_and_old_acknowledged_rows_are_purged_uncounted(tmp_pa
     for p in ob.pending():
         ob.delivered(p.seq, p.topic)
     clock.t += 61
-    assert ob.redeliver() == 0 and ob.pending() == []
+    assert ob.redeliver(clock.t - 60) == 0 and ob.pending() == []
     assert ob.expire() == 0 and ob.expired == 0
     n = sqlite3.connect(tmp_path / "o.sqlite").execute("SELECT COUNT(*) FROM results").fetchone()[0]
     assert n == 0
@@ -55,7 +57,7 @@ def test_without_a_window_a_delivered_row_is_gone_at_once(tmp_path):
     ob.add(rows)
     for p in ob.pending():
         ob.delivered(p.seq, p.topic)
-    assert ob.redeliver() == 0 and ob.depth() == 0
+    assert ob.redeliver(0.0) == 0 and ob.depth() == 0
     assert sqlite3.connect(tmp_path / "o.sqlite").execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
 
 
@@ -69,7 +71,7 @@ def test_expiry_counts_undelivered_results_only(tmp_path):
             ob.delivered(p.seq, p.topic)
     clock.t += 101
     assert ob.expire() == 1 and ob.expired == 1  # seq 2 expired undelivered; seq 1 was delivered
-    assert ob.redeliver() == 2 and {p.seq for p in ob.pending()} == {1}
+    assert ob.redeliver(0.0) == 2 and {p.seq for p in ob.pending()} == {1}
     for _ in range(12):
         ob.add(rows)
     assert ob.expire() == 3 and ob.depth() == 10 and ob.last_seq == 14  # beyond max_rows: oldest first
@@ -85,3 +87,28 @@ def test_an_outbox_from_before_the_window_opens_and_keeps_its_rows(tmp_path):
     ob = Outbox(tmp_path / "o.sqlite", keep_acked_s=60)
     assert [p.seq for p in ob.pending()] == [7] and ob.last_seq == 7
     assert ob.add(rows) == 8
+
+
+def test_the_window_is_counted_back_from_the_lost_connection_not_from_the_reconnect(tmp_path):
+    clock = Clock()
+    ob = Outbox(tmp_path / "o.sqlite", clock=clock, keep_acked_s=60)
+    dl = Delivery(ob, None, max_inflight=10)
+    for _ in range(3):
+        ob.add(rows)
+        clock.t += 40
+        for p in ob.pending():
+            ob.delivered(p.seq, p.topic)  # acknowledged at +40, +80, +120
+    clock.t += 1
+    dl.restart()  # the connection is lost at +121
+    for _ in range(10):  # a ten-minute outage: the health timer purges meanwhile
+        clock.t += 60
+        ob.expire(acked_before=dl.acked_cutoff())
+    dl.restart(redeliver=True)
+    assert sorted({p.seq for p in ob.pending()}) == [2, 3]  # acknowledged within 60 s of the loss
+    for p in ob.pending():
+        ob.delivered(p.seq, p.topic)
+    clock.t += 61
+    ob.expire(acked_before=dl.acked_cutoff())
+    dl.restart()
+    dl.restart(redeliver=True)
+    assert ob.pending() == []  # connected for more than the window: nothing left to send again

@@ -497,7 +497,7 @@ class Daemon:
                 self._publish_health()
                 self._write_status()
                 try:
-                    self.outbox.expire()
+                    self.outbox.expire(acked_before=self.delivery.acked_cutoff())
                 except OutboxError as exc:
                     log.error("%s", exc)
             if not self.ready and now - started < self.cfg.camera.frame_timeout_s:

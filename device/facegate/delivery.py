@@ -38,6 +38,7 @@ class Delivery:
         self._acked_unrecorded: set[tuple[int, str]] = set()  # PUBACKed, not yet deleted (disk full)
         self._stop = threading.Event()
         self._generation = 0  # bumped by restart(): a publishing pass of an older one stops
+        self._lost_at: float | None = None  # outbox clock when the connection was lost
 
     @property
     def held(self) -> int:
@@ -86,17 +87,29 @@ class Delivery:
         with self._cv:
             self._cv.notify_all()
 
+    def acked_cutoff(self) -> float:
+        """Acknowledged rows older than this (outbox clock) can go: the keep_acked_s before
+        the connection was lost, or before now while connected."""
+        lost = self._lost_at
+        return (self.outbox.clock() if lost is None else lost) - self.outbox.keep_acked_s
+
     def restart(self, redeliver: bool = False) -> None:
-        """(Re)connected or disconnected: re-drive from the oldest undelivered row;
-        redeliver (on connect): the recently acknowledged rows too."""
-        if redeliver:
+        """Disconnected (redeliver False) or connected (True): re-drive from the oldest
+        undelivered row; on connect also from the rows acknowledged in the keep_acked_s
+        before the connection was lost (a crashed broker may have lost them)."""
+        if not redeliver:
+            if self._lost_at is None:
+                self._lost_at = self.outbox.clock()
+        else:
+            since = self.acked_cutoff()
+            self._lost_at = None
             try:
-                n = self.outbox.redeliver()
+                n = self.outbox.redeliver(since)
             except OutboxError as exc:
                 log.error("%s", exc)
             else:
                 if n:
-                    log.info("re-publishing %d recently acknowledged message(s) after the reconnect", n)
+                    log.info("re-publishing %d message(s) acknowledged shortly before the reconnect", n)
         with self._cv:
             self._generation += 1
             self._inflight.clear()

@@ -10,8 +10,9 @@ expiries are counted, never silent.
 
 An acknowledged row is kept for `keep_acked_s` more (then purged): a broker that crashes
 forgets what it acknowledged since its last save (Mosquitto saves every autosave_interval),
-so after every reconnect `redeliver()` puts the recently acknowledged rows back in line. A
-backend sees them again with the same seq and the same bytes (at least once).
+so after a reconnect `redeliver(since)` puts the rows acknowledged in the last keep_acked_s
+before the connection was lost back in line. A backend sees them again with the same seq
+and the same bytes (at least once).
 """
 from __future__ import annotations
 
@@ -135,13 +136,12 @@ class Outbox:
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox: {exc}") from None
 
-    def redeliver(self) -> int:
-        """Put the rows acknowledged in the last keep_acked_s back in line (after a
-        reconnect: the broker may have lost them). Returns how many rows."""
+    def redeliver(self, since: float) -> int:
+        """Put the rows acknowledged at or after `since` (outbox clock) back in line (after
+        a reconnect: the broker may have lost them). Returns how many rows."""
         with self._lock:
             try:
-                cur = self._db.execute("UPDATE results SET acked = NULL WHERE acked >= ?",
-                                       (self.clock() - self.keep_acked_s,))
+                cur = self._db.execute("UPDATE results SET acked = NULL WHERE acked >= ?", (since,))
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox: {exc}") from None
             return cur.rowcount
@@ -156,15 +156,16 @@ class Outbox:
         with self._lock:
             return self._meta("expired")
 
-    def expire(self) -> int:
+    def expire(self, acked_before: float | None = None) -> int:
         """Drop undelivered results older than max_age_s, then the oldest beyond max_rows;
-        count them. Purge acknowledged rows older than keep_acked_s (not counted: they
-        were delivered). Returns how many results expired now."""
+        count them. Purge rows acknowledged before `acked_before` (default: keep_acked_s
+        ago; not counted, they were delivered). Returns how many results expired now."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 now = self.clock()
-                self._db.execute("DELETE FROM results WHERE acked < ?", (now - self.keep_acked_s,))
+                self._db.execute("DELETE FROM results WHERE acked < ?",
+                                 (now - self.keep_acked_s if acked_before is None else acked_before,))
                 seqs = {r[0] for r in self._db.execute(
                     "SELECT DISTINCT seq FROM results WHERE acked IS NULL AND created < ?", (now - self.max_age_s,))}
                 over = self.depth() - self.max_rows
