@@ -99,16 +99,16 @@ def test_the_window_is_counted_back_from_the_lost_connection_not_from_the_reconn
         for p in ob.pending():
             ob.delivered(p.seq, p.topic)  # acknowledged at +40, +80, +120
     clock.t += 1
-    dl.restart()  # the connection is lost at +121
+    dl.connection_lost()  # at +121
     for _ in range(10):  # a ten-minute outage: the health timer purges meanwhile
         clock.t += 60
         ob.expire(acked_before=dl.acked_cutoff())
-    dl.restart(redeliver=True)
+    dl.connected()
     assert sorted({p.seq for p in ob.pending()}) == [2, 3]  # acknowledged within 60 s of the loss
     for p in ob.pending():
         ob.delivered(p.seq, p.topic)
     clock.t += 61
     ob.expire(acked_before=dl.acked_cutoff())
-    dl.restart()
-    dl.restart(redeliver=True)
+    dl.connection_lost()
+    dl.connected()
     assert ob.pending() == []  # connected for more than the window: nothing left to send again

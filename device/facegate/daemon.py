@@ -174,10 +174,10 @@ class Daemon:
         self._publish_health()
         if self.cfg.mqtt.ha_discovery:
             self._publish_discovery()
-        self.delivery.restart(redeliver=True)  # re-drive from the oldest undelivered result, in order
+        self.delivery.connected()  # re-drive from the oldest undelivered result, in order
 
     def _on_disconnect(self) -> None:
-        self.delivery.restart()
+        self.delivery.connection_lost()
 
     def _on_message(self, msg: Inbound) -> None:
         try:

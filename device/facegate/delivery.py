@@ -37,7 +37,7 @@ class Delivery:
         self._store_lock = threading.Lock()
         self._acked_unrecorded: set[tuple[int, str]] = set()  # PUBACKed, not yet deleted (disk full)
         self._stop = threading.Event()
-        self._generation = 0  # bumped by restart(): a publishing pass of an older one stops
+        self._generation = 0  # bumped on (re)connect and loss: a publishing pass of an older one stops
         self._lost_at: float | None = None  # outbox clock when the connection was lost
 
     @property
@@ -93,23 +93,29 @@ class Delivery:
         lost = self._lost_at
         return (self.outbox.clock() if lost is None else lost) - self.outbox.keep_acked_s
 
-    def restart(self, redeliver: bool = False) -> None:
-        """Disconnected (redeliver False) or connected (True): re-drive from the oldest
-        undelivered row; on connect also from the rows acknowledged in the keep_acked_s
-        before the connection was lost (a crashed broker may have lost them)."""
-        if not redeliver:
-            if self._lost_at is None:
-                self._lost_at = self.outbox.clock()
+    def connection_lost(self) -> None:
+        """The broker is gone: remember when (the redelivery window counts back from
+        here) and re-drive from the oldest undelivered row once it is back."""
+        if self._lost_at is None:
+            self._lost_at = self.outbox.clock()
+        self._restart()
+
+    def connected(self) -> None:
+        """(Re)connected: put the rows acknowledged in the keep_acked_s before the
+        connection was lost back in line (a crashed broker may have lost them), then
+        re-drive from the oldest undelivered row."""
+        since = self.acked_cutoff()
+        self._lost_at = None
+        try:
+            n = self.outbox.redeliver(since)
+        except OutboxError as exc:
+            log.error("%s", exc)
         else:
-            since = self.acked_cutoff()
-            self._lost_at = None
-            try:
-                n = self.outbox.redeliver(since)
-            except OutboxError as exc:
-                log.error("%s", exc)
-            else:
-                if n:
-                    log.info("re-publishing %d message(s) acknowledged shortly before the reconnect", n)
+            if n:
+                log.info("re-publishing %d message(s) acknowledged shortly before the reconnect", n)
+        self._restart()
+
+    def _restart(self) -> None:
         with self._cv:
             self._generation += 1
             self._inflight.clear()
@@ -125,9 +131,9 @@ class Delivery:
                 continue
             self._publish(p)
 
-    def _publish(self, p: Publisher) -> None:
+    def _publish(self, p: Publisher) -> bool:
         """One pass over the oldest undelivered rows; it ends early when a reconnect
-        restarts delivery from the oldest row."""
+        restarts delivery from the oldest row. False: the outbox cannot be read."""
         now = time.monotonic()
         with self._cv:
             generation = self._generation
@@ -135,19 +141,19 @@ class Delivery:
             rows = self.outbox.pending(limit=self.max_inflight * 2)
         except OutboxError as exc:
             log.error("%s", exc)
-            return
+            return False
         for r in rows:
             key = (r.seq, r.topic)
             if key in self._acked_unrecorded:
                 continue
             with self._cv:
                 if self._generation != generation:  # reconnected meanwhile: start again from the oldest
-                    return
+                    return True
                 t = self._inflight.get(key)
                 if t is not None and now - t < ACK_TIMEOUT_S:
                     continue
                 if len(self._inflight) >= self.max_inflight:
-                    return
+                    return True
                 self._inflight[key] = now
             try:
                 sent = p.publish(r.topic, r.message, qos=1, correlation=r.correlation,
@@ -160,7 +166,8 @@ class Delivery:
             if not sent:
                 with self._cv:
                     self._inflight.pop(key, None)
-                return
+                return True
+        return True
 
     def _acked(self, key: tuple[int, str]) -> None:
         try:
@@ -178,7 +185,8 @@ class Delivery:
         deadline = time.monotonic() + timeout_s
         p = self.publisher
         while p is not None and p.connected and time.monotonic() < deadline and self.outbox.depth() > 0:
-            self._publish(p)
+            if not self._publish(p):
+                break
             time.sleep(0.05)
 
     def stop(self) -> None:
