@@ -62,6 +62,7 @@ from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
 from broker import USERS, Mosquitto  # noqa: E402
+from daemon_helpers import command as signed_command  # noqa: E402
 from facegate import signing  # noqa: E402  (key files and command signing only)
 
 DEV = "kiosk-1"
@@ -395,12 +396,8 @@ def load_inputs(data: Path) -> Inputs:
 
 
 def command(key: signing.SigningKey, reference: bytes, topic: str = CMD, **over) -> tuple[bytes, dict]:
-    now = time.time()
-    p = {"request_id": uuid.uuid4().hex, "nonce": os.urandom(16), "iat": int(now), "exp": int(now) + 300,
-         "reference": reference}
-    p.update(over)
-    p = {k: v for k, v in p.items() if v is not None}
-    return signing.sign(p, key, topic), p
+    """The tests' signed verify command, valid for 300 s: soak commands may wait out an outage."""
+    return signed_command(key, reference, topic, lifetime_s=300, **over)
 
 
 # -- phases ------------------------------------------------------------------------------------

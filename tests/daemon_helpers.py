@@ -85,9 +85,10 @@ def wait_online(backend: Backend, timeout_s=60.0):
     backend.wait_for(lambda ms: any(m.topic == f"{ROOT}/status" and m.payload == b"online" for m in ms), timeout_s)
 
 
-def command(key, reference: bytes, topic=f"{ROOT}/cmd/verify", **over) -> tuple[bytes, dict]:
+def command(key, reference: bytes, topic=f"{ROOT}/cmd/verify", lifetime_s: int = 120, **over) -> tuple[bytes, dict]:
+    """A signed verify command and its payload; `over` replaces fields (None drops one)."""
     now = time.time()
-    payload = {"request_id": uuid.uuid4().hex, "nonce": os.urandom(16), "iat": int(now), "exp": int(now) + 120,
+    payload = {"request_id": uuid.uuid4().hex, "nonce": os.urandom(16), "iat": int(now), "exp": int(now) + lifetime_s,
                "reference": reference}
     payload.update(over)
     payload = {k: v for k, v in payload.items() if v is not None}
