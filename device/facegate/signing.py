@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,18 +75,43 @@ class SigningKey:
 
 
 def save_key(key: SigningKey, path: Path) -> None:
-    """Write a PKCS#8 PEM private key atomically, mode 0600 from the start."""
+    """Write a PKCS#8 PEM private key atomically, mode 0600 from the start.
+
+    The temp file is new and randomly named in the key's directory, opened with O_EXCL and
+    O_NOFOLLOW: a file or symlink someone left under any name is never written through or
+    keeps its mode; it is fsynced, renamed over `path`, and the directory fsynced."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pem = key.private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o600)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temp name beside {path}")
     try:
-        os.write(fd, pem)
-        os.fsync(fd)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask or the directory's default ACL
+            view = memoryview(pem)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(dfd)
     finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        os.close(dfd)
 
 
 def load_key(path: Path) -> SigningKey:
