@@ -64,6 +64,11 @@ case "$cmd" in
     setup
     shift
     log "demo: the daemon with a video as its camera, no broker; signed results printed and verified"
+    # the evaluation data beside the checkout, when present, gives the demo a real person
+    if [ -z "${FACEGATE_SHARED:-}" ] && [ -d "$ROOT/../shared/data" ]; then
+      FACEGATE_SHARED=$(cd "$ROOT/../shared" && pwd)
+      export FACEGATE_SHARED
+    fi
     "$VENV/bin/facegate" demo "$@"
     ;;
   test)

@@ -99,3 +99,11 @@ def test_run_demo_never_hangs(model_dir, tmp_path):
     assert any(line.startswith("daemon built") for line in lines)
     mtime = clip.stat().st_mtime_ns
     assert demo.sample_inputs(tmp_path) == (clip, portrait) and clip.stat().st_mtime_ns == mtime  # cached
+
+
+def test_replay_data_only_from_an_explicit_mirror(monkeypatch, tmp_path):
+    """Without $FACEGATE_SHARED the demo never guesses a data folder beside the package."""
+    monkeypatch.delenv("FACEGATE_SHARED", raising=False)
+    assert demo.shared_dir() is None and demo.replay_inputs(tmp_path) is None
+    monkeypatch.setenv("FACEGATE_SHARED", str(tmp_path))
+    assert demo.shared_dir() == tmp_path and demo.replay_inputs(tmp_path / "w") is None

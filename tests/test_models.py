@@ -15,7 +15,7 @@ def test_manifest_lists_every_task_with_hashes():
     assert {e.variant for e in m if e.task == "embed"} == {"fp32", "dynint8", "int8"}
     for e in m:
         assert len(e.sha256) == 64 and e.size > 0, e.file
-        assert e.source in ("wheel", "repo", "mirror") and e.license and e.input and e.output
+        assert e.source in ("wheel", "package", "mirror") and e.license and e.input and e.output
 
 
 def test_fetch_is_idempotent_and_refuses_tampered_files(tmp_path, model_dir):
@@ -77,3 +77,51 @@ def test_optional_variants_need_all(tmp_path, model_dir):
     assert modelstore.fetch(tmp_path / "m", mirror, [entry]) == []
     res = modelstore.fetch(tmp_path / "m", mirror, [entry], include_optional=True)
     assert res[0].status == "refused"
+
+
+def test_manifest_and_converted_models_come_from_the_package_resources():
+    """The runtime reads the manifest and the project's models as package data of
+    facegate.models (importlib.resources), in a checkout and in an installed wheel alike."""
+    text = modelstore.resource("manifest.toml").read_text()
+    assert "[[model]]" in text
+    shipped = [e for e in modelstore.load_manifest() if e.source == "package"]
+    assert {e.task for e in shipped} >= {"embed", "pad_v2", "pad_v1se"}
+    for e in shipped:
+        res = modelstore.resource(e.resource)
+        assert res.is_file(), e.resource
+        assert modelstore.sha256_bytes(res.read_bytes()) == e.sha256, e.resource
+
+
+def test_fetch_installs_the_packaged_models_without_a_mirror(tmp_path):
+    shipped = [e for e in modelstore.load_manifest() if e.source == "package"]
+    res = modelstore.fetch(tmp_path, None, shipped)
+    assert [r.status for r in res] == ["installed"] * len(shipped), [r.detail for r in res]
+    assert all("package facegate.models/" in r.detail for r in res)
+
+
+def test_no_runtime_code_locates_files_by_its_own_source_path():
+    """No module of the package finds data relative to its own file (`__file__`,
+    `.parents[...]`): an installed package has no checkout around it."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(modelstore.__file__).resolve().parent
+    offenders = []
+    for path in sorted(pkg.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Name) and node.id == "__file__":
+                offenders.append(f"{path.relative_to(pkg)}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_pyproject_lists_every_subpackage():
+    """pyproject.toml names its packages explicitly (facegate.models lives in models/):
+    a new subpackage missing from the list would be absent from the wheel."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(root / "device").parts)
+               for p in (root / "device" / "facegate").rglob("__init__.py")}
+    assert listed == on_disk | {"facegate.models"}

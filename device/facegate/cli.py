@@ -626,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--challenge", type=_steps, help="challenge steps, e.g. turn_right,turn_left "
                                                      "(default: what the demo clip performs; for --video random)")
     dm.add_argument("--synthetic", action="store_true",
-                    help="use the built-in clip even when ../shared replay data exists")
+                    help="use the built-in clip even when $FACEGATE_SHARED holds the replay data")
     dm.add_argument("--workdir", help="clip, device key and outbox (default ~/.cache/facegate/demo)")
     dm.add_argument("--json", action="store_true", help="one JSON object per session on stdout, progress on stderr")
     dm.set_defaults(func=cmd_demo)

