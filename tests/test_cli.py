@@ -195,3 +195,53 @@ def test_keys_commands_point_to_the_credential_when_the_service_signs_with_one(t
     p = run("keys", "rotate", "--config", cfg)
     assert p.returncode == 2 and "--path /etc/facegate/signing.key" in p.stderr
     assert not (tmp_path / "signing.key").exists()
+
+
+def _rotate_with_status_pid(tmp_path, victim: subprocess.Popen) -> subprocess.CompletedProcess:
+    (tmp_path / "status.json").write_text(json.dumps({"pid": victim.pid}))  # the service user can write this
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f'[daemon]\nstate_dir = "{tmp_path}"\n')
+    return run("keys", "rotate", "--config", cfg, "--json")
+
+
+def test_keys_rotate_does_not_signal_a_pid_from_the_status_file_that_is_not_the_daemon(tmp_path):
+    """`keys rotate` as root used to SIGHUP whatever pid status.json named."""
+    victim = subprocess.Popen(["sleep", "60"])  # SIGHUP would end it
+    try:
+        p = _rotate_with_status_pid(tmp_path, victim)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["kid"] and (tmp_path / "signing.key").exists()
+        assert f"did not signal the status file's pid: pid {victim.pid} is not a facegate daemon" in p.stderr
+        with pytest.raises(subprocess.TimeoutExpired):
+            victim.wait(0.5)
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as another user")
+def test_keys_rotate_does_not_signal_a_lookalike_daemon_of_another_user(tmp_path):
+    """A process whose command line reads `facegate run` but runs as another user than the
+    owner of the state directory (the service user) is not signalled either."""
+    argv = ["/bin/sh", "-c", "sleep 60; exit 0", "/opt/facegate/venv/bin/facegate", "run"]  # sh stays, SIGHUP ends it
+    victim = subprocess.Popen(argv, user=65534, group=65534)
+    try:
+        p = _rotate_with_status_pid(tmp_path, victim)
+        assert p.returncode == 0, p.stderr
+        assert f"pid {victim.pid} runs as uid 65534, not the service user (uid 0)" in p.stderr
+        with pytest.raises(subprocess.TimeoutExpired):
+            victim.wait(0.5)
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_daemon_command_lines():
+    from facegate.adapters.systemd import is_daemon_cmdline
+
+    assert is_daemon_cmdline(["/opt/facegate/venv/bin/python3", "/opt/facegate/venv/bin/facegate", "run",
+                              "--config", "/etc/facegate/facegate.toml"])
+    assert is_daemon_cmdline([sys.executable, "-m", "facegate.cli", "run", "--config", "x.toml"])
+    assert not is_daemon_cmdline(["sleep", "60"])
+    assert not is_daemon_cmdline(["/usr/bin/facegate", "status"])
+    assert not is_daemon_cmdline(["vim", "run", "facegate"])

@@ -269,11 +269,16 @@ def cmd_keys_rotate(args) -> int:
     _print_key(key, path, args.json)
     pid = _daemon_pid(args)
     if pid:
-        try:
-            os.kill(pid, signal_mod.SIGHUP)
+        from .adapters.systemd import signal_daemon
+
+        # status.json is the service user's to write: its pid is only a candidate
+        state_dir = Path(config_mod.load(args.config).daemon.state_dir)
+        why_not = signal_daemon(pid, os.stat(state_dir).st_uid, signal_mod.SIGHUP)
+        if why_not is None:
             print(f"told the running daemon (pid {pid}) to reload", file=sys.stderr)
-        except OSError as exc:
-            print(f"could not signal pid {pid}: {exc.strerror}", file=sys.stderr)
+        else:
+            print(f"did not signal the status file's pid: {why_not}; restart the daemon to load the new key",
+                  file=sys.stderr)
     return EXIT_OK
 
 

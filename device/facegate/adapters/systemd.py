@@ -122,3 +122,70 @@ class SystemdNotifier:
 
 def _status(text: str) -> str:
     return "STATUS=" + " ".join(str(text).split())
+
+
+# -- signalling the running daemon (`facegate keys rotate`) --------------------------------
+def service_main_pid(unit: str = "facegate", timeout_s: float = 5.0) -> int | None:
+    """The unit's MainPID as systemd knows it (`systemctl show -p MainPID`), or None when
+    systemd does not run it (not booted with systemd, no such unit, stopped)."""
+    import subprocess
+
+    try:
+        p = subprocess.run(["systemctl", "show", "-p", "MainPID", "--value", unit],
+                           capture_output=True, text=True, timeout=timeout_s)
+        pid = int(p.stdout.strip()) if p.returncode == 0 else 0
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    return pid if pid > 0 else None
+
+
+def is_daemon_cmdline(argv: list[str]) -> bool:
+    """True for `…/facegate run …` and `python -m facegate[.cli] run …`."""
+    for i, arg in enumerate(argv):
+        entry = os.path.basename(arg) == "facegate" or (i > 0 and argv[i - 1] == "-m"
+                                                          and arg in ("facegate", "facegate.cli"))
+        if entry:
+            return "run" in argv[i + 1:]
+    return False
+
+
+def _proc_argv_uid(pid: int) -> tuple[list[str], int] | None:
+    try:
+        raw = open(f"/proc/{pid}/cmdline", "rb").read()
+        status = open(f"/proc/{pid}/status", encoding="utf-8", errors="replace").read()
+    except OSError:
+        return None
+    uid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:")), None)
+    if uid is None:
+        return None
+    return [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a], uid
+
+
+def signal_daemon(pid: int, service_uid: int, sig: int, unit: str = "facegate") -> str | None:
+    """Send `sig` to `pid` only if it is the facegate daemon: systemd's MainPID of `unit`,
+    or a live process whose command line is `facegate run` and whose real uid is
+    `service_uid` (the owner of the state directory). A pid from a file the service user
+    can write is never signalled blindly. The check and the signal go through one pidfd,
+    so a pid reused in between is not hit. None when sent, else why not (one line)."""
+    import signal as signal_mod
+
+    try:
+        fd = os.pidfd_open(pid)
+    except (OSError, AttributeError) as exc:
+        return f"pid {pid}: {getattr(exc, 'strerror', None) or exc}"
+    try:
+        if pid != service_main_pid(unit):
+            seen = _proc_argv_uid(pid)
+            if seen is None:
+                return f"pid {pid} is gone"
+            argv, uid = seen
+            if not is_daemon_cmdline(argv):
+                return f"pid {pid} is not a facegate daemon ({' '.join(argv)[:80]!r})"
+            if uid != service_uid:
+                return f"pid {pid} runs as uid {uid}, not the service user (uid {service_uid})"
+        signal_mod.pidfd_send_signal(fd, sig)  # ESRCH if the checked process exited meanwhile
+        return None
+    except OSError as exc:
+        return f"pid {pid}: {exc.strerror}"
+    finally:
+        os.close(fd)
