@@ -33,6 +33,49 @@ def test_verify_no_match_exits_1(pair, lfw):
     assert p.returncode == 1 and json.loads(p.stdout)["decision"] == "no_match"
 
 
+def test_verify_pairs_prints_one_line_per_pair_as_single_verify_does(tmp_path, pair, lfw):
+    other = lfw / "Akhmed_Zakayev" / "Akhmed_Zakayev_0001.jpg"
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text(f"# reference<TAB>probe\n{pair[0]}\t{pair[1]}\n\n{pair[0]}\t{other}\n")
+    p = run("verify", "--pairs", pairs)
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(x) for x in p.stdout.splitlines()]
+    assert [(x["reference"], x["probe"]) for x in lines] == [(str(pair[0]), str(pair[1])), (str(pair[0]), str(other))]
+    assert [x["decision"] for x in lines] == ["match", "no_match"]
+    single = json.loads(run("verify", "--reference", pair[0], "--probe", other).stdout)
+    assert lines[1]["similarity"] == single["similarity"] and lines[1]["precision"] == single["precision"]
+
+
+def test_verify_pairs_goes_on_after_a_bad_pair_and_exits_2(tmp_path, pair):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"this is not an image at all")
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text(f"{pair[0]}\t{bad}\n{pair[0]}\t{pair[1]}\n")
+    p = run("verify", "--pairs", pairs)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    first, second = (json.loads(x) for x in p.stdout.splitlines())
+    assert first["decision"] == "error" and "not a JPEG" in first["error"]
+    assert second["decision"] == "match"
+
+
+@pytest.mark.parametrize("text,why", [
+    ("only-one-column.jpg\n", "line 1: expected REFERENCE<TAB>PROBE"),
+    ("# nothing\n\n", "lists no pairs"),
+])
+def test_verify_pairs_file_errors_exit_2_with_one_line(tmp_path, text, why):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text(text)
+    p = run("verify", "--pairs", pairs)
+    assert p.returncode == 2 and why in p.stderr and p.stdout == ""
+    assert len(p.stderr.strip().splitlines()) == 1
+    p = run("verify", "--pairs", tmp_path / "missing.tsv")
+    assert p.returncode == 2 and "cannot read pairs file" in p.stderr
+    p = run("verify", "--pairs", pairs, "--reference", "x.jpg")
+    assert p.returncode == 2 and "--pairs goes without" in p.stderr
+    p = run("verify", "--probe", "x.jpg")
+    assert p.returncode == 2 and "--reference and --probe, or --pairs" in p.stderr
+
+
 @pytest.mark.parametrize("content,why", [
     (b"", "empty"),
     (b"this is not an image at all", "not a JPEG"),

@@ -56,31 +56,43 @@ def build_verifier(cfg: config_mod.Config):
 
 
 # -- verify ---------------------------------------------------------------------------
-def cmd_verify(args) -> int:
+class _Models:
+    """The verifier and the liveness models, loaded on first use (after the inputs were
+    read, so bad input fails fast) and then kept for every further verification."""
+
+    def __init__(self, cfg: config_mod.Config, args):
+        self.cfg, self.args = cfg, args
+        self._verifier = self._liveness = None
+
+    def verifier(self):
+        if self._verifier is None:
+            self._verifier = build_verifier(self.cfg)
+        return self._verifier
+
+    def liveness(self):
+        """A fresh LivenessCheck (or None) per session; its models are loaded once."""
+        if self._liveness is None:
+            self._liveness = build_liveness(self.cfg, self.args)
+        return self._liveness()
+
+
+def _verify_one(models: _Models, cfg: config_mod.Config, args, reference_path: Path, probe_path: Path) -> dict:
+    """One verification on files, as the JSON object `verify` prints; InputError on bad input."""
     from .adapters.files import FileCamera
     from .imageio import is_image_path, read_image
 
-    cfg = _config(args)
     lim = (cfg.verify.max_image_bytes, cfg.verify.max_image_pixels)
-    probe_path = Path(args.probe)
     # with liveness, even a single image is a (one-frame) session through the camera path
     as_frames = args.liveness != "none" or not is_image_path(probe_path)
-    try:
-        reference = read_image(args.reference, *lim)
-        probe = None if as_frames else read_image(probe_path, *lim)
-        camera = FileCamera(probe_path, max_bytes=lim[0] * 10, max_pixels=lim[1]) if as_frames else None
-    except InputError as exc:
-        return _fail(str(exc))
-    verifier = build_verifier(cfg)
-    liveness = build_liveness(cfg, args)
-    try:
-        if camera is None:
-            decision, timings = verifier.verify_image(reference, probe)
-        else:
-            with camera:
-                decision, timings = verifier.verify_frames(reference, camera.frames(), liveness)
-    except InputError as exc:
-        return _fail(str(exc))
+    reference = read_image(reference_path, *lim)
+    if as_frames:
+        with FileCamera(probe_path, max_bytes=lim[0] * 10, max_pixels=lim[1]) as camera:
+            verifier = models.verifier()
+            decision, timings = verifier.verify_frames(reference, camera.frames(), models.liveness())
+    else:
+        probe = read_image(probe_path, *lim)
+        verifier = models.verifier()
+        decision, timings = verifier.verify_image(reference, probe)
     out = {
         "decision": decision.decision,
         "reason": decision.reason,
@@ -93,12 +105,63 @@ def cmd_verify(args) -> int:
     }
     if decision.liveness:
         out["liveness"] = {"mode": args.liveness, **decision.liveness}
-    print(json.dumps(out))
-    return EXIT_OK if decision.decision == "match" else EXIT_NEGATIVE
+    return out
+
+
+def _read_pairs_file(path: str) -> list[tuple[Path, Path]]:
+    """`REFERENCE<TAB>PROBE` per line (blank lines and `#` comments skipped)."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read pairs file {path}: {exc}") from None
+    pairs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not all(x.strip() for x in parts):
+            raise InputError(f"{path} line {n}: expected REFERENCE<TAB>PROBE, got {line!r}")
+        pairs.append((Path(parts[0].strip()), Path(parts[1].strip())))
+    if not pairs:
+        raise InputError(f"pairs file {path} lists no pairs")
+    return pairs
+
+
+def cmd_verify(args) -> int:
+    if args.pairs is None and (args.reference is None or args.probe is None):
+        return _fail("verify needs --reference and --probe, or --pairs FILE")
+    if args.pairs is not None and (args.reference is not None or args.probe is not None):
+        return _fail("--pairs goes without --reference and --probe")
+    cfg = _config(args)
+    models = _Models(cfg, args)
+    if args.pairs is None:
+        try:
+            out = _verify_one(models, cfg, args, Path(args.reference), Path(args.probe))
+        except InputError as exc:
+            return _fail(str(exc))
+        print(json.dumps(out))
+        return EXIT_OK if out["decision"] == "match" else EXIT_NEGATIVE
+    # batch: the models are loaded once; one JSON line per pair, in order; a pair with bad
+    # input gets an `error` line and the batch goes on (exit 2 at the end)
+    try:
+        pairs = _read_pairs_file(args.pairs)
+    except InputError as exc:
+        return _fail(str(exc))
+    bad = 0
+    for reference, probe in pairs:
+        try:
+            out = _verify_one(models, cfg, args, reference, probe)
+        except InputError as exc:
+            bad += 1
+            out = {"decision": "error", "reason": "bad_input", "error": str(exc)}
+        print(json.dumps({"reference": str(reference), "probe": str(probe), **out}), flush=True)
+    return EXIT_BAD_INPUT if bad else EXIT_OK
 
 
 def build_liveness(cfg: config_mod.Config, args):
-    """The LivenessCheck that --liveness asks for, or None (models loaded only as needed)."""
+    """A maker of the LivenessCheck that --liveness asks for (None for `none`): the models
+    are loaded here, only as needed, once; each call of the maker is a fresh session
+    (random challenges drawn from one generator seeded by --seed)."""
     import random
 
     from .pipeline import ACTIVE_MODES, PASSIVE_MODES, build_eyes, build_passive, liveness_check
@@ -107,7 +170,8 @@ def build_liveness(cfg: config_mod.Config, args):
     steps = None if args.challenge is None else [s for s in args.challenge.split(",") if s]
     passive = build_passive(_store(cfg), cfg, make_runner) if mode in PASSIVE_MODES else None
     eyes = build_eyes(_store(cfg), cfg, make_runner) if mode in ACTIVE_MODES else None
-    return liveness_check(cfg.liveness, mode, steps, random.Random(args.seed), passive, eyes)
+    rng = random.Random(args.seed)
+    return lambda: liveness_check(cfg.liveness, mode, steps, rng, passive, eyes)
 
 
 # -- models ---------------------------------------------------------------------------
@@ -569,8 +633,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     v = sub.add_parser("verify", help="verify a probe image or video against a reference portrait")
-    v.add_argument("--reference", required=True, help="ID portrait (JPEG/PNG)")
-    v.add_argument("--probe", required=True, help="probe image, folder of images, or video")
+    v.add_argument("--reference", help="ID portrait (JPEG/PNG)")
+    v.add_argument("--probe", help="probe image, folder of images, or video")
+    v.add_argument("--pairs", metavar="FILE", help="many verifications with the models loaded once: "
+                   "a file of REFERENCE<TAB>PROBE lines ('-' = stdin), one JSON line out per pair")
     v.add_argument("--config", help="config TOML file")
     v.add_argument("--precision", choices=["auto", "fp32", "dynint8", "int8"])
     v.add_argument("--threads", type=int)
