@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from timeouts import timeout_s
+
 FACEGATE = [sys.executable, "-m", "facegate.cli"]
 
 
 def run(*args, **kw):
-    return subprocess.run([*FACEGATE, *map(str, args)], capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run([*FACEGATE, *map(str, args)], capture_output=True, text=True, timeout=timeout_s(120), **kw)
 
 
 @pytest.fixture(scope="module")

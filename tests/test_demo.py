@@ -15,13 +15,16 @@ import pytest
 
 from daemon_helpers import independent_verify
 from facegate import demo
+from timeouts import timeout_s
 
 TOPIC = f"facegate/v1/{demo.DEMO_DEVICE_ID}/result"
 
 
 def facegate(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    if args[0] == "demo":  # each session's deadline follows the tests' knob (tests/timeouts.py)
+        args = (*args, "--deadline-s", f"{timeout_s(demo.DEFAULT_TIMEOUT_S):g}")
     return subprocess.run([sys.executable, "-m", "facegate.cli", *args], capture_output=True, text=True,
-                          timeout=180, env={**os.environ, **(env or {})})
+                          timeout=timeout_s(180), env={**os.environ, **(env or {})})
 
 
 def test_builtin_demo_match_without_liveness_spoof_with_it(model_dir, tmp_path):
@@ -83,7 +86,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     for args in (["--video", str(tmp_path / "missing.mp4"), "--reference", str(img)],
                  ["--video", str(img)],
                  ["--video", str(img), "--reference", str(img)],
-                 ["--challenge", "smile"]):
+                 ["--challenge", "smile"],
+                 ["--deadline-s", "0"], ["--deadline-s", "soon"], ["--deadline-s", "nan"]):
         r = facegate("demo", "--workdir", str(tmp_path), *args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert "Traceback" not in r.stderr and r.stderr.strip()
@@ -107,3 +111,11 @@ def test_replay_data_only_from_an_explicit_mirror(monkeypatch, tmp_path):
     assert demo.shared_dir() is None and demo.replay_inputs(tmp_path) is None
     monkeypatch.setenv("FACEGATE_SHARED", str(tmp_path))
     assert demo.shared_dir() == tmp_path and demo.replay_inputs(tmp_path / "w") is None
+
+
+def test_deadline_is_an_option(model_dir, tmp_path):
+    """--deadline-s bounds each session (a slow, emulated CPU raises it instead of failing)."""
+    r = subprocess.run([sys.executable, "-m", "facegate.cli", "demo", "--synthetic", "--workdir", str(tmp_path),
+                        "--deadline-s", "0.001"], capture_output=True, text=True, timeout=timeout_s(180))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "demo failed: no result within 0.001 s" in r.stderr and "Traceback" not in r.stderr

@@ -13,6 +13,7 @@ import pytest
 
 from broker import Mosquitto, make_tls
 from daemon_helpers import DEV, DaemonProc
+from timeouts import timeout_s
 from facegate import config as config_mod
 from facegate import selftest, signing
 
@@ -43,7 +44,8 @@ def write_config(d: Path, broker: Mosquitto, video, mqtt: str | None = None) -> 
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "facegate.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "facegate.cli", *args], capture_output=True, text=True,
+                          timeout=timeout_s(120))
 
 
 def lines_by_name(stdout: str) -> dict[str, str]:

@@ -507,7 +507,8 @@ def cmd_demo(args) -> int:
         try:
             res = demo.run_demo(run.video, run.reference, workdir, run.liveness, run.challenge,
                                 lambda msg, t0=t0: say(f"[{time.monotonic() - t0:5.2f} s] {msg}"),
-                                step_timeout_s=run.step_timeout_s)
+                                step_timeout_s=run.step_timeout_s,
+                                timeout_s=args.deadline_s or demo.DEFAULT_TIMEOUT_S)
         except InputError as exc:
             return _fail(str(exc))
         except demo.DemoError as exc:
@@ -627,6 +628,16 @@ def _steps(text: str) -> str:
     return text
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="facegate", description="On-device face verification for kiosks")
     p.add_argument("--version", action="version", version=f"facegate {__version__}")
@@ -699,6 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--synthetic", action="store_true",
                     help="use the built-in clip even when $FACEGATE_SHARED holds the replay data")
     dm.add_argument("--workdir", help="clip, device key and outbox (default ~/.cache/facegate/demo)")
+    dm.add_argument("--deadline-s", type=_positive_seconds, default=None,
+                    help="seconds from the daemon's start to a verified result, per session (default 120; "
+                         "raise it on a slow or emulated CPU)")
     dm.add_argument("--json", action="store_true", help="one JSON object per session on stdout, progress on stderr")
     dm.set_defaults(func=cmd_demo)
 

@@ -8,7 +8,7 @@ the device's public key and the result topic, and stops the daemon. Nothing is p
 here: progress goes to a callback, the caller (cli.py) prints.
 
 Inputs every install has (`sample_inputs`): the public-domain photograph of Grace Hopper
-(US Navy, 1984) that matplotlib ships, cut to an ID-chip-sized portrait, and a 6 s clip
+(US Navy, 1984), shipped in the package (models/samples/, the copy matplotlib ships), cut to an ID-chip-sized portrait, and a 6 s clip
 in which the same photo drifts and tilts on a grey background. That clip is a still photo,
 i.e. a presentation attack. Measured with the shipped models (int8, x86-64):
 - liveness none: match (the portrait is cut from the same photo: a plumbing check, not
@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 
 from . import daemon as daemon_mod
+from . import modelstore
 from .config import Config
 from .errors import FacegateError, InputError
 from .imageio import decode_image
@@ -65,6 +66,7 @@ CLIP_MAX_TILT_DEG = 50.0
 SAMPLE_CHALLENGE = ["turn_right", "turn_left"]
 
 REPLAY_VIDEO = Path("data") / "replay" / "zubair" / "live.webm"
+SAMPLE_PHOTO = "samples/grace_hopper.jpg"  # in facegate.models (modelstore.resource)
 REPLAY_REFERENCE_FRAME = 20
 REPLAY_CHALLENGE = ["turn_right", "turn_left"]
 REPLAY_STEP_TIMEOUT_S = 10.0  # its turns come at the end of the 13 s clip
@@ -126,17 +128,13 @@ def shared_dir() -> Path | None:
 
 
 def sample_photo() -> np.ndarray:
-    """The public-domain photograph of Grace Hopper that matplotlib ships (BGR uint8)."""
+    """The public-domain photograph of Grace Hopper shipped in the package (BGR uint8)."""
     try:
-        from matplotlib import cbook
-    except ImportError:
-        raise InputError("the built-in demo needs matplotlib's sample photo (pip install matplotlib), "
-                         "or pass --video FILE --reference FILE") from None
-    path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-    image = cv2.imread(str(path))
-    if image is None:
-        raise InputError(f"cannot read matplotlib's sample photo {path}")
-    return image
+        data = modelstore.resource(SAMPLE_PHOTO).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read the packaged sample photo {SAMPLE_PHOTO}: {exc} "
+                         "(pass --video FILE --reference FILE)") from None
+    return decode_image(data, what=f"sample photo {SAMPLE_PHOTO}")
 
 
 def id_portrait(photo: np.ndarray) -> np.ndarray:
@@ -193,7 +191,7 @@ def _write_clip(frames: list[np.ndarray], path: Path) -> None:
 
 
 def sample_inputs(workdir: Path) -> tuple[Path, Path]:
-    """(clip, portrait) from matplotlib's Grace Hopper photo, built once under workdir."""
+    """(clip, portrait) from the packaged Grace Hopper photo, built once under workdir."""
     workdir.mkdir(parents=True, exist_ok=True)
     clip = workdir / f"hopper_clip_v{CLIP_VERSION}.mp4"
     portrait = workdir / "hopper_id.png"
@@ -255,7 +253,7 @@ def plan(workdir: Path, video: Path | None = None, reference: Path | None = None
     clip, portrait = sample_inputs(workdir)
     steps = challenge or SAMPLE_CHALLENGE
     inputs = (f"reference: {portrait} (102x126 ID-chip-sized crop of the public-domain photo of Grace Hopper "
-              "that matplotlib ships)",
+              "shipped in the package)",
               f"camera:    {clip} ({CLIP_SECONDS:g} s: the same photo drifting and tilted up to "
               f"{CLIP_MAX_TILT_DEG:g} degrees on grey -- a still photo, i.e. a presentation attack)")
     passive_why = ("the passive model scores this framing p(real) ~0.02, threshold 0.5 (the same photo filling "
