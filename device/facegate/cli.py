@@ -371,6 +371,18 @@ def _daemon_pid(args, doc: dict | None = None) -> int | None:
     return pid
 
 
+def _selftest_line(chosen: dict) -> str:
+    """The models' known-answer self-tests at the daemon's start: variant per task, how
+    long its test took, and any faster variant refused first (with why)."""
+    parts = []
+    for task, c in chosen.items():
+        text = f"{task}={c.get('variant')} passed ({c.get('kat_ms', 0):.0f} ms)"
+        if c.get("refused"):
+            text += f" after refusing {'; '.join(c['refused'])}"
+        parts.append(text)
+    return ", ".join(parts) or "-"
+
+
 def cmd_status(args) -> int:
     doc = _status_doc(args)
     running = _daemon_pid(args, doc) is not None
@@ -396,6 +408,7 @@ def cmd_status(args) -> int:
         ("camera", ("ok" if doc.get("camera", {}).get("ok") else "NOT ok")
          + f", {h.get('fps', 0)} fps, failures {doc.get('camera', {}).get('failures', 0)}"),
         ("models", ", ".join(f"{k}={v[:12]}" for k, v in (doc.get("models") or {}).items())),
+        ("selftest", _selftest_line(doc.get("model_selftest") or {})),
         ("outbox", f"{h.get('outbox_depth')} waiting, {h.get('outbox_expired')} expired, last seq {doc.get('last_seq')}"),
         ("storage", "ok" if h.get("storage_ok") else "LOW: new sessions refused"),
         ("sessions", f"{h.get('sessions')} run, {h.get('rejected')} rejected"),

@@ -131,7 +131,8 @@ class Daemon:
 
     def __init__(self, cfg: Config, *, verifier: Verifier, passive: PassiveLiveness | None, eyes=None,
                  camera, open_camera: Callable[[], Camera], publisher: Publisher | None, indicators: Indicators,
-                 notifier, models: dict[str, str], config_path: str | None = None):
+                 notifier, models: dict[str, str], config_path: str | None = None,
+                 model_selftest: dict[str, dict] | None = None):
         self.cfg = cfg
         self.config_path = config_path
         self.verifier, self.passive, self.eyes = verifier, passive, eyes
@@ -139,6 +140,7 @@ class Daemon:
         self.open_camera = open_camera  # a fresh camera: per-session replays of a file
         self.publisher, self.indicators, self.notifier = publisher, indicators, notifier
         self.models = models
+        self.model_selftest = model_selftest or {}  # task -> variant chosen and why (modelstore.Choice)
         self.topics = Topics.of(cfg.mqtt.prefix, cfg.device_id)
         self.boot = uuid.uuid4().hex
         self.state_dir = Path(cfg.daemon.state_dir)
@@ -406,7 +408,7 @@ class Daemon:
                              "connected": bool(self.publisher and self.publisher.connected),
                              "error": getattr(self.publisher, "last_error", "")},
                   "camera": self.feed.health() if self.feed else {"ok": False},
-                  "models": self.models, "kid": self.key.kid.hex(), "last_seq": self.outbox.last_seq,
+                  "models": self.models, "model_selftest": self.model_selftest, "kid": self.key.kid.hex(), "last_seq": self.outbox.last_seq,
                   "key": dict(zip(("path", "source"), map(str, key_source(self.cfg))))}
         text = json.dumps(status, indent=1)
         tmp = self.state_dir / (STATUS_FILE + ".tmp")
@@ -571,13 +573,13 @@ def build(cfg: Config, config_path: str | None = None) -> Daemon:
     models = dict(verifier.models)
     passive = None
     if cfg.daemon.liveness in PASSIVE_MODES:
-        passive = build_passive(store, cfg, make_runner)  # verifies the files' sha256 ...
-        for task in ("pad_v2", "pad_v1se"):  # ... so the manifest's entries name them
-            models[task] = store.resolve(task, cfg.models.precision).sha256
+        passive = build_passive(store, cfg, make_runner)  # verified and self-tested files ...
     eyes = None
     if cfg.daemon.liveness in ACTIVE_MODES:
         eyes = build_eyes(store, cfg, make_runner)
-        models["iris"] = store.resolve("iris", "fp32").sha256
+    models.update({task: c.entry.sha256 for task, c in store.chosen.items()})  # ... named by the manifest
+    for task, c in store.chosen.items():
+        (log.warning if c.refused else log.info)("model %s: %s (self-test %.0f ms)", task, c.why, c.kat_ms)
     topics = Topics.of(cfg.mqtt.prefix, cfg.device_id)
     publisher = None
     if cfg.mqtt.enabled:
@@ -586,4 +588,4 @@ def build(cfg: Config, config_path: str | None = None) -> Daemon:
     return Daemon(cfg, verifier=verifier, passive=passive, eyes=eyes, camera=ReopeningCamera.from_config(cfg.camera),
                   open_camera=lambda: open_camera(cfg.camera),
                   publisher=publisher, indicators=open_indicators(cfg.gpio), notifier=SystemdNotifier(), models=models,
-                  config_path=config_path)
+                  config_path=config_path, model_selftest={t: c.as_dict() for t, c in store.chosen.items()})

@@ -218,13 +218,35 @@ def missing_required(results: list[FetchResult]) -> list[str]:
     return [t for t in REQUIRED_TASKS if t not in good]
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The variant loaded for a task (facegate.kat.load): asked precision, the entry, how
+    long its known-answer self-test took (ms), why it was chosen in words, and the
+    variants refused before it."""
+
+    task: str
+    precision: str
+    entry: ModelEntry
+    kat_ms: float
+    why: str
+    refused: tuple[str, ...] = ()  # faster variants refused first, each with its reason
+
+    def as_dict(self) -> dict:
+        return {"variant": self.entry.variant, "sha256": self.entry.sha256, "precision": self.precision,
+                "kat_ms": self.kat_ms, "why": self.why, "refused": list(self.refused)}
+
+
 class ModelStore:
-    """Resolves (task, precision) to a verified file in the model directory."""
+    """Resolves (task, precision) to a verified file in the model directory. self_tests:
+    the known-answer results of this process by (sha256, threads); chosen: the variant
+    loaded per task (both filled by facegate.kat.load)."""
 
     def __init__(self, model_dir: Path | str | None = None, manifest: list[ModelEntry] | None = None):
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
         self.manifest = manifest if manifest is not None else load_manifest()
         self._verified: dict[str, str] = {}
+        self.self_tests: dict[tuple[str, int], object] = {}
+        self.chosen: dict[str, Choice] = {}
 
     @staticmethod
     def variant_of(sha256: str | None) -> str | None:
@@ -240,20 +262,30 @@ class ModelStore:
     def installed(self, task: str) -> list[str]:
         return [e.variant for e in self.variants(task) if (self.model_dir / e.file).is_file()]
 
-    def resolve(self, task: str, precision: str = "auto") -> ModelEntry:
+    def candidates(self, task: str, precision: str = "auto") -> list[ModelEntry]:
+        """The variants to try for (task, precision): for "auto" the installed ones, fastest
+        first (AUTO_PREFERENCE); else the named one."""
         entries = {e.variant: e for e in self.variants(task)}
         if not entries:
             raise ModelError(f"no model for task {task!r} in the manifest")
         if precision == "auto":
             have = self.installed(task)
             prefs = AUTO_PREFERENCE.get(platform.machine(), AUTO_PREFERENCE["x86_64"])
-            for v in prefs:
-                if v in have:
-                    return entries[v]
-            raise ModelError(f"no {task} model installed in {self.model_dir}: run `facegate models fetch`")
+            return [entries[v] for v in prefs if v in have]
         if precision not in entries:
             raise ModelError(f"{task} has no variant {precision!r} (have {', '.join(entries)})")
-        return entries[precision]
+        return [entries[precision]]
+
+    def resolve(self, task: str, precision: str = "auto") -> ModelEntry:
+        """The entry for (task, precision); "auto" is the variant loaded for the task when
+        one was (it passed its self-test), else the fastest installed one."""
+        chosen = self.chosen.get(task)
+        if precision == "auto" and chosen is not None and chosen.precision == "auto":
+            return chosen.entry
+        found = self.candidates(task, precision)
+        if not found:
+            raise ModelError(f"no {task} model installed in {self.model_dir}: run `facegate models fetch`")
+        return found[0]
 
     def path(self, task: str, precision: str = "auto") -> tuple[Path, ModelEntry]:
         """The verified path of the model; raises ModelError when missing or changed."""

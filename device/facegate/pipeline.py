@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import cv2
 import numpy as np
 
-from . import decide
+from . import decide, kat
 from .config import Config, LivenessConfig, VerifyConfig
 from .modelstore import ModelStore
 from .ports import Runner
@@ -59,17 +59,16 @@ def lanes_and_threads(config: Config) -> tuple[int, int]:
 
 
 def build_passive(store: ModelStore, config: Config, make_runner: RunnerFactory) -> PassiveLiveness:
-    """Both MiniFASNet models at the configured precision (verified files)."""
-    nt = config.models.num_threads
-    pv2, _ = store.path("pad_v2", config.models.precision)
-    pv1, _ = store.path("pad_v1se", config.models.precision)
-    return PassiveLiveness(PadModel(make_runner(pv2, nt), V2_SCALE), PadModel(make_runner(pv1, nt), V1SE_SCALE))
+    """Both MiniFASNet models at the configured precision (verified files that passed their
+    known-answer self-test here: facegate.kat.load; raises ModelError)."""
+    nt, p = config.models.num_threads, config.models.precision
+    return PassiveLiveness(PadModel(kat.load(store, "pad_v2", p, make_runner, nt)[0], V2_SCALE),
+                           PadModel(kat.load(store, "pad_v1se", p, make_runner, nt)[0], V1SE_SCALE))
 
 
 def build_eyes(store: ModelStore, config: Config, make_runner: RunnerFactory) -> EyeLids:
-    """The iris-landmark model whose eye contours follow the lids (blinks)."""
-    path, _ = store.path("iris", "fp32")
-    return EyeLids(make_runner(path, config.models.num_threads))
+    """The iris-landmark model whose eye contours follow the lids (blinks), self-tested."""
+    return EyeLids(kat.load(store, "iris", "fp32", make_runner, config.models.num_threads)[0])
 
 
 @dataclass
@@ -205,22 +204,24 @@ class Verifier:
 
     @classmethod
     def from_store(cls, store: ModelStore, config: Config, make_runner: RunnerFactory) -> "Verifier":
-        """Load the verified model files named by the config (raises ModelError)."""
+        """Load the verified model files named by the config, each of which passed its
+        known-answer self-test on this CPU (facegate.kat.load; raises ModelError). The
+        second lane's runners are more interpreters of the same files."""
         lanes, nt = lanes_and_threads(config)
-        paths = {}
+        runners, entries = {}, {}
         for task, precision in (("detect_short", "fp32"), ("detect_full", "fp32"), ("mesh", "fp32"),
                                 ("embed", config.models.precision)):
-            paths[task] = store.path(task, precision)
-        models = {task: entry.sha256 for task, (_, entry) in paths.items()}
+            runners[task], entries[task] = kat.load(store, task, precision, make_runner, nt)
+        models = {task: entry.sha256 for task, entry in entries.items()}
 
-        def lane() -> Verifier:
-            return cls(FaceDetector(make_runner(paths["detect_short"][0], nt), SHORT_RANGE),
-                       FaceDetector(make_runner(paths["detect_full"][0], nt), FULL_RANGE),
-                       FaceMesh(make_runner(paths["mesh"][0], nt)),
-                       Embedder(make_runner(paths["embed"][0], nt)), config.verify, models)
+        def lane(r: dict) -> Verifier:
+            return cls(FaceDetector(r["detect_short"], SHORT_RANGE), FaceDetector(r["detect_full"], FULL_RANGE),
+                       FaceMesh(r["mesh"]), Embedder(r["embed"]), config.verify, models)
 
-        main = lane()
-        return main.with_peer(lane()) if lanes == 2 else main
+        main = lane(runners)
+        if lanes == 2:
+            main.with_peer(lane({t: make_runner(store.model_dir / e.file, nt) for t, e in entries.items()}))
+        return main
 
     # -- stages --------------------------------------------------------------------
     def find_faces(self, image: np.ndarray, reference: bool, t: Timings) -> list[Detection]:

@@ -2,7 +2,9 @@
 
 Checks, in order: the signing key (present, readable, private to its owner), the state
 directory (writable, free space against daemon.min_free_mb), the installed models (sha256
-against the manifest) and each model the daemon would load (loaded and timed on one run),
+against the manifest) and each model the daemon would load (loaded, its known-answer
+self-test run on this CPU as at the daemon's start, which variant "auto" takes and why,
+timed on one run),
 the camera (one frame within camera.frame_timeout_s), the broker (TCP, TLS, then CONNACK
 with the configured credentials, through the daemon's own PahoPublisher) and, only when
 asked, the GPIO (LEDs cycled, relay pulsed, buzzer beeped). A room beside `daemon`: it
@@ -25,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import modelstore
+from . import kat, modelstore
 from .config import Config
 from .daemon import key_path
 from .errors import FacegateError
@@ -119,7 +121,8 @@ def models_in_use(cfg: Config) -> list[tuple[str, str]]:
 
 
 def check_models(cfg: Config, make_runner: Callable | None = None) -> list[Check]:
-    """The model directory against the manifest, then each model in use loaded and timed."""
+    """The model directory against the manifest, then each model in use loaded, self-tested
+    (facegate.kat) and timed."""
     if make_runner is None:
         from .adapters.litert import make_runner
     store = modelstore.ModelStore(cfg.models.dir or None)
@@ -138,16 +141,13 @@ def check_models(cfg: Config, make_runner: Callable | None = None) -> list[Check
     _, threads = lanes_and_threads(cfg)
     for task, precision in models_in_use(cfg):
         def one(task=task, precision=precision):
-            path, entry = store.path(task, precision)
-            t0 = time.perf_counter()
-            runner = make_runner(path, threads)
-            load_ms = (time.perf_counter() - t0) * 1000
+            runner, entry = kat.load(store, task, precision, make_runner, threads)  # ModelError: no variant passes
             xs = [np.zeros(s.shape, s.dtype) for s in runner.inputs]
-            runner.run(*xs)  # warm-up: the delegate prepares on the first run
             t0 = time.perf_counter()
-            runner.run(*xs)
+            runner.run(*xs)  # warmed up by the self-test
             run_ms = (time.perf_counter() - t0) * 1000
-            return f"{entry.variant} {entry.file}: loaded in {load_ms:.0f} ms, one run {run_ms:.1f} ms"
+            c = store.chosen[task]
+            return f"{c.why}; self-test {c.kat_ms:.0f} ms, one run {run_ms:.1f} ms"
         checks.append(_timed(f"model {task}", one))
     return checks
 
