@@ -61,7 +61,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
-from broker import USERS, Mosquitto  # noqa: E402
+from broker import Mosquitto, password  # noqa: E402
 from daemon_helpers import command as signed_command  # noqa: E402
 from facegate import signing  # noqa: E402  (key files and command signing only)
 
@@ -131,7 +131,7 @@ class Daemon:
             f'[daemon]\nstate_dir = "{self.state}"\nliveness = "{liveness}"\nhealth_interval_s = {health_interval_s}\n'
             f'session_timeout_s = 20\nmax_pending = {max_pending}\n{daemon_extra}'
             f'[verify]\nfusion_frames = {fusion_frames}\n'
-            + broker.mqtt_toml("device") + f'redeliver_s = {REDELIVER_S}\n'
+            + broker.mqtt_toml(device) + f'redeliver_s = {REDELIVER_S}\n'
             + f'trusted_keys = ["{backend.public.hex()}"]\n')
         self.public = b""
         if make_key:
@@ -255,7 +255,7 @@ class Collector:
         self._cv = threading.Condition()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
                                   client_id=f"soak-backend-{uuid.uuid4().hex[:8]}")
-        self.client.username_pw_set("backend", USERS["backend"])
+        self.client.username_pw_set("backend", password("backend"))
         self.client.tls_set(ca_certs=str(broker.tls["ca"]))
         self.client.reconnect_delay_set(1, 1)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(

@@ -7,6 +7,7 @@ import ipaddress
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -21,11 +22,23 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-USERS = {"device": "device-secret", "backend": "backend-secret", "dashboard": "dash-secret"}
+USERS = {"backend": "backend-secret", "dashboard": "dash-secret"}  # and one user per terminal, see password()
+# Each terminal logs in with its device_id as user name: the patterns (%u = user name) let
+# it write only its own topics and its Home Assistant discovery, read only its own command
+# topic and Home Assistant's status; answers to an MQTT 5 response topic go under
+# facegate/v1/replies/. The backend reads everything and commands every terminal; a dashboard
+# only reads. README "Broker ACL" shows the same file.
 ACL = """\
-user device
-topic readwrite facegate/v1/#
-topic readwrite homeassistant/#
+pattern write facegate/v1/%u/status
+pattern write facegate/v1/%u/attest
+pattern write facegate/v1/%u/state
+pattern write facegate/v1/%u/health
+pattern write facegate/v1/%u/event
+pattern write facegate/v1/%u/result
+pattern read facegate/v1/%u/cmd/verify
+pattern write facegate/v1/replies/#
+pattern write homeassistant/+/facegate_%u/+/config
+pattern read homeassistant/status
 
 user backend
 topic readwrite facegate/#
@@ -34,6 +47,11 @@ topic readwrite homeassistant/#
 user dashboard
 topic read facegate/#
 """
+
+
+def password(user: str) -> str:
+    """The test password of `user` (a terminal's user is its device_id)."""
+    return USERS.get(user, f"{user}-secret")
 
 
 def free_port() -> int:
@@ -83,12 +101,14 @@ class Mosquitto:
         persist: keep sessions on disk, saved every autosave_s and on SIGTERM (a SIGKILL
         loses what came since the last save)."""
         self.dir = d
+        self.proc: subprocess.Popen | None = None
         self.port = free_port()
         self.tls = make_tls(d)
-        pw = d / "passwd"
+        pw = self.passwd = d / "passwd"
         pw.write_text("")
-        for user, password in USERS.items():
-            subprocess.run(["mosquitto_passwd", "-b", str(pw), user, password], check=True, capture_output=True)
+        self.users: set[str] = set()
+        for user in USERS:
+            self.add_user(user)
         (d / "acl").write_text(ACL)
         (d / "mosquitto.conf").write_text(
             f"listener {self.port} 127.0.0.1\n"
@@ -103,7 +123,18 @@ class Mosquitto:
             + (f"user {pwd.getpwuid(os.geteuid()).pw_name}\n" if os.geteuid() == 0 else ""))
         for f in (pw, d / "acl", *self.tls.values()):
             f.chmod(0o644)
-        self.proc: subprocess.Popen | None = None
+
+    def add_user(self, user: str) -> None:
+        """Put `user` (with password(user)) in the password file; a running broker re-reads
+        it (SIGHUP)."""
+        if user in self.users:
+            return
+        subprocess.run(["mosquitto_passwd", "-b", str(self.passwd), user, password(user)], check=True,
+                       capture_output=True)
+        self.users.add(user)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.2)
 
     def start(self) -> "Mosquitto":
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.dir / "mosquitto.conf")],
@@ -125,9 +156,11 @@ class Mosquitto:
             self.proc.wait(5)
         self.proc = None
 
-    def mqtt_toml(self, user: str = "device") -> str:
+    def mqtt_toml(self, user: str) -> str:
+        """The [mqtt] section of a terminal whose device_id (and user name) is `user`."""
+        self.add_user(user)
         pw = self.dir / f"{user}.password"
-        pw.write_text(USERS[user] + "\n")
+        pw.write_text(password(user) + "\n")
         return (f'[mqtt]\nhost = "127.0.0.1"\nport = {self.port}\ntls = true\nca_file = "{self.tls["ca"]}"\n'
                 f'username = "{user}"\npassword_file = "{pw}"\nreconnect_min_s = 1\nreconnect_max_s = 2\n'
                 'keepalive_s = 5\n')
@@ -149,11 +182,12 @@ class Backend:
                  persistent: bool = False, client_id: str | None = None):
         """persistent: a session the broker keeps (and queues for) across reconnects;
         client_id: the same id picks up that session again."""
+        broker.add_user(user)
         self.messages: list[Received] = []
         self._cv = threading.Condition()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
                                   client_id=client_id or f"test-{user}-{time.monotonic_ns()}")
-        self.client.username_pw_set(user, USERS[user])
+        self.client.username_pw_set(user, password(user))
         self.client.tls_set(ca_certs=str(broker.tls["ca"]))
         self.client.reconnect_delay_set(1, 1)
         self.topic = subscribe

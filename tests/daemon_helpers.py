@@ -50,7 +50,7 @@ class DaemonProc:
             f'[daemon]\nstate_dir = "{self.state}"\nliveness = "passive"\nhealth_interval_s = 1\n'
             f'session_timeout_s = 20\n'
             f'[liveness]\nstep_timeout_s = 10.0\n'
-            + broker.mqtt_toml("device")
+            + broker.mqtt_toml(DEV)
             + f'trusted_keys = ["{backend_key.public.hex()}"]\n' + extra)
         self.proc: subprocess.Popen | None = None
 

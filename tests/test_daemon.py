@@ -69,6 +69,32 @@ def test_matching_portrait_gives_a_signed_match_that_verifies_independently(runn
     assert bad.returncode == 1 and "bad_signature" in bad.stderr
 
 
+def test_a_terminal_can_neither_command_nor_read_another(running, broker, faces, backend_key):
+    """The broker's per-device ACL (user name = device_id): terminal kiosk-2 can write its own
+    topics, but a validly signed command it publishes on kiosk-1's command topic never reaches
+    kiosk-1, and it receives nothing of kiosk-1's (retained status and attest, results), nor
+    can it put anything on kiosk-1's result topic."""
+    d, be = running
+    other = Backend(broker, user="kiosk-2", subscribe=f"{ROOT}/#")
+    try:
+        other.publish("facegate/v1/kiosk-2/status", b"online")  # logged in: its own topics work
+        be.wait_for(lambda ms: [m for m in ms if m.topic == "facegate/v1/kiosk-2/status"], 10)
+        stolen, cmd = command(backend_key, faces["ref"])  # a real backend command it got hold of
+        other.publish(f"{ROOT}/cmd/verify", stolen)
+        other.publish(f"{ROOT}/result", b"forged")
+        msg, after = command(backend_key, faces["ref"])  # queued behind the stolen one, had it arrived
+        be.publish(f"{ROOT}/cmd/verify", msg)
+        wait_result(be, d.public, after["request_id"])
+        assert not [r for r in results(be, d.public) if r["request_id"] == cmd["request_id"]]
+        assert not [m for m in be.on(f"{ROOT}/result") if m.payload == b"forged"]
+        assert other.messages == []  # not even the retained status / attest
+        be.publish(f"{ROOT}/cmd/verify", stolen)  # the same bytes from the backend: a valid command
+        wait_result(be, d.public, cmd["request_id"])
+        assert other.messages == []
+    finally:
+        other.close()
+
+
 def test_stranger_portrait_gives_no_match(running, faces, backend_key):
     d, be = running
     msg, cmd = command(backend_key, faces["stranger"])

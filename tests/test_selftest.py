@@ -39,7 +39,7 @@ def write_config(d: Path, broker: Mosquitto, video, mqtt: str | None = None) -> 
         f'[daemon]\nstate_dir = "{state}"\nliveness = "both"\n'
         f'[gpio]\nenabled = true\npin_factory = "mock"\nled_ready = {READY}\nled_busy = {BUSY}\n'
         f'led_pass = {PASS}\nled_fail = {FAIL}\nrelay_pin = {RELAY}\nrelay_pulse_ms = {PULSE_MS}\n'
-        + (mqtt if mqtt is not None else broker.mqtt_toml("device")))
+        + (mqtt if mqtt is not None else broker.mqtt_toml(DEV)))
     return cfg
 
 
@@ -86,7 +86,7 @@ def test_all_checks_pass_and_gpio_is_exercised(tmp_path, broker, faces, model_di
     by = {c.name: c for c in checks}
     assert "kid " in by["signing key"].detail
     assert "960x540" in by["camera"].detail
-    assert by["broker"].detail == f"connected to 127.0.0.1:{broker.port} with TLS as device"
+    assert by["broker"].detail == f"connected to 127.0.0.1:{broker.port} with TLS as {DEV}"
     assert "one run" in by["model embed"].detail and by["model embed"].ms > 0
 
     # a mock pin's PinState.timestamp is the time since that pin's previous change
@@ -123,9 +123,9 @@ def test_cli_text_and_json(tmp_path, broker, faces, model_dir):
 
 @pytest.mark.parametrize("case", ["wrong_password", "unreachable", "untrusted_ca"])
 def test_a_broken_broker_fails_its_own_line(tmp_path, broker, faces, model_dir, case):
-    mqtt = broker.mqtt_toml("device")
+    mqtt = broker.mqtt_toml(DEV)
     if case == "wrong_password":
-        mqtt = mqtt.replace(str(broker.dir / "device.password"), str(tmp_path / "pw"))
+        mqtt = mqtt.replace(str(broker.dir / f"{DEV}.password"), str(tmp_path / "pw"))
         (tmp_path / "pw").write_text("not-the-password\n")
         want = "connection refused: Not authorized (check mqtt.username and mqtt.password_file)"
     elif case == "unreachable":

@@ -184,7 +184,7 @@ def test_unit_execstart_under_a_notify_socket(tmp_path, broker, faces, backend_k
         f'[camera]\nsource = "file"\npath = "{cam}"\nrealtime = false\nidle_fps = 30\n'
         'reopen_min_s = 0.5\nreopen_max_s = 1.0\nframe_timeout_s = 2.0\n'
         f'[daemon]\nstate_dir = "{state}"\nliveness = "passive"\nhealth_interval_s = 1\nsession_timeout_s = 20\n'
-        + broker.mqtt_toml("device") + f'trusted_keys = ["{backend_key.public.hex()}"]\n')
+        + broker.mqtt_toml(DEV) + f'trusted_keys = ["{backend_key.public.hex()}"]\n')
 
     binary = Path(sys.executable).with_name("facegate")
     argv = unit_argv(lines, binary, config)
