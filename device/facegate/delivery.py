@@ -39,6 +39,7 @@ class Delivery:
         self._stop = threading.Event()
         self._generation = 0  # bumped on (re)connect and loss: a publishing pass of an older one stops
         self._lost_at: float | None = None  # outbox clock when the connection was lost
+        self._woken = False  # a wake-up the delivery thread has not acted on yet
 
     @property
     def held(self) -> int:
@@ -85,6 +86,7 @@ class Delivery:
 
     def wake(self) -> None:
         with self._cv:
+            self._woken = True  # kept for run() if it is in a pass now, not waiting
             self._cv.notify_all()
 
     def acked_cutoff(self) -> float:
@@ -119,13 +121,16 @@ class Delivery:
         with self._cv:
             self._generation += 1
             self._inflight.clear()
+            self._woken = True
             self._cv.notify_all()
 
     def run(self) -> None:
         """The delivery thread: until stop()."""
         while not self._stop.is_set():
             with self._cv:
-                self._cv.wait(timeout=1.0)
+                if not self._woken:
+                    self._cv.wait(timeout=1.0)
+                self._woken = False
             p = self.publisher
             if p is None or not p.connected or self._stop.is_set():
                 continue
@@ -177,6 +182,7 @@ class Delivery:
             self._acked_unrecorded.add(key)
         with self._cv:
             self._inflight.pop(key, None)
+            self._woken = True
             self._cv.notify_all()
 
     def drain(self, timeout_s: float) -> None:
