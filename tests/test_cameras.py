@@ -237,12 +237,20 @@ def test_unexpected_errors_and_ended_streams_are_retried_too():
 
 # -- picamera2 -------------------------------------------------------------------------
 class FakeRequest:
-    def __init__(self, arrays):
+    """A completed request: arrays and metadata readable only until release()."""
+
+    def __init__(self, arrays, metadata=None):
         self.arrays = arrays
+        self.metadata = metadata or {}
         self.released = False
 
     def make_array(self, name):
+        assert not self.released
         return self.arrays[name].copy()
+
+    def get_metadata(self):
+        assert not self.released
+        return dict(self.metadata)
 
     def release(self):
         self.released = True
@@ -258,6 +266,7 @@ class FakePicamera2:
         self.calls = []
         self.requests = []
         self.timeout = False
+        self.stamps_ns = []  # SensorTimestamp of the next requests (none: no stamp in the metadata)
         FakePicamera2.instances.append(self)
 
     def create_video_configuration(self, **kw):
@@ -279,7 +288,8 @@ class FakePicamera2:
         assert job == "job" and timeout == 5.0
         if self.timeout:
             raise TimeoutError()
-        self.requests.append(FakeRequest(self.arrays))
+        meta = {"SensorTimestamp": self.stamps_ns.pop(0)} if self.stamps_ns else {"FrameDuration": 100000}
+        self.requests.append(FakeRequest(self.arrays, meta))
         return self.requests[-1]
 
     def stop(self):
@@ -343,6 +353,47 @@ def test_picamera2_configures_two_streams_and_fills_frame_and_lores():
     assert all(r.released for r in fake.requests)  # every request went back to the camera
     cam.close()
     assert fake.calls[-2:] == ["stop", "close"]
+
+
+def _picamera2_with_stamps(received: list[float], stamps_ns: list[int]):
+    cfg = CameraConfig(source="picamera2", width=320, height=192, lores_width=160, lores_height=96, fps=15)
+    t = iter(received)
+    cam = Picamera2Camera(cfg, picamera2_cls=FakePicamera2, clock=lambda: next(t))
+    fake = FakePicamera2.instances[-1]
+    fake.arrays = {"main": _blocks(192, 320), "lores": _i420_with_stride(_blocks(96, 160), 192)}
+    fake.stamps_ns = list(stamps_ns)
+    frames = cam.frames()
+    out = [next(frames) for _ in received]
+    cam.close()
+    return out, fake
+
+
+def test_picamera2_frames_are_timed_by_the_sensor_not_on_receipt():
+    """Python gets the frames with jitter (40 ms, then 140 ms apart); the sensor exposed
+    them 1/15 s apart, and that is what the frames carry."""
+    exposed = [1_000_000_000_000 + i * 66_666_667 for i in range(3)]  # CLOCK_MONOTONIC ns
+    received = [1000.040, 1000.080, 1000.220]
+    frames, fake = _picamera2_with_stamps(received, exposed)
+    assert [f.t_mono_s for f in frames] == [ns / 1e9 for ns in exposed]
+    assert all(r.released for r in fake.requests)
+
+
+def test_picamera2_stamps_in_another_clock_are_re_anchored_keeping_the_sensor_intervals(caplog):
+    """A SensorTimestamp that cannot be time.monotonic's (here an hour ahead: CLOCK_BOOTTIME
+    after a suspend) starts at the receipt time of its frame; the intervals stay the sensor's."""
+    hour = 3600 * 1_000_000_000
+    exposed = [1_000_000_000_000 + hour + i * 66_666_667 for i in range(3)]
+    frames, _ = _picamera2_with_stamps([1000.040, 1000.080, 1000.220], exposed)
+    t = [f.t_mono_s for f in frames]
+    assert t[0] == 1000.040
+    assert t[1] - t[0] == pytest.approx(0.0666667, abs=1e-6) and t[2] - t[0] == pytest.approx(0.1333333, abs=1e-6)
+    assert "re-anchored" in caplog.text
+
+
+def test_picamera2_without_sensor_timestamps_times_frames_on_receipt(caplog):
+    frames, _ = _picamera2_with_stamps([7.0, 7.1, 7.25], [])
+    assert [f.t_mono_s for f in frames] == [7.0, 7.1, 7.25]
+    assert caplog.text.count("no SensorTimestamp") == 1  # said once, not per frame
 
 
 def test_picamera2_timeout_is_a_camera_error():

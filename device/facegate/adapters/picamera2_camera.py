@@ -2,9 +2,25 @@
 
 picamera2 comes from apt (python3-picamera2) on Raspberry Pi OS, so the venv must be made
 with --system-site-packages; it is imported only when this camera is opened.
+
+Frame times come from the sensor, not from when Python got the frame: each frame's image,
+lores copy and time are taken from one completed request (`capture_request`,
+`make_array`, `get_metadata`, then `release`). Its metadata's `SensorTimestamp` is an
+int64 in nanoseconds: libcamera documents it (control_ids_core.yaml) as the start of
+exposure of the first row, counted by CLOCK_BOOTTIME; the Raspberry Pi pipelines (vc4 on
+a Pi 4, pisp on a Pi 5) fill it with the V4L2 buffer timestamp, which the unicam / CFE
+drivers take with the kernel's CLOCK_MONOTONIC at frame start. The two clocks differ only
+by time spent in system suspend, which a Pi does not do, and Python's `time.monotonic()`
+is CLOCK_MONOTONIC on Linux. So Frame.t_mono_s = SensorTimestamp / 1e9, in the base of
+`time.monotonic()`. A stamp that cannot be in that base (more than 50 ms after the moment
+the frame was received, or more than STAMP_MAX_AGE_S before it) re-anchors: from then on
+t_mono_s = receipt time of that frame + sensor time elapsed since it (the intervals stay
+the sensor's, only the origin moves; logged). A pipeline without SensorTimestamp gets
+receipt times (logged once).
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable, Iterator
 
@@ -15,6 +31,10 @@ from ..config import CameraConfig
 from ..errors import CameraError
 from ..types import Frame
 
+log = logging.getLogger("facegate.camera")
+STAMP_MAX_AGE_S = 2.0  # exposure start to receipt: exposure, read-out, ISP and queued buffers
+STAMP_AHEAD_S = 0.05  # slack for a stamp after the receipt clock (clock read granularity)
+
 
 class Picamera2Camera:
     """One Pi camera, configured once with two streams of the same request:
@@ -23,7 +43,9 @@ class Picamera2Camera:
     Pi 5) -> Frame.lores hxwx3 uint8 BGR, for detection.
 
     camera_num: which camera (a Pi 5 may have two); picamera2_cls: the Picamera2 class
-    (default: imported from picamera2; tests pass a fake); clock: gives Frame.t_mono_s.
+    or a factory taking the camera number (default: imported from picamera2; tests pass a
+    fake); clock: the receipt clock, time.monotonic's base, against which each frame's
+    SensorTimestamp is checked (see the module docstring).
     Raises CameraError when picamera2 is missing, no camera answers, or a frame takes
     longer than cfg.frame_timeout_s.
     """
@@ -36,6 +58,8 @@ class Picamera2Camera:
         self.cfg = cfg
         self._clock = clock
         self._closed = False
+        self._offset_s = 0.0  # added to SensorTimestamp / 1e9 to get Frame.t_mono_s
+        self._warned_no_stamp = False
         if picamera2_cls is None:
             try:
                 from picamera2 import Picamera2 as picamera2_cls
@@ -79,13 +103,33 @@ class Picamera2Camera:
                     return
                 raise CameraError(f"Pi camera capture failed: {exc}") from None
             try:
-                t = self._clock()
+                received = self._clock()
+                metadata = request.get_metadata()
                 main = request.make_array("main")  # copies out of the DMA buffer
                 yuv = request.make_array("lores")
             finally:
                 request.release()  # back to the camera at once
+            t = self.frame_time(metadata, received)
             yield Frame(np.ascontiguousarray(main[:, :, :3]), t, seq, lores=yuv420_to_bgr(yuv, *self.lores_size))
             seq += 1
+
+    def frame_time(self, metadata: object, received: float) -> float:
+        """Frame.t_mono_s (seconds, time.monotonic's base) of a request whose metadata
+        came with it at `received` (the receipt clock): its SensorTimestamp (int ns) / 1e9
+        plus the current offset (0 unless the stamps had to be re-anchored)."""
+        ns = metadata.get("SensorTimestamp") if isinstance(metadata, dict) else None
+        if not isinstance(ns, int) or isinstance(ns, bool) or ns <= 0:
+            if not self._warned_no_stamp:
+                log.warning("Pi camera: no SensorTimestamp in the request metadata; frames are timed on receipt")
+                self._warned_no_stamp = True
+            return received
+        t = ns / 1e9 + self._offset_s
+        if not -STAMP_AHEAD_S <= received - t <= STAMP_MAX_AGE_S:
+            log.warning("Pi camera: SensorTimestamp %.3f s is not in the monotonic clock (received at %.3f s); "
+                        "frame times re-anchored at this frame", t, received)
+            self._offset_s = received - ns / 1e9
+            t = received
+        return t
 
     def close(self) -> None:
         self._closed = True
