@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import DECODER_MAX_PIXELS
 from .errors import ConfigError
 
 
@@ -46,7 +47,8 @@ class VerifyConfig(_Section):
     max_frames: int = Field(300, ge=1, description="Most video frames examined per verification")
     reference_pad_ratio: float = Field(0.5, ge=0, le=2, description="Padding added around a tightly cropped ID portrait before detection, as a fraction of its size")
     max_image_bytes: int = Field(20_000_000, ge=1000, description="Largest accepted image / video file, bytes")
-    max_image_pixels: int = Field(40_000_000, ge=10_000, description="Largest accepted decoded image, pixels")
+    max_image_pixels: int = Field(DECODER_MAX_PIXELS, ge=10_000, le=DECODER_MAX_PIXELS,
+                                  description="Largest accepted decoded image, pixels (at most the decoders' own cap)")
 
 
 class LivenessConfig(_Section):
@@ -139,7 +141,8 @@ class DaemonConfig(_Section):
     command_max_age_s: float = Field(300.0, gt=0, description="Largest accepted exp - iat of a verify command, seconds")
     clock_skew_s: float = Field(30.0, ge=0, description="Tolerated clock difference to the backend, seconds")
     max_command_bytes: int = Field(2_000_000, ge=1000, description="Largest accepted verify command, bytes")
-    max_reference_pixels: int = Field(4_000_000, ge=10_000, description="Largest accepted decoded reference portrait, pixels")
+    max_reference_pixels: int = Field(4_000_000, ge=10_000, le=DECODER_MAX_PIXELS,
+                                      description="Largest accepted decoded reference portrait, pixels")
     max_pending: int = Field(4, ge=1, le=100, description="Verify commands waiting behind the running session; more are rejected as busy")
     outbox_max_age_s: float = Field(7 * 86400.0, gt=0, description="Undelivered results older than this expire (counted in health), seconds")
     outbox_max_rows: int = Field(100_000, ge=10, description="Most undelivered results kept; the oldest expire first")
