@@ -5,9 +5,15 @@
 #   sudo scripts/install.sh [--models-from DIR] [--camera picamera2|v4l2|file] [--no-apt]
 #   sudo scripts/install.sh --uninstall [--purge]
 #   scripts/install.sh --dry-run ...      print every action, do nothing (no root needed)
+#   sudo scripts/install.sh --root DIR ...  install into DIR as the root file system
 #
-# Idempotent: run it again to upgrade. Existing config and signing key are never
-# overwritten; the service is restarted only if it was running.
+# Idempotent: run it again to upgrade; a run with nothing new changes nothing. Existing
+# config and signing key are never overwritten; the service is restarted only if it was
+# running and the package or unit changed. Where systemd is not running (a chroot, as in
+# an image build, or a container) the unit is installed and enabled but not started.
+# --uninstall --purge removes every file, the user and the groups it created.
+# --root DIR (tests): paths, users and the unit go under DIR (useradd --prefix,
+# systemctl --root); no apt; the venv is usable from here at DIR/opt/facegate/venv.
 #
 # Layout: /opt/facegate/venv (system site packages, for apt's python3-picamera2),
 # /opt/facegate/models, /etc/facegate/facegate.toml (0640 root:facegate),
@@ -32,6 +38,7 @@ APT_REQUIRED="python3 python3-venv python3-pip"
 APT_OPTIONAL="python3-picamera2 python3-lgpio mosquitto-clients"
 
 DRY_RUN=0
+ROOT=""
 UNINSTALL=0
 PURGE=0
 APT=1
@@ -39,7 +46,7 @@ MODELS_FROM=""
 CAMERA=picamera2
 
 usage() {
-    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 die() {
@@ -82,6 +89,8 @@ parse_args() {
             --models-from=*) MODELS_FROM=${1#*=} ;;
             --camera) [ $# -ge 2 ] || die "--camera needs a source"; CAMERA=$2; shift ;;
             --camera=*) CAMERA=${1#*=} ;;
+            --root) [ $# -ge 2 ] || die "--root needs a directory"; ROOT=$2; shift ;;
+            --root=*) ROOT=${1#*=} ;;
             -h | --help) usage; exit 0 ;;
             *) die "unknown option $1 (see --help)" ;;
         esac
@@ -95,6 +104,11 @@ parse_args() {
     if [ -n "$MODELS_FROM" ]; then
         [ -d "$MODELS_FROM" ] || die "--models-from $MODELS_FROM is not a directory"
         MODELS_FROM=$(cd "$MODELS_FROM" && pwd)
+    fi
+    if [ -n "$ROOT" ]; then
+        [ -d "$ROOT/etc" ] || die "--root $ROOT has no etc/ (passwd, group)"
+        ROOT=$(cd "$ROOT" && pwd)
+        [ "$ROOT" != / ] || ROOT=""
     fi
     if [ "$PURGE" = 1 ] && [ "$UNINSTALL" = 0 ]; then
         die "--purge only goes with --uninstall"
@@ -116,9 +130,54 @@ available() {  # does apt know the package?
     apt-cache show "$1" >/dev/null 2>&1
 }
 
+# Accounts: the system's name service, or the files under --root.
+group_exists() {
+    if [ -n "$ROOT" ]; then grep -q "^$1:" "$ROOT/etc/group"; else getent group "$1" >/dev/null; fi
+}
+
+user_exists() {
+    if [ -n "$ROOT" ]; then grep -q "^$1:" "$ROOT/etc/passwd"; else id -u "$1" >/dev/null 2>&1; fi
+}
+
+user_groups() {
+    if [ -n "$ROOT" ]; then
+        awk -F: -v u="$1" '{ n = split($4, m, ","); for (i = 1; i <= n; i++) if (m[i] == u) print $1 }' \
+            "$ROOT/etc/group"
+    else
+        id -nG "$1"
+    fi
+}
+
+# An owner for install -o/-g: the name, or under --root its number there (unknown here).
+owner() {
+    local db=passwd
+    [ "$2" = group ] && db=group
+    if [ -n "$ROOT" ] && grep -q "^$1:" "$ROOT/etc/$db"; then
+        awk -F: -v n="$1" '$1 == n { print $3 }' "$ROOT/etc/$db"
+    else
+        printf '%s\n' "$1"
+    fi
+}
+
+shadow_prefix() {  # useradd/groupadd/usermod/userdel/groupdel option for --root
+    [ -z "$ROOT" ] || printf '%s\n' "--prefix=$ROOT"
+}
+
+systemd_running() {  # sd_booted(); never the host's systemd under --root
+    [ -z "$ROOT" ] && [ -d /run/systemd/system ]
+}
+
+systemctl_() {
+    if [ -n "$ROOT" ]; then run systemctl --root="$ROOT" "$@"; else run systemctl "$@"; fi
+}
+
 install_apt() {
     if [ "$APT" = 0 ]; then
         note "apt: skipped (--no-apt)"
+        return
+    fi
+    if [ -n "$ROOT" ]; then
+        note "apt: skipped (--root)"
         return
     fi
     command -v apt-get >/dev/null || die "apt-get not found (not Debian / Raspberry Pi OS?); use --no-apt"
@@ -144,42 +203,96 @@ install_apt() {
     run env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
 }
 
+CREATED_GROUPS=""   # groups this run made (recorded for --purge)
+CHANGED=0           # the package or the unit changed (a running service is restarted)
+
 install_user() {
-    local g
+    local g pfx
+    pfx=$(shadow_prefix)
     for g in $GROUPS_NEEDED; do
-        if getent group "$g" >/dev/null; then
+        if group_exists "$g"; then
             note "group $g exists"
         else
-            run groupadd --system "$g"
+            run groupadd ${pfx:+"$pfx"} --system "$g"
+            CREATED_GROUPS="$CREATED_GROUPS $g"
         fi
     done
-    if id -u "$SVC_USER" >/dev/null 2>&1; then
+    if user_exists "$SVC_USER"; then
         note "user $SVC_USER exists"
         for g in $GROUPS_NEEDED; do
-            case " $(id -nG "$SVC_USER") " in
+            case " $(user_groups "$SVC_USER" | tr '\n' ' ') " in
                 *" $g "*) ;;
-                *) run usermod --append --groups "$g" "$SVC_USER" ;;
+                *) run usermod ${pfx:+"$pfx"} --append --groups "$g" "$SVC_USER" ;;
             esac
         done
     else
-        run useradd --system --user-group --groups "${GROUPS_NEEDED// /,}" --home-dir "$STATE" \
+        run useradd ${pfx:+"$pfx"} --system --user-group --groups "${GROUPS_NEEDED// /,}" --home-dir "$STATE" \
             --no-create-home --shell /usr/sbin/nologin --comment "facegate daemon" "$SVC_USER"
     fi
 }
 
 install_dirs() {
-    run install -d -m 0755 -o root -g root "$PREFIX"
-    run install -d -m 0750 -o root -g "$SVC_USER" "$CONF_DIR"
-    run install -d -m 0750 -o "$SVC_USER" -g "$SVC_USER" "$STATE"
+    local user group
+    user=$(owner "$SVC_USER" passwd)
+    group=$(owner "$SVC_USER" group)
+    run install -d -m 0755 -o root -g root "$ROOT$PREFIX"
+    run install -d -m 0750 -o root -g "$group" "$ROOT$CONF_DIR"
+    run install -d -m 0750 -o "$user" -g "$group" "$ROOT$STATE"
+    if [ -n "$CREATED_GROUPS" ]; then  # the groups --uninstall --purge may remove again
+        printf '+ %s\n' "record the groups made here in $ROOT$CONF_DIR/groups-created:$CREATED_GROUPS"
+        if [ "$DRY_RUN" = 0 ]; then
+            # shellcheck disable=SC2086  # one group a line
+            printf '%s\n' $CREATED_GROUPS >>"$ROOT$CONF_DIR/groups-created"
+        fi
+    fi
+}
+
+# What the package is built from; its hash decides whether the venv is up to date.
+PACKAGE_FILES="pyproject.toml README.md device models"
+EXTRAS="daemon,pi"
+
+source_stamp() {
+    (
+        cd "$SRC_DIR"
+        # shellcheck disable=SC2086  # the file list splits on purpose
+        find $PACKAGE_FILES -type f ! -path '*/__pycache__/*' ! -path '*.egg-info/*' ! -name '*.pyc' -print0 |
+            LC_ALL=C sort -z | xargs -0 sha256sum
+        printf 'extras %s\n' "$EXTRAS"
+    ) | sha256sum | cut -c1-64
 }
 
 install_venv() {
-    if [ -x "$VENV/bin/python" ]; then
-        note "venv $VENV exists"
+    local v=$ROOT$VENV stamp build
+    if [ -x "$v/bin/python" ]; then
+        note "venv $v exists"
     else
-        run python3 -m venv --system-site-packages "$VENV"
+        run python3 -m venv --system-site-packages "$v"
     fi
-    run "$VENV/bin/pip" install --upgrade "${SRC_DIR}[daemon,pi]"
+    stamp=$(source_stamp)
+    if [ -x "$v/bin/facegate" ] && [ "$(cat "$v/.facegate-source" 2>/dev/null)" = "$stamp" ]; then
+        note "package facegate is up to date in $v (source $(printf '%s' "$stamp" | cut -c1-12))"
+        return
+    fi
+    CHANGED=1
+    # a non-editable install, built from a copy: the source tree may be read-only and
+    # is left as it was (no build/ or egg-info in it)
+    build="<temporary directory>"
+    [ "$DRY_RUN" = 1 ] || build=$(mktemp -d)
+    printf '+ %s\n' "copy $PACKAGE_FILES of $SRC_DIR to $build"
+    if [ "$DRY_RUN" = 0 ]; then
+        # shellcheck disable=SC2086  # the file list splits on purpose
+        (cd "$SRC_DIR" && cp -r $PACKAGE_FILES "$build/")
+        find "$build" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
+    fi
+    if ! run "$v/bin/pip" install --upgrade "${build}[$EXTRAS]"; then
+        [ "$DRY_RUN" = 1 ] || rm -rf "$build"
+        die "pip install of facegate into $v failed"
+    fi
+    [ "$DRY_RUN" = 1 ] || rm -rf "$build"
+    printf '+ %s\n' "record source $(printf '%s' "$stamp" | cut -c1-12) in $v/.facegate-source"
+    if [ "$DRY_RUN" = 0 ]; then
+        printf '%s\n' "$stamp" >"$v/.facegate-source"
+    fi
 }
 
 install_models() {
@@ -187,11 +300,11 @@ install_models() {
     if [ -n "$MODELS_FROM" ]; then
         from=(--from "$MODELS_FROM")
     fi
-    run env FACEGATE_MODEL_DIR="$MODELS" "$VENV/bin/facegate" models fetch --dir "$MODELS" "${from[@]}"
+    run env FACEGATE_MODEL_DIR="$ROOT$MODELS" "$ROOT$VENV/bin/facegate" models fetch --dir "$ROOT$MODELS" "${from[@]}"
 }
 
 config_text() {  # the example config with this machine's camera and model directory
-    "$VENV/bin/facegate" config example |
+    "$ROOT$VENV/bin/facegate" config example |
         sed -e "/^\[camera\]/,/^\[/ s|^source = .*|source = \"$CAMERA\"|" \
             -e "/^\[models\]/,/^\[/ s|^dir = .*|dir = \"$MODELS\"|"
 }
@@ -200,21 +313,21 @@ write_config() {
     local tmp
     tmp=$(mktemp)
     config_text >"$tmp"
-    install -m 0640 -o root -g "$SVC_USER" "$tmp" "$CONF"
+    install -m 0640 -o root -g "$(owner "$SVC_USER" group)" "$tmp" "$ROOT$CONF"
     rm -f "$tmp"
 }
 
 install_config() {
-    if [ -e "$CONF" ]; then
-        note "config $CONF exists, kept"
+    if [ -e "$ROOT$CONF" ]; then
+        note "config $ROOT$CONF exists, kept"
     else
-        printf '+ %s\n' "$VENV/bin/facegate config example > $CONF (camera.source = \"$CAMERA\", models.dir = \"$MODELS\"; mode 0640 root:$SVC_USER)"
+        printf '+ %s\n' "$ROOT$VENV/bin/facegate config example > $ROOT$CONF (camera.source = \"$CAMERA\", models.dir = \"$MODELS\"; mode 0640 root:$SVC_USER)"
         if [ "$DRY_RUN" = 0 ]; then
             write_config
         fi
     fi
-    if ! run "$VENV/bin/facegate" config check "$CONF"; then
-        note "WARNING: $CONF does not validate; fix it before starting the service"
+    if ! run "$ROOT$VENV/bin/facegate" config check "$ROOT$CONF"; then
+        note "WARNING: $ROOT$CONF does not validate; fix it before starting the service"
     fi
 }
 
@@ -235,26 +348,41 @@ print("signing key created; public key (give it to the backend):", raw.hex())
 '
 
 install_key() {
-    if [ -e "$KEY" ]; then
-        note "signing key $KEY exists, kept"
+    if [ -e "$ROOT$KEY" ]; then
+        note "signing key $ROOT$KEY exists, kept"
         return
     fi
-    printf '+ %s\n' "$VENV/bin/python -c <make an Ed25519 key, PEM PKCS#8 unencrypted> $KEY (mode 0600 root:root)"
+    printf '+ %s\n' "$ROOT$VENV/bin/python -c <make an Ed25519 key, PEM PKCS#8 unencrypted> $ROOT$KEY (mode 0600 root:root)"
     if [ "$DRY_RUN" = 0 ]; then
-        (umask 077 && "$VENV/bin/python" -c "$KEYGEN_PY" "$KEY")
-        chown root:root "$KEY"
+        (umask 077 && "$ROOT$VENV/bin/python" -c "$KEYGEN_PY" "$ROOT$KEY")
+        chown 0:0 "$ROOT$KEY"
     fi
 }
 
+unit_enabled() {  # the [Install] symlink is there (what systemctl enable makes)
+    [ -L "$ROOT/etc/systemd/system/multi-user.target.wants/$SERVICE" ]
+}
+
 install_unit() {
-    if [ -e "$UNIT" ] && cmp -s "$UNIT_SRC" "$UNIT"; then
-        note "unit $UNIT is up to date"
+    if [ -e "$ROOT$UNIT" ] && cmp -s "$UNIT_SRC" "$ROOT$UNIT"; then
+        note "unit $ROOT$UNIT is up to date"
     else
-        run install -m 0644 -o root -g root "$UNIT_SRC" "$UNIT"
-        run systemctl daemon-reload
+        CHANGED=1
+        run install -D -m 0644 -o root -g root "$UNIT_SRC" "$ROOT$UNIT"
+        if systemd_running; then
+            run systemctl daemon-reload
+        fi
     fi
-    run systemctl enable "$SERVICE"
-    run systemctl try-restart "$SERVICE"
+    if unit_enabled; then
+        note "unit $SERVICE is enabled"
+    else
+        systemctl_ enable "$SERVICE"
+    fi
+    if ! systemd_running; then
+        note "systemd is not running here (a chroot, a container, or --root): $SERVICE is installed and enabled but not started; it starts at the next boot"
+    elif [ "$CHANGED" = 1 ]; then
+        run systemctl try-restart "$SERVICE"
+    fi
 }
 
 do_install() {
@@ -267,28 +395,44 @@ do_install() {
     install_config
     install_key
     install_unit
-    note "done. Edit $CONF (camera, mqtt, gpio), then: systemctl restart $SERVICE; journalctl -u $SERVICE -f"
+    note "done. Edit $ROOT$CONF (camera, mqtt, gpio), then: systemctl restart $SERVICE; journalctl -u $SERVICE -f"
 }
 
 # -- uninstall ------------------------------------------------------------------------
 do_uninstall() {
-    if [ -e "$UNIT" ]; then
-        run systemctl disable --now "$SERVICE"
-        run rm -f "$UNIT"
-        run systemctl daemon-reload
-    else
-        note "unit $UNIT not installed"
-    fi
-    if [ -e "$PREFIX" ] || [ "$DRY_RUN" = 1 ]; then
-        run rm -rf "$PREFIX"
-    fi
-    if [ "$PURGE" = 1 ]; then
-        run rm -rf "$CONF_DIR" "$STATE"
-        if id -u "$SVC_USER" >/dev/null 2>&1; then
-            run userdel "$SVC_USER"
+    local pfx g groups=""
+    pfx=$(shadow_prefix)
+    if [ -e "$ROOT$UNIT" ]; then
+        if systemd_running; then
+            run systemctl disable --now "$SERVICE"
+        else
+            systemctl_ disable "$SERVICE"
+        fi
+        run rm -f "$ROOT$UNIT"
+        if systemd_running; then
+            run systemctl daemon-reload
         fi
     else
-        note "kept $CONF_DIR (config, signing key), $STATE (outbox) and user $SVC_USER; --purge removes them"
+        note "unit $ROOT$UNIT not installed"
+    fi
+    if [ -e "$ROOT$PREFIX" ] || [ "$DRY_RUN" = 1 ]; then
+        run rm -rf "$ROOT$PREFIX"
+    fi
+    if [ "$PURGE" = 1 ]; then
+        if [ -f "$ROOT$CONF_DIR/groups-created" ]; then
+            groups=$(sort -u "$ROOT$CONF_DIR/groups-created")
+        fi
+        run rm -rf "$ROOT$CONF_DIR" "$ROOT$STATE"
+        if user_exists "$SVC_USER"; then
+            run userdel ${pfx:+"$pfx"} "$SVC_USER"
+        fi
+        for g in $groups; do
+            if group_exists "$g"; then
+                run groupdel ${pfx:+"$pfx"} "$g"
+            fi
+        done
+    else
+        note "kept $ROOT$CONF_DIR (config, signing key), $ROOT$STATE (outbox) and user $SVC_USER; --purge removes them"
     fi
 }
 

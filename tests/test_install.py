@@ -81,14 +81,18 @@ def test_dry_run_prints_the_whole_plan_and_does_nothing(tmp_path):
         "+ useradd --system --user-group --groups video,gpio --home-dir /var/lib/facegate",
         "+ install -d -m 0750 -o root -g facegate /etc/facegate",
         "+ install -d -m 0750 -o facegate -g facegate /var/lib/facegate",
-        "/opt/facegate/venv/bin/pip install --upgrade " + f"{REPO}[daemon,pi]",
+        f"+ copy pyproject.toml README.md device models of {REPO} to <temporary directory>",
+        "+ /opt/facegate/venv/bin/pip install --upgrade '<temporary directory>[daemon,pi]'",
         f"facegate models fetch --dir /opt/facegate/models --from {mirror}",
         "/etc/facegate/facegate.toml",
         "/etc/facegate/signing.key",
-        f"+ install -m 0644 -o root -g root {REPO}/systemd/facegate.service /etc/systemd/system/facegate.service",
+        f"+ install -D -m 0644 -o root -g root {REPO}/systemd/facegate.service /etc/systemd/system/facegate.service",
         "+ systemctl enable facegate.service",
-        "+ systemctl try-restart facegate.service",
     ]
+    if Path("/run/systemd/system").is_dir():  # systemd runs here: restarted if it was running
+        steps.append("+ systemctl try-restart facegate.service")
+    else:  # a chroot or a container: installed and enabled, not started, and it says so
+        steps.append("# systemd is not running here")
     at = [_index(plan, s) for s in steps]
     assert at == sorted(at), "plan out of order"
     assert "# apt: python3-lgpio is not available here, skipped" in plan
@@ -168,3 +172,108 @@ def test_signing_key_is_ed25519_pkcs8_0600_and_never_overwritten(tmp_path):
     assert isinstance(load_pem_private_key(pem, None), Ed25519PrivateKey)
     r = _sourced(f'"{sys.executable}" -c "$KEYGEN_PY" "{key}"')
     assert r.returncode != 0 and key.read_bytes() == pem
+
+
+# -- for real, into a root directory (useradd --prefix, systemctl --root) ---------------------
+def _tree(root: Path) -> dict[str, tuple]:
+    """Every path under root: (type, mode, uid, gid, sha256 or link target); the shadow
+    tools' backups (passwd- ...) excluded."""
+    import hashlib
+
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if rel in ("etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-"):
+                continue
+            st = p.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                what = ("link", os.readlink(p))
+            elif stat.S_ISDIR(st.st_mode):
+                what = ("dir", "")
+            else:
+                what = ("file", hashlib.sha256(p.read_bytes()).hexdigest())
+            out[rel] = (*what, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    return out
+
+
+def _fake_root(root: Path) -> None:
+    """A root directory like a system's: its account files, /opt, /var/lib, and a unit
+    folder another service is enabled in (systemctl disable removes an emptied one)."""
+    wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "ssh.service").symlink_to("/lib/systemd/system/ssh.service")
+    for d in ("opt", "var/lib"):
+        (root / d).mkdir(parents=True)
+    for name in ("passwd", "group", "shadow", "gshadow", "login.defs"):
+        shutil.copy2(Path("/etc") / name, root / "etc" / name)
+
+
+def _owner(root: Path, db: str, name: str) -> int:
+    for line in (root / "etc" / db).read_text().splitlines():
+        f = line.split(":")
+        if f[0] == name:
+            return int(f[2])
+    raise AssertionError(f"{name} not in {db}")
+
+
+def test_install_for_real_twice_then_purge_leaves_nothing(tmp_path, data_dir):
+    """A real install (no stubs) into a root directory: the package non-editable in the venv,
+    models fetched from the mirror, config, key, unit installed and enabled but not started
+    (no systemd here); a second run changes no file; --uninstall --purge restores the root."""
+    from timeouts import timeout_s
+
+    if os.geteuid() != 0:
+        msg = "a real install needs root (useradd, chown)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    root = tmp_path / "root"
+    _fake_root(root)
+    before = _tree(root)
+    mirror = data_dir.parent / "models"
+    work = tmp_path / "elsewhere"  # not the checkout: nothing may depend on the working directory
+    work.mkdir()
+
+    def install(*args: str) -> subprocess.CompletedProcess:
+        r = subprocess.run(["bash", str(SCRIPT), "--root", str(root), *args], capture_output=True, text=True,
+                           cwd=work, timeout=timeout_s(600))
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return r
+
+    first = install("--models-from", str(mirror), "--camera", "file")
+    assert "facegate.service is installed and enabled but not started" in first.stdout
+    venv = root / "opt" / "facegate" / "venv"
+    code = ("import facegate, importlib.metadata as md; d = md.distribution('facegate'); "
+            "print(facegate.__file__); print(d.read_text('direct_url.json') or '')")
+    r = subprocess.run([venv / "bin" / "python", "-c", code], capture_output=True, text=True, cwd=work,
+                       timeout=timeout_s(60))
+    module, direct_url = r.stdout.split("\n", 1)
+    assert Path(module).is_relative_to(venv) and '"editable": true' not in direct_url, r.stdout + r.stderr
+    r = subprocess.run([venv / "bin" / "facegate", "models", "verify", "--dir", root / "opt/facegate/models"],
+                       capture_output=True, text=True, cwd=work, timeout=timeout_s(120))
+    assert r.returncode == 0, r.stdout + r.stderr
+    cfg_path = root / "etc" / "facegate" / "facegate.toml"
+    cfg = config_mod.parse(cfg_path.read_text())
+    assert cfg.camera.source == "file" and cfg.models.dir == "/opt/facegate/models"
+    gid = _owner(root, "group", "facegate")
+    assert (stat.S_IMODE(cfg_path.stat().st_mode), cfg_path.stat().st_gid) == (0o640, gid)
+    key = root / "etc" / "facegate" / "signing.key"
+    assert (stat.S_IMODE(key.stat().st_mode), key.stat().st_uid) == (0o600, 0)
+    state = root / "var" / "lib" / "facegate"
+    assert state.stat().st_uid == _owner(root, "passwd", "facegate")
+    unit = root / "etc" / "systemd" / "system" / "facegate.service"
+    assert unit.read_bytes() == (REPO / "systemd" / "facegate.service").read_bytes()
+    wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants" / "facegate.service"
+    assert os.readlink(wants) == "/etc/systemd/system/facegate.service"
+    assert "gpio" in {ln.split(":")[0] for ln in (root / "etc" / "group").read_text().splitlines()}
+
+    installed = _tree(root)
+    second = install("--models-from", str(mirror), "--camera", "file")
+    assert _tree(root) == installed, "a second run changed files"
+    assert "package facegate is up to date" in second.stdout and "pip" not in second.stdout
+    assert "unit facegate.service is enabled" in second.stdout
+
+    install("--uninstall", "--purge")
+    assert _tree(root) == before, "--uninstall --purge left something behind"
