@@ -50,6 +50,16 @@ def test_decode_and_nms_merge_overlapping_boxes():
     assert np.allclose(box, [4 - 10, 4 - 10, 4 + 10, 4 + 10]) and score > 0.99
 
 
+def test_nms_keeps_a_box_of_negative_size_instead_of_crashing():
+    """A broken model (random regressors) can give boxes of negative width; each still
+    stands for itself (it used to raise IndexError: an empty cluster)."""
+    boxes = np.float32([[10, 10, 5, 5], [0, 0, 10, 10]])
+    kps = np.zeros((2, 6, 2), np.float32)
+    out = weighted_nms(boxes, kps, np.float32([0.9, 0.8]))
+    assert len(out) == 2 and out[0][2] == pytest.approx(0.9)
+    assert np.allclose(out[0][0], [10, 10, 5, 5])
+
+
 def test_similarity_transform_recovers_a_known_transform():
     rng = np.random.default_rng(0)
     src = rng.uniform(0, 200, (5, 2))

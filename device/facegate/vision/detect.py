@@ -95,6 +95,7 @@ def weighted_nms(boxes: np.ndarray, kps: np.ndarray, scores: np.ndarray,
         inter = ix * iy
         area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
         ious = inter / np.maximum(area + area[0] - inter, 1e-9)
+        ious[0] = 1.0  # the best box is in its own cluster, even one of no or negative size
         cluster = remaining[ious > iou_threshold]
         wts = scores[cluster][:, None]
         box = (boxes[cluster] * wts).sum(0) / wts.sum()
