@@ -155,4 +155,6 @@ def test_fetch_verify_and_demo_from_the_installed_wheel(installed, data_dir, sha
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert demo.stdout.count("signature verified (kid") == 2, demo.stdout
     assert "Traceback" not in demo.stderr
-    print("\nwheel test: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items()))
+    sims = [json.loads(r.stdout).get("similarity") for r in (same, diff)]
+    print(f"\nwheel test: similarity same {sims[0]}, different {sims[1]}; "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items()))
