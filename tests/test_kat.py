@@ -173,3 +173,29 @@ def test_selftest_fails_the_embed_line(tmp_path, model_dir, all_embed_garbage, c
     assert not checks["model embed"]["ok"]
     assert "no embed model passes its known-answer self-test" in checks["model embed"]["detail"]
     assert checks["model mesh"]["ok"] and "known answers" in checks["model mesh"]["detail"]
+
+
+def test_status_says_which_variant_and_why(tmp_path, model_dir, faces, monkeypatch, capsys):
+    """The daemon built with the int8 SFace computing garbage runs on fp32 and says so in
+    its status file and in `facegate status`."""
+    from facegate import daemon as daemon_mod
+
+    real = litert.make_runner
+    monkeypatch.setattr(litert, "make_runner",
+                        lambda path, n: GarbageRunner(real(path, n), "constant") if path.name == "sface_int8.tflite"
+                        else real(path, n))
+    conf = tmp_path / "facegate.toml"
+    conf.write_text(f'[camera]\nsource = "file"\npath = "{faces["video"]}"\n'
+                    f'[daemon]\nstate_dir = "{tmp_path}"\nliveness = "passive"\n[mqtt]\nenabled = false\n')
+    d = daemon_mod.build(config_mod.load(conf))
+    d._write_status()
+    doc = json.loads((tmp_path / daemon_mod.STATUS_FILE).read_text())
+    sel = doc["model_selftest"]
+    assert set(sel) == {"detect_short", "detect_full", "mesh", "embed", "pad_v2", "pad_v1se"}
+    assert sel["embed"]["variant"] == "fp32" and sel["embed"]["refused"][0].startswith("int8 refused: distinct")
+    assert doc["models"]["embed"] == sel["embed"]["sha256"]
+    assert sel["pad_v2"]["variant"] == "int8" and sel["pad_v2"]["kat_ms"] > 0
+    assert cli.main(["status", "--config", str(conf)]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("selftest"))
+    assert "embed=fp32 passed" in line and "ms; int8 refused: distinct inputs collapse" in line
+    d.outbox.close()

@@ -376,10 +376,8 @@ def _selftest_line(chosen: dict) -> str:
     long its test took, and any faster variant refused first (with why)."""
     parts = []
     for task, c in chosen.items():
-        text = f"{task}={c.get('variant')} passed ({c.get('kat_ms', 0):.0f} ms)"
-        if c.get("refused"):
-            text += f" after refusing {'; '.join(c['refused'])}"
-        parts.append(text)
+        refused = "".join(f"; {r}" for r in c.get("refused") or ())
+        parts.append(f"{task}={c.get('variant')} passed ({c.get('kat_ms', 0):.0f} ms{refused})")
     return ", ".join(parts) or "-"
 
 
