@@ -64,19 +64,15 @@ from paho.mqtt.properties import Properties  # noqa: E402
 from broker import Mosquitto, password  # noqa: E402
 from daemon_helpers import command as signed_command  # noqa: E402
 from facegate import signing  # noqa: E402  (key files and command signing only)
+from facegate.vocab import COMMAND_FIELDS, Refusal  # noqa: E402  (the contract's words)
 
 DEV = "kiosk-1"
 ROOT = f"facegate/v1/{DEV}"
 CMD = f"{ROOT}/cmd/verify"
 RESULT = f"{ROOT}/result"
 REPLIES = "facegate/v1/replies/soak"
-FIELDS = ("request_id", "nonce", "iat", "exp", "reference")
-# every reason a refused command is answered with (messages.parse_verify, Daemon.handle_inbound)
-DOCUMENTED = ({"too_large", "not_cose", "bad_header", "unknown_key", "bad_signature", "bad_payload",
-               "not_yet_valid", "expired", "lifetime_too_long", "replayed_request_id", "replayed_nonce",
-               "storage_full", "busy", "bad_challenge"}
-              | {f"missing_{f}" for f in FIELDS} | {f"bad_{f}" for f in FIELDS})
-SESSION_DECISIONS = {"match", "no_match", "spoof", "timeout", "no_face", "error"}
+FIELDS = COMMAND_FIELDS
+DOCUMENTED = frozenset(Refusal)  # every reason a refused command is answered with: the package's list
 MAX_COMMAND_BYTES = 2_000_000  # DaemonConfig.max_command_bytes default
 HANG_S = 10.0
 

@@ -7,6 +7,7 @@ PKG = Path(__file__).resolve().parents[1] / "device" / "facegate"
 ADAPTER_ONLY = {"ai_edge_litert", "tflite_runtime", "paho", "gpiozero", "picamera2", "lgpio", "systemd"}
 # room -> rooms it must not import
 FORBIDDEN = {
+    "vocab": {"types", "errors", "config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "messages", "signing", "outbox", "imageio", "modelstore"},
     "types": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat"},
     "errors": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat"},
     "config": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat"},

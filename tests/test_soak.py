@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import soak  # noqa: E402
 from facegate import signing  # noqa: E402
 from facegate.messages import CommandRejected, VerifyCommand, parse_verify  # noqa: E402
+from facegate.vocab import Refusal  # noqa: E402
 
 TOPIC = "facegate/v1/kiosk-1/cmd/verify"
 LIMITS = dict(max_bytes=2_000_000, max_age_s=300.0, skew_s=30.0, max_pixels=4_000_000)
@@ -50,7 +51,7 @@ def _parse(message: bytes, now: float | None = None):
     try:
         return parse_verify(message, TOPIC, KEYS, time.time() if now is None else now, **LIMITS)
     except CommandRejected as rej:
-        assert rej.reason in soak.DOCUMENTED, rej.reason
+        assert rej.reason in set(Refusal), rej.reason
         assert rej.request_id is None or isinstance(rej.request_id, str)
         assert rej.nonce is None or isinstance(rej.nonce, bytes)
         return rej.reason

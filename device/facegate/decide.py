@@ -5,9 +5,10 @@ import numpy as np
 
 from .config import VerifyConfig
 from .types import Decision, Detection, Quality
+from .vocab import FaceReason, Verdict
 
 MATCH, NO_MATCH, NO_FACE, SPOOF, TIMEOUT, REJECTED, ERROR = (
-    "match", "no_match", "no_face", "spoof", "timeout", "rejected", "error")
+    Verdict.MATCH, Verdict.NO_MATCH, Verdict.NO_FACE, Verdict.SPOOF, Verdict.TIMEOUT, Verdict.REJECTED, Verdict.ERROR)
 
 
 def prominence(det: Detection, frame_w: int, frame_h: int) -> float:
@@ -26,28 +27,28 @@ def choose_face(dets: list[Detection], frame_w: int, frame_h: int,
     `dominant_ratio` times more prominent than the next. Returns (face, None) or
     (None, reason)."""
     if not dets:
-        return None, "no_face"
+        return None, FaceReason.NO_FACE
     ranked = sorted(dets, key=lambda d: prominence(d, frame_w, frame_h), reverse=True)
     if len(ranked) > 1 and (prominence(ranked[0], frame_w, frame_h)
                             < dominant_ratio * prominence(ranked[1], frame_w, frame_h)):
-        return None, "multiple_faces"
+        return None, FaceReason.MULTIPLE_FACES
     return ranked[0], None
 
 
 def gate(q: Quality, presence: float, cfg: VerifyConfig) -> str | None:
     """First failed quality gate's name, or None when the face is usable."""
     if presence < cfg.min_face_presence:
-        return "no_face"
+        return FaceReason.NO_FACE
     if q.face_px < cfg.min_eye_distance_px:
-        return "face_too_small"
+        return FaceReason.FACE_TOO_SMALL
     if abs(q.yaw_deg) > cfg.max_yaw_deg or abs(q.pitch_deg) > cfg.max_pitch_deg:
-        return "pose_out_of_range"
+        return FaceReason.POSE_OUT_OF_RANGE
     if q.brightness < cfg.min_brightness:
-        return "too_dark"
+        return FaceReason.TOO_DARK
     if q.brightness > cfg.max_brightness:
-        return "too_bright"
+        return FaceReason.TOO_BRIGHT
     if q.sharpness < cfg.min_sharpness:
-        return "too_blurry"
+        return FaceReason.TOO_BLURRY
     return None
 
 
@@ -66,4 +67,4 @@ def fuse(embeddings: list[np.ndarray]) -> np.ndarray:
 def decide_match(similarity: float, threshold: float, quality: dict, frames_used: int = 1) -> Decision:
     """match when the cosine similarity reaches the threshold, else no_match."""
     verdict = MATCH if similarity >= threshold else NO_MATCH
-    return Decision(verdict, None if verdict == MATCH else "different_person", similarity, quality, frames_used)
+    return Decision(verdict, None if verdict == MATCH else FaceReason.DIFFERENT_PERSON, similarity, quality, frames_used)

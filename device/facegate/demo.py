@@ -49,8 +49,9 @@ from .imageio import decode_image
 from .messages import verify_command
 from .ports import Inbound
 from .signing import SignatureError, SigningKey, load_key, public_from_hex, sign, verify
+from .vocab import LivenessMode, Step
 
-LIVENESS_MODES = ("none", "passive", "active", "both")
+LIVENESS_MODES = tuple(LivenessMode)
 DEMO_DEVICE_ID = "demo-kiosk"
 DEFAULT_TIMEOUT_S = 120.0  # from daemon start to verified result
 STOP_TIMEOUT_S = 20.0
@@ -63,16 +64,16 @@ CLIP_SIZE = (640, 480)  # width, height in pixels
 CLIP_FPS = 15
 CLIP_SECONDS = 6.0
 CLIP_MAX_TILT_DEG = 50.0
-SAMPLE_CHALLENGE = ["turn_right", "turn_left"]
+SAMPLE_CHALLENGE = [Step.TURN_RIGHT, Step.TURN_LEFT]
 
 REPLAY_VIDEO = Path("data") / "replay" / "zubair" / "live.webm"
 SAMPLE_PHOTO = "samples/grace_hopper.jpg"  # in facegate.models (modelstore.resource)
 REPLAY_REFERENCE_FRAME = 20
-REPLAY_CHALLENGE = ["turn_right", "turn_left"]
+REPLAY_CHALLENGE = [Step.TURN_RIGHT, Step.TURN_LEFT]
 REPLAY_STEP_TIMEOUT_S = 10.0  # its turns come at the end of the 13 s clip
 
-STEP_PROMPTS = {"turn_left": "turn your head to your left", "turn_right": "turn your head to your right",
-                "blink": "blink"}
+STEP_PROMPTS = {Step.TURN_LEFT: "turn your head to your left", Step.TURN_RIGHT: "turn your head to your right",
+                Step.BLINK: "blink"}
 
 
 class DemoError(FacegateError):

@@ -22,8 +22,9 @@ import numpy as np
 
 from ..ports import Runner
 from ..vision.geometry import rotated_square
+from ..vocab import LivenessReason, Step
 
-STEPS = ("blink", "turn_left", "turn_right")
+STEPS = tuple(Step)
 # (outer corner, inner corner, three upper/lower lid pairs) of each eye in the mesh
 RIGHT_EYE = (33, 133, (159, 145), (158, 153), (160, 144))
 LEFT_EYE = (263, 362, (386, 374), (385, 380), (387, 373))
@@ -182,18 +183,18 @@ class Challenge:
             self._step_t0 = o.t_s
         if not o.face:
             if self._last_face_t is not None and o.t_s - self._last_face_t > self.opts.face_lost_s:
-                self._fail("face_changed")
+                self._fail(LivenessReason.FACE_CHANGED)
             elif o.t_s - self._step_t0 > self.opts.step_timeout_s:
-                self._fail("timeout")
+                self._fail(LivenessReason.TIMEOUT)
             return self.status
         self._last_face_t = o.t_s
         if o.similarity is not None and o.similarity < self.opts.min_similarity:
-            self._fail("face_changed")
+            self._fail(LivenessReason.FACE_CHANGED)
             return self.status
         self._observe_blink(o)
         self._observe_turn(o)
         if self.status == "running" and o.t_s - self._step_t0 > self.opts.step_timeout_s:
-            self._fail("timeout")
+            self._fail(LivenessReason.TIMEOUT)
         return self.status
 
     def _observe_turn(self, o: Observation) -> None:
@@ -206,7 +207,7 @@ class Challenge:
             return
         d = o.yaw_deg - base
         if abs(d) >= self.opts.turn_min_deg:
-            self._turned = "turn_left" if d > 0 else "turn_right"
+            self._turned = Step.TURN_LEFT if d > 0 else Step.TURN_RIGHT
         elif self._turned and abs(d) <= self.opts.turn_return_deg:
             done, self._turned = self._turned, None
             self.turns.append((done, o.t_s))
@@ -229,5 +230,5 @@ class Challenge:
             self._closed_t = None
             if closed_for <= self.opts.blink_max_closed_s:
                 self.blinks.append(o.t_s)
-                if self.step == "blink":
+                if self.step == Step.BLINK:
                     self._advance(o.t_s)

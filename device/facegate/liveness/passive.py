@@ -8,6 +8,7 @@ import numpy as np
 
 from ..types import Detection
 from ..vision.pad import PadModel
+from ..vocab import LivenessReason
 
 V2_SCALE, V1SE_SCALE = 2.7, 4.0
 
@@ -39,4 +40,4 @@ def fuse(frame_scores: list[float], threshold: float, min_frames: int) -> Passiv
     if len(frame_scores) < min_frames:
         return PassiveVerdict(False, 0.0, len(frame_scores), "too_few_frames")
     s = float(np.median(frame_scores))
-    return PassiveVerdict(s >= threshold, s, len(frame_scores), None if s >= threshold else "presentation_attack")
+    return PassiveVerdict(s >= threshold, s, len(frame_scores), None if s >= threshold else LivenessReason.PRESENTATION_ATTACK)
