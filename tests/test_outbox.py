@@ -112,3 +112,32 @@ def test_the_window_is_counted_back_from_the_lost_connection_not_from_the_reconn
     dl.connection_lost()
     dl.connected()
     assert ob.pending() == []  # connected for more than the window: nothing left to send again
+
+
+def test_a_clock_that_ran_ahead_cannot_reopen_the_replay_window(tmp_path):
+    """Records are dropped when their exp passes by the outbox clock. A clock stepped an
+    hour ahead drops them early; stepped back, the same command would look new, but its exp
+    is at or below the floor (the highest exp dropped), persisted across restarts."""
+    clock = Clock()
+    ob = Outbox(tmp_path / "o.sqlite", clock=clock)
+    exp = clock.t + 120
+    assert ob.remember("r1", b"n1", exp) is None
+    assert ob.remember("r1", b"n1", exp) == "same_command"
+    ob.expire()  # nothing has expired yet
+    assert ob.replay_floor == 0.0 and ob.remember("r1", b"n1", exp) == "same_command"
+    clock.t += 3600  # the clock steps ahead, the purge drops r1 ...
+    ob.expire()
+    assert ob.replay_floor == exp
+    clock.t -= 3600  # ... and back
+    assert ob.remember("r1", b"n1", exp) == "replay_floor"
+    assert ob.remember("r2", b"n2", exp) == "replay_floor"  # whatever its ids: it could have been seen
+    assert ob.remember("r3", b"n3", exp + 0.5) is None  # a later command is fine
+    ob.close()
+    again = Outbox(tmp_path / "o.sqlite", clock=clock)  # a restart keeps the floor
+    assert again.replay_floor == exp and again.remember("r1", b"n1", exp) == "replay_floor"
+    clock.t += 3600
+    again.expire()  # the floor only rises
+    assert again.replay_floor == exp + 0.5
+    clock.t -= 7200
+    again.expire()
+    assert again.replay_floor == exp + 0.5

@@ -15,6 +15,7 @@ from broker import Mosquitto, make_tls
 from daemon_helpers import DEV, DaemonProc
 from timeouts import timeout_s
 from facegate import config as config_mod
+from facegate.adapters.clock import SystemClock
 from facegate import selftest, signing
 
 READY, BUSY, PASS, FAIL, RELAY = 5, 6, 13, 19, 17
@@ -194,12 +195,16 @@ def test_status_of_a_running_daemon_then_of_none(tmp_path, broker, faces, backen
         assert text["device"].startswith(DEV) and text["state"] == "idle"
         assert text["broker"] == "connected" and text["camera"].startswith("ok, ")
         assert "embed=" in text["models"] and text["storage"] == "ok"
+        synced = SystemClock().synchronized()  # what this machine's kernel says, as the daemon asks it
+        assert text["clock"].startswith({True: "synchronised", False: "NOT synchronised",
+                                         None: "synchronisation unknown"}[synced]), text["clock"]
 
         r = run_cli("status", "--config", str(d.cfg), "--json")
         assert r.returncode == 0, r.stdout + r.stderr
         doc = json.loads(r.stdout)
         assert doc["running"] is True and doc["pid"] == d.proc.pid and doc["device_id"] == DEV
         assert doc["health"]["camera_ok"] is True and doc["broker"]["connected"] is True
+        assert doc["health"]["clock_synchronized"] is synced
         assert doc["kid"] == signing.kid_of(d.public).hex()
     finally:
         assert d.stop() == 0

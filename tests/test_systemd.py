@@ -140,6 +140,8 @@ def test_unit_declares_what_the_daemon_relies_on():
     assert lines["DevicePolicy"] == "closed"
     assert set(lines["SupplementaryGroups"].split()) == {"video", "gpio"}
     assert int(lines["WatchdogSec"]) > 0
+    # pulls in and waits for time-sync.target (issue 15: After= alone orders, never waits)
+    assert "time-sync.target" in lines["Wants"].split() and "time-sync.target" in lines["After"].split()
 
 
 def test_unit_passes_systemd_analyze_verify(tmp_path):

@@ -409,6 +409,8 @@ def cmd_status(args) -> int:
         ("selftest", _selftest_line(doc.get("model_selftest") or {})),
         ("outbox", f"{h.get('outbox_depth')} waiting, {h.get('outbox_expired')} expired, last seq {doc.get('last_seq')}"),
         ("storage", "ok" if h.get("storage_ok") else "LOW: new sessions refused"),
+        ("clock", {True: "synchronised", False: "NOT synchronised (commands may be refused as expired or "
+                   "not yet valid)"}.get(h.get("clock_synchronized"), "synchronisation unknown")),
         ("sessions", f"{h.get('sessions')} run, {h.get('rejected')} rejected"),
         ("latency", " ".join(f"{k}={v}ms" for k, v in (h.get("latency_ms") or {}).items()) or "-"),
         ("last", f"{last.get('decision')} ({last.get('reason')}) at {last.get('ts')}" if last else "-"),

@@ -37,7 +37,7 @@ from .feed import FrameFeed
 from .outbox import Outbox, OutboxError
 from .liveness.passive import PassiveLiveness
 from .pipeline import ACTIVE_MODES, PASSIVE_MODES, LivenessCheck, Verifier, liveness_check
-from .ports import Camera, Inbound, Indicators, Publisher
+from .ports import Camera, Clock, Inbound, Indicators, Publisher
 from .signing import load_or_create_key, public_from_hex, public_raw, kid_of, sign
 from .types import Decision, Frame
 
@@ -132,8 +132,12 @@ class Daemon:
     def __init__(self, cfg: Config, *, verifier: Verifier, passive: PassiveLiveness | None, eyes=None,
                  camera, open_camera: Callable[[], Camera], publisher: Publisher | None, indicators: Indicators,
                  notifier, models: dict[str, str], config_path: str | None = None,
-                 model_selftest: dict[str, dict] | None = None):
+                 model_selftest: dict[str, dict] | None = None, clock: Clock | None = None):
         self.cfg = cfg
+        if clock is None:
+            from .adapters.clock import SystemClock
+            clock = SystemClock()
+        self.clock = clock  # wall time for commands, results and the outbox; clock synchronisation
         self.config_path = config_path
         self.verifier, self.passive, self.eyes = verifier, passive, eyes
         self.camera = camera  # never ends: reopens itself (adapters.cameras.ReopeningCamera)
@@ -151,7 +155,7 @@ class Daemon:
         self.trusted = trusted_keys(cfg)
         self.policy = decision_policy(cfg)
         self.outbox = Outbox(self.state_dir / "outbox.sqlite", cfg.daemon.outbox_max_age_s, cfg.daemon.outbox_max_rows,
-                             keep_acked_s=cfg.mqtt.redeliver_s)
+                             clock=self.clock.time, keep_acked_s=cfg.mqtt.redeliver_s)
         self.health = Health()
         self.stop_flag = threading.Event()
         self.reload_flag = threading.Event()
@@ -189,7 +193,7 @@ class Daemon:
 
     def _publish_attest(self) -> None:
         payload = attest_payload(dev=self.cfg.device_id, kid=self.key.kid, public=self.key.public,
-                                 version=__version__, models=self.models, boot=self.boot, iat=time.time())
+                                 version=__version__, models=self.models, boot=self.boot, iat=self.clock.time())
         self.publisher.publish(self.topics.attest, sign(payload, self.key, self.topics.attest), qos=1, retain=True)
 
     def _publish_discovery(self) -> None:
@@ -216,7 +220,7 @@ class Daemon:
                     correlation: bytes | None = None) -> int | None:
         """Sign the result and store it in the outbox (then it will be delivered)."""
         def make(seq: int):
-            payload = result_payload(dev=self.cfg.device_id, boot=self.boot, seq=seq, iat=time.time(),
+            payload = result_payload(dev=self.cfg.device_id, boot=self.boot, seq=seq, iat=self.clock.time(),
                                      session=session, request_id=request_id, nonce=nonce, decision=decision,
                                      reason=reason, liveness=liveness or {}, quality=quality or {},
                                      models=self.models, policy=self.policy)
@@ -227,7 +231,7 @@ class Daemon:
         seq = self.delivery.store(make)  # None: held in memory until the disk has room
         self.health.decisions[decision] = self.health.decisions.get(decision, 0) + 1
         if self.publisher is not None:
-            self.publisher.publish(self.topics.event, event_json(session, request_id, decision, time.time()), qos=0)
+            self.publisher.publish(self.topics.event, event_json(session, request_id, decision, self.clock.time()), qos=0)
         return seq
 
     # -- commands ------------------------------------------------------------------------
@@ -253,7 +257,7 @@ class Daemon:
         rt = msg.response_topic if valid_response_topic(msg.response_topic) else None
         answer = dict(response_topic=rt, correlation=msg.correlation if rt else None)
         try:
-            cmd = parse_verify(msg.payload, msg.topic, self.trusted, time.time(), max_bytes=d.max_command_bytes,
+            cmd = parse_verify(msg.payload, msg.topic, self.trusted, self.clock.time(), max_bytes=d.max_command_bytes,
                                max_age_s=d.command_max_age_s, skew_s=d.clock_skew_s,
                                max_pixels=d.max_reference_pixels)
             # refusals that a retry may cure come before the request id and nonce are spent
@@ -365,7 +369,7 @@ class Daemon:
                          nonce=cmd.nonce, liveness=decision.liveness, quality=decision.quality,
                          response_topic=req.response_topic, correlation=req.correlation)
         self.health.last_decision = {"decision": decision.decision, "reason": decision.reason,
-                                     "session": session, "ts": round(time.time(), 3),
+                                     "session": session, "ts": round(self.clock.time(), 3),
                                      "ms": round((time.perf_counter() - t0) * 1000, 1)}
         react(self.indicators, decision.decision)
         self._set_state("idle")
@@ -390,6 +394,7 @@ class Daemon:
             "camera_ok": bool(self.feed and self.feed.ok),
             "models_ok": True,
             "storage_ok": self.storage_ok(),
+            "clock_synchronized": self.clock.synchronized(),  # None: cannot tell
             "sessions": self.health.sessions,
             "rejected": self.health.rejected,
             "dropped_inbound": self.health.dropped_inbound,
@@ -401,7 +406,7 @@ class Daemon:
 
     def _write_status(self) -> None:
         status = {"pid": os.getpid(), "device_id": self.cfg.device_id, "version": __version__,
-                  "boot": self.boot, "ts": round(time.time(), 3),
+                  "boot": self.boot, "ts": round(self.clock.time(), 3),
                   "state": dict(zip(("state", "step", "session"), self.state)),
                   "health": self.health_dict(), "last_decision": self.health.last_decision,
                   "broker": {"enabled": self.publisher is not None,
@@ -556,8 +561,9 @@ def install_signal_handlers(daemon: Daemon) -> None:
     signal.signal(signal.SIGHUP, daemon.request_reload)
 
 
-def build(cfg: Config, config_path: str | None = None) -> Daemon:
-    """A daemon with the real adapters named by the config (models verified on load)."""
+def build(cfg: Config, config_path: str | None = None, clock: Clock | None = None) -> Daemon:
+    """A daemon with the real adapters named by the config (models verified on load);
+    `clock`: the system clock unless given (tests step a FakeClock)."""
     from .adapters.cameras import ReopeningCamera, open_camera
     from .adapters.gpio import open_indicators
     from .adapters.litert import make_runner
@@ -588,4 +594,5 @@ def build(cfg: Config, config_path: str | None = None) -> Daemon:
     return Daemon(cfg, verifier=verifier, passive=passive, eyes=eyes, camera=ReopeningCamera.from_config(cfg.camera),
                   open_camera=lambda: open_camera(cfg.camera),
                   publisher=publisher, indicators=open_indicators(cfg.gpio), notifier=SystemdNotifier(), models=models,
-                  config_path=config_path, model_selftest={t: c.as_dict() for t, c in store.chosen.items()})
+                  config_path=config_path, model_selftest={t: c.as_dict() for t, c in store.chosen.items()},
+                  clock=clock)

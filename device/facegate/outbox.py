@@ -1,6 +1,9 @@
 """The on-disk outbox: signed results wait here (SQLite, WAL, synchronous=FULL) until the
 broker acknowledged them. Also holds the persisted sequence counter and the request ids /
-nonces of accepted commands (replay protection across restarts).
+nonces of accepted commands (replay protection across restarts and wall-clock steps: the
+records are dropped once their `exp` passed, and a persisted floor - the highest `exp`
+dropped - refuses every command at or below it, so a clock that ran ahead and came back
+cannot make an old command look new).
 
 A result gets its `seq` and is written in one transaction, so a crash or power cut either
 loses the whole not-yet-produced result or keeps it; `seq` never goes back. A result
@@ -174,7 +177,7 @@ class Outbox:
                         "SELECT DISTINCT seq FROM results WHERE acked IS NULL ORDER BY seq LIMIT ?", (over,))}
                 for s in seqs:
                     self._db.execute("DELETE FROM results WHERE seq = ? AND acked IS NULL", (s,))
-                self._db.execute("DELETE FROM seen WHERE exp < ?", (self.clock(),))
+                self._forget_seen(self.clock())
                 if seqs:
                     self._set_meta("expired", self._meta("expired") + len(seqs))
                 self._db.execute("COMMIT")
@@ -187,12 +190,38 @@ class Outbox:
             return len(seqs)
 
     # -- replay protection -------------------------------------------------------------
+    @property
+    def replay_floor(self) -> float:
+        """The highest `exp` of any forgotten command record (0.0: none yet). It only rises,
+        whatever the wall clock does afterwards."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'replay_floor'").fetchone()
+            return float(row[0]) if row else 0.0
+
+    def _forget_seen(self, now: float) -> None:
+        """Drop the records of commands expired by `now` (inside expire()'s transaction),
+        raising replay_floor to the highest exp dropped: a clock that runs ahead, even for
+        a moment, can make records go early, and once it is back those commands would look
+        new - so everything at or below the floor is refused from then on (remember())."""
+        gone = self._db.execute("SELECT MAX(exp) FROM seen WHERE exp < ?", (now,)).fetchone()[0]
+        if gone is None:
+            return
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'replay_floor'").fetchone()
+        if row is None or float(row[0]) < gone:
+            self._db.execute("INSERT INTO meta (key, value) VALUES ('replay_floor', ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (float(gone),))
+        self._db.execute("DELETE FROM seen WHERE exp < ?", (now,))
+
     def remember(self, request_id: str, nonce: bytes, exp: float) -> str | None:
-        """Record an accepted command; returns None, or 'replayed_request_id' /
-        'replayed_nonce' when either was seen before (and is not yet expired), or
-        'same_command' when this request id came before with this very nonce."""
+        """Record an accepted command (kept until `exp` passes); returns None, or
+        'replayed_request_id' / 'replayed_nonce' when either was seen before (and is not
+        yet expired), 'same_command' when this request id came before with this very nonce,
+        or 'replay_floor' when `exp` is at or below replay_floor: such a command's record
+        may be gone already, so whether it ran cannot be told, and it is refused."""
         with self._lock:
             try:
+                if exp <= self.replay_floor:
+                    return "replay_floor"
                 row = self._db.execute("SELECT nonce FROM seen WHERE request_id = ?", (request_id,)).fetchone()
                 if row:
                     return "same_command" if bytes(row[0]) == nonce else "replayed_request_id"

@@ -58,9 +58,14 @@ class Camera(Protocol):
 
 
 class Clock(Protocol):
+    """Monotonic seconds, wall-clock (Unix) seconds, and whether the wall clock is
+    synchronised to a time source (None: cannot tell)."""
+
     def monotonic(self) -> float: ...
 
     def time(self) -> float: ...
+
+    def synchronized(self) -> bool | None: ...
 
 
 class Indicators(Protocol):

@@ -95,6 +95,7 @@ class Refusal(StrEnum):
     LIFETIME_TOO_LONG = "lifetime_too_long"
     REPLAYED_REQUEST_ID = "replayed_request_id"
     REPLAYED_NONCE = "replayed_nonce"
+    REPLAY_FLOOR = "replay_floor"  # exp at or below the highest exp whose replay record was dropped
     STORAGE_FULL = "storage_full"
     BUSY = "busy"
 
