@@ -242,40 +242,28 @@ def test_keys_commands_point_to_the_credential_when_the_service_signs_with_one(t
     assert not (tmp_path / "signing.key").exists()
 
 
-def _rotate_with_status_pid(tmp_path, victim: subprocess.Popen) -> subprocess.CompletedProcess:
-    (tmp_path / "status.json").write_text(json.dumps({"pid": victim.pid}))  # the service user can write this
-    cfg = tmp_path / "cfg.toml"
-    cfg.write_text(f'[daemon]\nstate_dir = "{tmp_path}"\n')
-    return run("keys", "rotate", "--config", cfg, "--json")
-
-
-def test_keys_rotate_does_not_signal_a_pid_from_the_status_file_that_is_not_the_daemon(tmp_path):
-    """`keys rotate` as root used to SIGHUP whatever pid status.json named."""
-    victim = subprocess.Popen(["sleep", "60"])  # SIGHUP would end it
+@pytest.mark.parametrize("argv, user, why", [
+    (["sleep", "60"], None, "pid {pid} is not a facegate daemon"),
+    # a command line that reads `facegate run`, as another user than the state dir's owner
+    # (sh stays while sleep runs; SIGHUP would end it)
+    pytest.param(["/bin/sh", "-c", "sleep 60; exit 0", "/opt/facegate/venv/bin/facegate", "run"], 65534,
+                 "pid {pid} runs as uid 65534, not the service user (uid 0)",
+                 marks=pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as another user")),
+])
+def test_keys_rotate_does_not_signal_a_pid_from_the_status_file_that_is_not_the_daemon(tmp_path, argv, user, why):
+    """`keys rotate` as root used to SIGHUP whatever pid status.json named: a file the
+    service user can write."""
+    victim = subprocess.Popen(argv, user=user, group=user)
     try:
-        p = _rotate_with_status_pid(tmp_path, victim)
+        (tmp_path / "status.json").write_text(json.dumps({"pid": victim.pid}))
+        cfg = tmp_path / "cfg.toml"
+        cfg.write_text(f'[daemon]\nstate_dir = "{tmp_path}"\n')
+        p = run("keys", "rotate", "--config", cfg, "--json")
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["kid"] and (tmp_path / "signing.key").exists()
-        assert f"did not signal the status file's pid: pid {victim.pid} is not a facegate daemon" in p.stderr
+        assert "did not signal the status file's pid: " + why.format(pid=victim.pid) in p.stderr
         with pytest.raises(subprocess.TimeoutExpired):
-            victim.wait(0.5)
-    finally:
-        victim.kill()
-        victim.wait()
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as another user")
-def test_keys_rotate_does_not_signal_a_lookalike_daemon_of_another_user(tmp_path):
-    """A process whose command line reads `facegate run` but runs as another user than the
-    owner of the state directory (the service user) is not signalled either."""
-    argv = ["/bin/sh", "-c", "sleep 60; exit 0", "/opt/facegate/venv/bin/facegate", "run"]  # sh stays, SIGHUP ends it
-    victim = subprocess.Popen(argv, user=65534, group=65534)
-    try:
-        p = _rotate_with_status_pid(tmp_path, victim)
-        assert p.returncode == 0, p.stderr
-        assert f"pid {victim.pid} runs as uid 65534, not the service user (uid 0)" in p.stderr
-        with pytest.raises(subprocess.TimeoutExpired):
-            victim.wait(0.5)
+            victim.wait(0.5)  # still alive: not signalled
     finally:
         victim.kill()
         victim.wait()
