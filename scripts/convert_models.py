@@ -299,7 +299,7 @@ def build_data(args, src, work: Path):
     frames = pad_frames(data, det)
     groups = collections.Counter()
     meta = []
-    for name, label, subject, frame, box in frames:
+    for name, label, subject, _frame, _box in frames:
         g = (subject, label)
         meta.append(dict(name=name, label=label, subject=subject,
                          calib=is_pad_calib(name, subject, groups[g])))
@@ -428,6 +428,7 @@ def count_depthwise(path: Path) -> int:
 
 def onnx2tf_child(onnx_path: str, out_dir: str, disable_add_rescue: bool):
     import inspect
+
     import onnx2tf
     import onnx2tf.ops.Add as add_op
     if disable_add_rescue:
@@ -519,6 +520,7 @@ def enable_litert_verbose_log() -> bool:
     partitions" at VERBOSE, below the default minimum (INFO), and has no switch for it: lower
     the minimal logger's threshold in the loaded library (static symbol from .symtab)."""
     import ctypes
+
     import ai_edge_litert.interpreter as itp
     lib = Path(itp.__file__).parent / "libpywrap_litert_common.so"
     syms = _elf_symbols(lib, b"MinimalLogger21minimum_log_severity_")
@@ -539,8 +541,9 @@ def enable_litert_verbose_log() -> bool:
 def measure_child(spec_path: str):
     import re
     import time
-    from ai_edge_litert.interpreter import Interpreter
+
     import ai_edge_litert
+    from ai_edge_litert.interpreter import Interpreter
     spec = json.loads(Path(spec_path).read_text())
     verbose = enable_litert_verbose_log()
     pat = re.compile(r"Replacing (\d+) out of (\d+) node\(s\) with delegate \(TfLiteXNNPackDelegate\) "
@@ -910,7 +913,7 @@ def write_doc(path: Path, info, desc, meas, args, refs=()):
     cnt = collections.Counter((x["subject"], x["label"]) for x in cal)
     L.append(f"MiniFASNet calibration (both models, each at its own crop scale): {len(cal)} crops: "
              f"every 2nd NUAA frame (labels.csv order) of subjects {', '.join(NUAA_CALIB_SUBJECTS)}, live and "
-             "print_attack (" + ", ".join(f"{s} {l} {n}" for (s, l), n in sorted(cnt.items())) + "), plus "
+             "print_attack (" + ", ".join(f"{s} {lab} {n}" for (s, lab), n in sorted(cnt.items())) + "), plus "
              "silent_face image_T1 (live), image_F1 (print), image_F2 (screen, rotated upright). "
              "Evaluation: all NUAA frames with a detected face "
              f"({sum(1 for x in desc['pad'] if x['subject'] != 'silent_face')}); held-out = subjects "

@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lfw import eer, fold_accuracy, read_pairs, roc, threshold_at_far  # noqa: E402
-
 from facegate import config as config_mod  # noqa: E402
 from facegate.cli import build_verifier  # noqa: E402
 from facegate.imageio import read_image  # noqa: E402
 from facegate.vision.embed import cosine  # noqa: E402
+from lfw import eer, fold_accuracy, read_pairs, roc, threshold_at_far  # noqa: E402
 
 
 def main() -> int:

@@ -213,7 +213,7 @@ def main() -> int:
     else:
         print("silent_face: skipped")
     # -- active challenge events vs annotations ---------------------------------------------
-    for rel, note in notes["blink_clips"].items():
+    for rel in notes["blink_clips"]:
         if (args.data / rel).is_file():
             with FileCamera(args.data / rel) as cam:
                 videos[rel] = [analyse(fr.image, fr.seq, fr.t_mono_s, score=False)[1] for fr in cam.frames()]

@@ -28,11 +28,11 @@ import numpy as np
 
 from facegate import __version__, kat, modelstore
 from facegate.adapters import litert
+from facegate.liveness.challenge import LEFT_EYE, RIGHT_EYE
 from facegate.types import Detection
 from facegate.vision.align import five_points
 from facegate.vision.detect import SHORT_RANGE, FaceDetector
 from facegate.vision.mesh import FaceMesh, roi_from_detection
-from facegate.liveness.challenge import LEFT_EYE, RIGHT_EYE
 
 KAT_SRC = Path(__file__).resolve().parents[1] / "models" / "kat"  # the checkout's copy (a dev tool)
 IMAGE = "face128.png"

@@ -104,7 +104,7 @@ def test_no_more_than_max_inflight_wait_for_an_ack(rig):
     r.pub.after_publish = lambda s: waiting.append(len(r.pub.unacked))
     r.store(6)
     for done in range(1, 6):
-        r.pub.wait_for(lambda p: len(p.published) == done + 1)
+        r.pub.wait_for(lambda p, n=done + 1: len(p.published) == n)
         r.pub.ack(1)
     r.pub.wait_for(lambda p: len(p.published) == 6)
     r.pub.ack()

@@ -12,11 +12,12 @@ invalid topic) is dropped and counted rather than blocking the rows behind it.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from .outbox import Outbox, OutboxError
 from .ports import Publisher
@@ -33,7 +34,7 @@ class Delivery:
         self.undeliverable = 0  # rows dropped because no broker takes their topic
         self._cv = threading.Condition()
         self._inflight: dict[tuple[int, str], float] = {}
-        self._held: deque = deque()  # result makers waiting for disk space, in order
+        self._held: deque[Callable[[int], list]] = deque()  # result makers waiting for disk space, in order
         self._store_lock = threading.Lock()
         self._acked_unrecorded: set[tuple[int, str]] = set()  # PUBACKed, not yet deleted (disk full)
         self._stop = threading.Event()
@@ -162,7 +163,7 @@ class Delivery:
                 self._inflight[key] = now
             try:
                 sent = p.publish(r.topic, r.message, qos=1, correlation=r.correlation,
-                                 on_ack=lambda key=key: self._acked(key))
+                                 on_ack=functools.partial(self._acked, key))
             except ValueError as exc:  # a topic no broker takes: drop it, counted, never block
                 log.error("result %d cannot be published on %r (%s): dropped", r.seq, r.topic, exc)
                 self.undeliverable += 1

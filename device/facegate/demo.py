@@ -34,9 +34,9 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -49,7 +49,7 @@ from .imageio import decode_image
 from .messages import verify_command
 from .ports import Inbound
 from .signing import SignatureError, SigningKey, load_key, public_from_hex, sign, verify
-from .vocab import LivenessMode, Step
+from .vocab import LivenessMode, LivenessReason, Step
 
 LIVENESS_MODES = tuple(LivenessMode)
 DEMO_DEVICE_ID = "demo-kiosk"
@@ -64,15 +64,20 @@ CLIP_SIZE = (640, 480)  # width, height in pixels
 CLIP_FPS = 15
 CLIP_SECONDS = 6.0
 CLIP_MAX_TILT_DEG = 50.0
-SAMPLE_CHALLENGE = [Step.TURN_RIGHT, Step.TURN_LEFT]
+SAMPLE_CHALLENGE: list[str] = [Step.TURN_RIGHT, Step.TURN_LEFT]
 
 REPLAY_VIDEO = Path("data") / "replay" / "zubair" / "live.webm"
 SAMPLE_PHOTO = "samples/grace_hopper.jpg"  # in facegate.models (modelstore.resource)
 REPLAY_REFERENCE_FRAME = 20
-REPLAY_CHALLENGE = [Step.TURN_RIGHT, Step.TURN_LEFT]
+REPLAY_CHALLENGE: list[str] = [Step.TURN_RIGHT, Step.TURN_LEFT]
 REPLAY_STEP_TIMEOUT_S = 10.0  # its turns come at the end of the 13 s clip
 
-STEP_PROMPTS = {Step.TURN_LEFT: "turn your head to your left", Step.TURN_RIGHT: "turn your head to your right",
+SPOOF_WHY: dict[str, str] = {
+    LivenessReason.PRESENTATION_ATTACK: "the passive model judged the face not live (a presentation attack)",
+    LivenessReason.TIMEOUT: "a challenge step was not seen within its step timeout",
+    LivenessReason.FACE_CHANGED: "the tracked face was lost, replaced or changed during the session",
+    LivenessReason.CHALLENGE_INCOMPLETE: "the challenge was not completed"}
+STEP_PROMPTS: dict[str, str] = {Step.TURN_LEFT: "turn your head to your left", Step.TURN_RIGHT: "turn your head to your right",
                 Step.BLINK: "blink"}
 
 
@@ -154,12 +159,12 @@ def tilted(photo: np.ndarray, scale: float, dx: float, dy: float, tilt_deg: floa
     h, w = photo.shape[:2]
     f = 1.2 * W
     a = math.radians(tilt_deg)
-    corners = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
     out = []
-    for x, y in corners - np.float32([w / 2, h / 2]):
+    for x, y in corners - np.array([w / 2, h / 2], np.float32):
         X, Z = x * math.cos(a), x * math.sin(a) + f
         out.append([f * X / Z * scale + W / 2 + dx, f * y / Z * scale + H / 2 + dy])
-    m = cv2.getPerspectiveTransform(corners, np.float32(out))
+    m = cv2.getPerspectiveTransform(corners, np.array(out, np.float32))
     grey = np.full((H, W, 3), (92, 96, 100), np.uint8)
     return cv2.warpPerspective(photo, m, (W, H), dst=grey, flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_TRANSPARENT)
@@ -180,7 +185,7 @@ def clip_frames(photo: np.ndarray) -> list[np.ndarray]:
 
 def _write_clip(frames: list[np.ndarray], path: Path) -> None:
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    w = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), CLIP_FPS, CLIP_SIZE)
+    w = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), CLIP_FPS, CLIP_SIZE)
     if not w.isOpened():
         raise DemoError(f"OpenCV cannot write an MPEG-4 video to {tmp}")
     try:
@@ -390,10 +395,7 @@ def explain(payload: dict) -> str:
         return ("match: the face in the frames is the reference's person (the similarity never leaves the "
                 "device)" + (f" and liveness held{tail}" if checks else ", no liveness asked"))
     if d == "spoof":
-        why = {"presentation_attack": "the passive model judged the face not live (a presentation attack)",
-               "timeout": "a challenge step was not seen within its step timeout",
-               "face_changed": "the tracked face was lost, replaced or changed during the session",
-               "challenge_incomplete": "the challenge was not completed"}.get(r, r)
+        why = SPOOF_WHY.get(str(r), str(r))
         return f"spoof ({r}): {why}{tail}; never a match, whatever the faces' similarity"
     if d == "no_match":
         return f"no_match ({r}): a usable face was found but it is not the reference's person"

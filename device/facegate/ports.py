@@ -5,8 +5,9 @@ only sees these protocols.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -111,4 +112,4 @@ class Publisher(Protocol):
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
                 correlation: bytes | None = None, on_ack: Callable[[], None] | None = None) -> bool: ...
 
-    def stop(self, last: list[tuple[str, bytes]] = ()) -> None: ...
+    def stop(self, last: Sequence[tuple[str, bytes]] = ()) -> None: ...

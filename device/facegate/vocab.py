@@ -100,12 +100,12 @@ class Refusal(StrEnum):
     BUSY = "busy"
 
     @classmethod
-    def missing(cls, field: str) -> "Refusal":
+    def missing(cls, field: str) -> Refusal:
         """missing_<field> for a required command field (ValueError for another name)."""
         return cls(f"missing_{field}")
 
     @classmethod
-    def bad(cls, field: str) -> "Refusal":
+    def bad(cls, field: str) -> Refusal:
         """bad_<field> for a command field (ValueError for another name)."""
         return cls(f"bad_{field}")
 
@@ -132,7 +132,7 @@ class FaceReason(StrEnum):
     REFERENCE_TOO_BRIGHT = "reference_too_bright"
     REFERENCE_TOO_BLURRY = "reference_too_blurry"
 
-    def of_reference(self) -> "FaceReason":
+    def of_reference(self) -> FaceReason:
         """The same gate failed on the reference portrait (reference_<reason>)."""
         return FaceReason(f"reference_{self.value}")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Iterator
 
 from ..config import CameraConfig
 from ..errors import CameraError, FacegateError, InputError
@@ -100,7 +100,7 @@ class ReopeningCamera:
         self.failing = False  # between a failure and the next delivered frame
 
     @classmethod
-    def from_config(cls, cfg: CameraConfig, path_override: str | None = None, **kw) -> "ReopeningCamera":
+    def from_config(cls, cfg: CameraConfig, path_override: str | None = None, **kw) -> ReopeningCamera:
         """The camera from config; kw: clock / sleep for tests."""
         return cls(lambda: open_camera(cfg, path_override), cfg.reopen_min_s, cfg.reopen_max_s,
                    cfg.frame_timeout_s, **kw)

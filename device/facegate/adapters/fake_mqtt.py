@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from ..ports import Inbound
 
@@ -126,7 +126,7 @@ class FakePublisher:
         """The payloads published on `topic`, in order."""
         return [s.payload for s in self.published if s.topic == topic]
 
-    def wait_for(self, pred: Callable[["FakePublisher"], object], timeout_s: float = 10.0):
+    def wait_for(self, pred: Callable[[FakePublisher], object], timeout_s: float = 10.0):
         """Block until pred(self) is truthy (re-checked on every event); returns its value.
         Raises TimeoutError with the last events."""
         deadline = time.monotonic() + timeout_s

@@ -7,8 +7,8 @@ is deterministic whether it runs in real time or as fast as possible.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 
@@ -29,7 +29,7 @@ class FileCamera:
         self.realtime = realtime
         self.loop = loop
         self.max_bytes, self.max_pixels = max_bytes, max_pixels
-        self._cap = None
+        self._cap: cv2.VideoCapture | None = None
         self._closed = False
         if not self.path.exists():
             raise InputError(f"{self.path} does not exist")
@@ -38,7 +38,7 @@ class FileCamera:
         if self.path.is_file() and self.path.stat().st_size > max_bytes:
             raise InputError(f"{self.path.name} is too large ({self.path.stat().st_size} bytes)")
 
-    def __enter__(self) -> "FileCamera":
+    def __enter__(self) -> FileCamera:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -62,18 +62,18 @@ class FileCamera:
 
     def _video(self) -> Iterator[tuple]:
         with quiet_stderr():  # FFmpeg prints its own lines on unreadable files
-            self._cap = cv2.VideoCapture(str(self.path))
-        if not self._cap.isOpened():
+            self._cap = cap = cv2.VideoCapture(str(self.path))
+        if not cap.isOpened():
             raise InputError(f"{self.path.name} is not a readable image or video")
-        fps = self._cap.get(cv2.CAP_PROP_FPS) or self.fps
+        fps = cap.get(cv2.CAP_PROP_FPS) or self.fps
         i = 0
         while not self._closed:
-            ok, img = self._cap.read()
+            ok, img = cap.read()
             if not ok or img is None:
                 break
             if img.shape[0] * img.shape[1] > self.max_pixels:
                 raise InputError(f"{self.path.name}: frames too large ({img.shape[1]}x{img.shape[0]})")
-            t_ms = self._cap.get(cv2.CAP_PROP_POS_MSEC)
+            t_ms = cap.get(cv2.CAP_PROP_POS_MSEC)
             yield img, (t_ms / 1000.0 if t_ms > 0 or i == 0 else i / fps)
             i += 1
         if i == 0:

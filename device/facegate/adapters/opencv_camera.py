@@ -5,7 +5,7 @@ import os
 import re
 import sys
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -51,6 +51,7 @@ class OpenCVCamera:
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(cfg.frame_timeout_s * 1000),
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(cfg.frame_timeout_s * 1000)]
         backend = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
+        self._cap: cv2.VideoCapture | None
         try:
             self._cap = cv2.VideoCapture(dev, backend, params)
         except cv2.error as exc:
@@ -59,13 +60,13 @@ class OpenCVCamera:
             self._cap.release()
             raise CameraError(f"cannot open {node} as a V4L2 capture device")
         # MJPG lets most USB webcams deliver 720p at 15+ fps over USB 2
-        self._cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
+        self._cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*"MJPG"))
         self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
         self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
         self._cap.set(cv2.CAP_PROP_FPS, cfg.fps)
         self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a stale queue
 
-    def __enter__(self) -> "OpenCVCamera":
+    def __enter__(self) -> OpenCVCamera:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -74,7 +75,10 @@ class OpenCVCamera:
     def frames(self) -> Iterator[Frame]:
         seq = 0
         while not self._closed:
-            ok, img = self._cap.read()
+            cap = self._cap
+            if cap is None:  # closed meanwhile
+                return
+            ok, img = cap.read()
             if self._closed:
                 return
             if not ok or img is None or img.size == 0:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -60,14 +60,9 @@ class Picamera2Camera:
         self._closed = False
         self._offset_s = 0.0  # added to SensorTimestamp / 1e9 to get Frame.t_mono_s
         self._warned_no_stamp = False
-        if picamera2_cls is None:
-            try:
-                from picamera2 import Picamera2 as picamera2_cls
-            except ImportError as exc:
-                raise CameraError(f"picamera2 is not importable ({exc}); on Raspberry Pi OS: apt install "
-                                  "python3-picamera2, and make the venv with --system-site-packages") from None
+        factory = picamera2_cls or _picamera2_class()
         try:
-            self._cam = picamera2_cls(camera_num)
+            self._cam = factory(camera_num)
         except Exception as exc:  # picamera2 raises RuntimeError / IndexError when absent
             raise CameraError(f"no Pi camera {camera_num}: {exc} (see `rpicam-hello --list-cameras`)") from None
         try:
@@ -84,7 +79,7 @@ class Picamera2Camera:
             self._close_cam()
             raise CameraError(f"Pi camera {camera_num} could not be configured / started: {exc}") from None
 
-    def __enter__(self) -> "Picamera2Camera":
+    def __enter__(self) -> Picamera2Camera:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -144,6 +139,16 @@ class Picamera2Camera:
                 step()
             except Exception:
                 pass
+
+
+def _picamera2_class():
+    """picamera2.Picamera2, imported only when a Pi camera is opened."""
+    try:
+        from picamera2 import Picamera2
+    except ImportError as exc:
+        raise CameraError(f"picamera2 is not importable ({exc}); on Raspberry Pi OS: apt install "
+                          "python3-picamera2, and make the venv with --system-site-packages") from None
+    return Picamera2
 
 
 def yuv420_to_bgr(yuv: np.ndarray, width: int, height: int) -> np.ndarray:
