@@ -96,7 +96,7 @@ class GpioConfig(_Section):
     relay_pin: int | None = Field(None, ge=0, le=53, description="Relay pulsed once on every match (turnstile, card dispenser)")
     relay_active_high: bool = Field(True, description="Relay energised by a high level (false = active low)")
     relay_pulse_ms: int = Field(1000, ge=10, le=60_000, description="Length of the relay pulse, milliseconds")
-    button_pin: int | None = Field(None, ge=0, le=53, description="Start button (pulled up, pressed = low): starts a local session when a reference is waiting")
+    button_pin: int | None = Field(None, ge=0, le=53, description="Cancel button (pulled up, pressed = low): a press ends the running session, decided error / cancelled; ignored while idle")
     buzzer_pin: int | None = Field(None, ge=0, le=53, description="Optional buzzer, beeps on each decision")
     result_show_s: float = Field(3.0, ge=0, description="How long the pass / fail LED stays lit, seconds")
 

@@ -158,6 +158,8 @@ class Daemon:
                              clock=self.clock.time, keep_acked_s=cfg.mqtt.redeliver_s)
         self.health = Health()
         self.stop_flag = threading.Event()
+        self.cancel_flag = threading.Event()  # the button was pressed during the running session
+        indicators.on_button(self._button_pressed)
         self.reload_flag = threading.Event()
         self.state = ("idle", None, None)
         self.inbound: queue.Queue = queue.Queue(maxsize=256)
@@ -295,8 +297,15 @@ class Daemon:
         return liveness_check(self.cfg.liveness, self.cfg.daemon.liveness, steps, random.SystemRandom(),
                               self.passive, self.eyes)
 
-    def _session_frames(self, session: str, liveness: LivenessCheck | None, timed_out: list) -> Iterator[Frame]:
-        """Frames for one session, until the session timeout (in frame time) or stop."""
+    def _button_pressed(self) -> None:
+        """gpiozero's thread: a press ends the running session (cancelled); idle, it does
+        nothing: a session needs a command, which brings the reference."""
+        if self.state[0] != "idle":
+            self.cancel_flag.set()
+
+    def _session_frames(self, session: str, liveness: LivenessCheck | None, ended: list) -> Iterator[Frame]:
+        """Frames for one session, until the session timeout (in frame time), a press of
+        the button or stop; `ended` gets "timeout" or "cancelled" when those end it."""
         cam_cfg = self.cfg.camera
         own = None
         if cam_cfg.source == "file" and cam_cfg.restart_each_session:
@@ -309,9 +318,12 @@ class Daemon:
             for frame in source:
                 if self.stop_flag.is_set():
                     return
+                if self.cancel_flag.is_set():
+                    ended.append("cancelled")
+                    return
                 t0 = frame.t_mono_s if t0 is None else t0
                 if frame.t_mono_s - t0 > self.cfg.daemon.session_timeout_s:
-                    timed_out.append(True)
+                    ended.append("timeout")
                     return
                 self._progress()
                 yield frame
@@ -334,6 +346,7 @@ class Daemon:
         self.health.sessions += 1
         self.indicators.show("busy")
         liveness = self._liveness(cmd.challenge)
+        self.cancel_flag.clear()  # a press before this session does not end it
         self._set_state("waiting_face", None, session)
 
         def on_frame(face: bool) -> None:
@@ -343,13 +356,16 @@ class Daemon:
             if face and ch is not None and ch.step:
                 self._set_state("challenge", ch.step, session)
 
-        timed_out: list = []
+        ended: list[str] = []
         t0 = time.perf_counter()
         try:
             decision, timings = self.verifier.verify_frames(
-                cmd.reference, self._session_frames(session, liveness, timed_out), liveness,
+                cmd.reference, self._session_frames(session, liveness, ended), liveness,
                 stop_early=True, on_frame=on_frame)
-            if timed_out and decision.decision == NO_FACE:
+            timed_out = "timeout" in ended
+            if "cancelled" in ended:
+                decision = Decision("error", "cancelled", None, decision.quality, 0, decision.liveness)
+            elif timed_out and decision.decision == NO_FACE:
                 decision = Decision("timeout", "no_face_in_time", None, decision.quality, 0, decision.liveness)
             elif timed_out and decision.decision == SPOOF and decision.reason == "challenge_incomplete":
                 decision = Decision("timeout", "challenge_incomplete", None, decision.quality,

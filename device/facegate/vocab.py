@@ -154,6 +154,7 @@ class Failure(StrEnum):
     PIPELINE_ERROR = "pipeline_error"
     INTERNAL_ERROR = "internal_error"
     SHUTTING_DOWN = "shutting_down"  # queued when the daemon stopped cleanly
+    CANCELLED = "cancelled"  # the person pressed the button (gpio.button_pin) during the session
     BAD_INPUT = "bad_input"  # `facegate verify`: an unreadable file (exit code 2)
 
 

@@ -1,4 +1,4 @@
-"""Status LEDs (or one RGB LED), the relay, the start button and the buzzer via gpiozero.
+"""Status LEDs (or one RGB LED), the relay, the cancel button and the buzzer via gpiozero.
 
 The pin factory is chosen explicitly (gpio.pin_factory): "" = gpiozero's default on a Pi
 (lgpio on a Pi 5 and, on current Raspberry Pi OS, a Pi 4), "mock" = gpiozero's
@@ -177,7 +177,7 @@ class GpiozeroIndicators:
             try:
                 cb()
             except Exception:
-                log.exception("start button callback failed")
+                log.exception("button callback failed")
 
     def close(self) -> None:
         with self._lock:
