@@ -1,5 +1,6 @@
-"""Helpers for the daemon tests: `facegate run` as a subprocess, signed commands, and an
-independent COSE_Sign1 verifier (plain cbor2 + cryptography, no facegate code)."""
+"""Helpers for the daemon tests: `facegate run` as a subprocess or the daemon in process,
+signed commands, and an independent COSE_Sign1 verifier (plain cbor2 + cryptography, no
+facegate code)."""
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +9,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import cbor2
@@ -54,7 +57,7 @@ class DaemonProc:
             + f'trusted_keys = ["{backend_key.public.hex()}"]\n' + extra)
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "DaemonProc":
+    def start(self) -> DaemonProc:
         self.log = open(self.dir / "daemon.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "facegate.cli", "run", "--config", str(self.cfg)],
                                      stdout=self.log, stderr=self.log)
@@ -79,6 +82,58 @@ class DaemonProc:
 
     def logtext(self) -> str:
         return (self.dir / "daemon.log").read_text(errors="replace")
+
+
+def local_config(device_id: str, state_dir, video, backend_key, camera: str = "", daemon: str = "",
+                 liveness: str = "", gpio: str = "") -> str:
+    """A terminal's TOML with MQTT off and GPIO on gpiozero's mock pins: the video file as
+    its camera; each string adds lines to its section."""
+    return (f'device_id = "{device_id}"\n[camera]\nsource = "file"\npath = "{video}"\n{camera}'
+            f'[daemon]\nstate_dir = "{state_dir}"\n{daemon}[liveness]\n{liveness}'
+            f'[mqtt]\nenabled = false\ntrusted_keys = ["{backend_key.public.hex()}"]\n'
+            f'[gpio]\nenabled = true\npin_factory = "mock"\n{gpio}')
+
+
+@contextmanager
+def in_process(config_text: str, ready_s: float = 30.0):
+    """The daemon built from this TOML (MQTT off) with its loop on a thread, yielded once
+    ready; stopped afterwards. gpiozero's mock pins are reset before and after."""
+    from gpiozero.pins.mock import MockFactory
+
+    from facegate import config as config_mod
+    from facegate import daemon as daemon_mod
+
+    MockFactory().reset()
+    d = daemon_mod.build(config_mod.parse(config_text))
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + ready_s
+        while not d.ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert d.ready
+        yield d
+    finally:
+        d.request_stop()
+        t.join(30)
+        MockFactory().reset()
+
+
+def ask(d, key, reference: bytes, challenge: list[str] | None = None) -> str:
+    """Hand an in-process daemon a signed verify command; returns its request_id."""
+    from facegate.ports import Inbound
+
+    msg, payload = command(key, reference, topic=d.topics.cmd_verify,
+                           **({} if challenge is None else {"challenge": challenge}))
+    d.handle_inbound(Inbound(d.topics.cmd_verify, msg))
+    return payload["request_id"]
+
+
+def outbox_payloads(d) -> dict[str, dict]:
+    """request_id -> payload of each signed result waiting in an in-process daemon's
+    outbox (verified independently)."""
+    return {p["request_id"]: p for p in (independent_verify(row.message, d.key.public, row.topic)
+                                         for row in d.outbox.pending(1000))}
 
 
 def wait_online(backend: Backend, timeout_s=60.0):

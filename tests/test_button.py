@@ -4,18 +4,11 @@ idle it does nothing, and a press before a session does not end the next one. Th
 in process, MQTT off, gpiozero's MockFactory pins."""
 from __future__ import annotations
 
-import os
-import threading
 import time
-import uuid
 
 import pytest
-from gpiozero.pins.mock import MockFactory
 
-from facegate import config as config_mod
-from facegate import daemon as daemon_mod
-from facegate import signing
-from facegate.ports import Inbound
+from daemon_helpers import ask, in_process, local_config, outbox_payloads
 from facegate.vocab import Failure, Verdict
 
 BUTTON, RELAY, PASS, FAIL = 27, 17, 13, 19
@@ -23,58 +16,17 @@ BUTTON, RELAY, PASS, FAIL = 27, 17, 13, 19
 
 @pytest.fixture
 def terminal(tmp_path, faces, backend_key, model_dir):
-    MockFactory().reset()
-    cfg = config_mod.parse(f'''
-device_id = "button-1"
-[camera]
-source = "file"
-path = "{faces["video"]}"
-realtime = true
-restart_each_session = true
-[daemon]
-state_dir = "{tmp_path}"
-liveness = "active"
-[liveness]
-step_timeout_s = 30.0
-[mqtt]
-enabled = false
-trusted_keys = ["{backend_key.public.hex()}"]
-[gpio]
-enabled = true
-pin_factory = "mock"
-led_pass = {PASS}
-led_fail = {FAIL}
-relay_pin = {RELAY}
-button_pin = {BUTTON}
-result_show_s = 0
-''')
-    d = daemon_mod.build(cfg)
-    t = threading.Thread(target=d.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 30
-    while not d.ready and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert d.ready
-    yield d
-    d.request_stop()
-    t.join(30)
-    MockFactory().reset()
-
-
-def ask(d, key, reference: bytes, challenge: list[str]) -> str:
-    topic, now, rid = d.topics.cmd_verify, int(time.time()), uuid.uuid4().hex
-    d.handle_inbound(Inbound(topic, signing.sign({"request_id": rid, "nonce": os.urandom(16), "iat": now,
-                                                  "exp": now + 120, "reference": reference,
-                                                  "challenge": challenge}, key, topic)))
-    return rid
+    with in_process(local_config(
+            "button-1", tmp_path, faces["video"], backend_key,
+            camera="realtime = true\nrestart_each_session = true\n",  # sessions last: the clip plays 13 s
+            daemon='liveness = "active"\n', liveness="step_timeout_s = 30.0\n",
+            gpio=f"led_pass = {PASS}\nled_fail = {FAIL}\nrelay_pin = {RELAY}\nbutton_pin = {BUTTON}\n"
+                 "result_show_s = 0\n")) as d:
+        yield d
 
 
 def results(d) -> dict:
-    out = {}
-    for row in d.outbox.pending(1000):
-        p = signing.verify(row.message, signing.public_from_hex(d.key.public.hex()), row.topic).payload
-        out[p["request_id"]] = (p["decision"], p["reason"])
-    return out
+    return {rid: (p["decision"], p["reason"]) for rid, p in outbox_payloads(d).items()}
 
 
 def wait(pred, timeout_s: float):

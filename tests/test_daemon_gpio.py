@@ -4,15 +4,11 @@ wait in the outbox, signed, while there is no broker."""
 from __future__ import annotations
 
 import os
-import threading
 import time
-import uuid
 
 import pytest
-from gpiozero.pins.mock import MockFactory
 
-from facegate import config as config_mod
-from facegate import daemon as daemon_mod
+from daemon_helpers import ask, in_process, local_config, outbox_payloads
 from facegate import signing
 from facegate.ports import Inbound
 
@@ -21,61 +17,16 @@ RELAY, READY, BUSY, PASS, FAIL = 17, 5, 6, 13, 19
 
 @pytest.fixture
 def terminal(tmp_path, faces, backend_key, model_dir):
-    MockFactory().reset()
-    cfg = config_mod.parse(f'''
-device_id = "gpio-1"
-[camera]
-source = "file"
-path = "{faces["video"]}"
-realtime = false
-[daemon]
-state_dir = "{tmp_path}"
-liveness = "both"
-[liveness]
-step_timeout_s = 10.0
-[mqtt]
-enabled = false
-trusted_keys = ["{backend_key.public.hex()}"]
-[gpio]
-enabled = true
-pin_factory = "mock"
-led_ready = {READY}
-led_busy = {BUSY}
-led_pass = {PASS}
-led_fail = {FAIL}
-relay_pin = {RELAY}
-relay_pulse_ms = 50
-result_show_s = 0
-''')
-    d = daemon_mod.build(cfg)
-    t = threading.Thread(target=d.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 30
-    while not d.ready and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert d.ready
-    yield d
-    d.request_stop()
-    t.join(30)
-    MockFactory().reset()
-
-
-def ask(d, key, reference: bytes, challenge) -> str:
-    topic = d.topics.cmd_verify
-    now = int(time.time())
-    rid = uuid.uuid4().hex
-    d.handle_inbound(Inbound(topic, signing.sign({"request_id": rid, "nonce": os.urandom(16), "iat": now,
-                                                  "exp": now + 120, "reference": reference,
-                                                  "challenge": challenge}, key, topic)))
-    return rid
+    with in_process(local_config(
+            "gpio-1", tmp_path, faces["video"], backend_key, camera="realtime = false\n",
+            daemon='liveness = "both"\n', liveness="step_timeout_s = 10.0\n",
+            gpio=f"led_ready = {READY}\nled_busy = {BUSY}\nled_pass = {PASS}\nled_fail = {FAIL}\n"
+                 f"relay_pin = {RELAY}\nrelay_pulse_ms = 50\nresult_show_s = 0\n")) as d:
+        yield d
 
 
 def decisions(d) -> dict:
-    out = {}
-    for row in d.outbox.pending(1000):
-        p = signing.verify(row.message, signing.public_from_hex(d.key.public.hex()), row.topic).payload
-        out[p["request_id"]] = p["decision"]
-    return out
+    return {rid: p["decision"] for rid, p in outbox_payloads(d).items()}
 
 
 def test_relay_pulses_once_per_match_and_never_otherwise(terminal, faces, backend_key):
