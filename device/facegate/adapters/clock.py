@@ -11,7 +11,6 @@ None when none of them can tell. Answers are cached for `cache_s`.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import subprocess
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ TIME_ERROR = 5  # adjtimex(2) clock state while STA_UNSYNC (or STA_CLOCKERR) is 
 
 def kernel_clock_synchronized() -> bool:
     """adjtimex(2) read-only; raises OSError (e.g. EPERM under a seccomp filter)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols: libc is loaded
     buf = ctypes.create_string_buffer(1024)  # struct timex, zeroed: modes = 0 (read only)
     state = libc.adjtimex(buf)
     if state < 0:
