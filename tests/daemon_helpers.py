@@ -95,16 +95,17 @@ def local_config(device_id: str, state_dir, video, backend_key, camera: str = ""
 
 
 @contextmanager
-def in_process(config_text: str, ready_s: float = 30.0):
-    """The daemon built from this TOML (MQTT off) with its loop on a thread, yielded once
-    ready; stopped afterwards. gpiozero's mock pins are reset before and after."""
+def in_process(config_text: str, ready_s: float = 30.0, clock=None):
+    """The daemon built from this TOML (MQTT off, unless the TOML says otherwise) with its
+    loop on a thread, yielded once ready; stopped afterwards. gpiozero's mock pins are
+    reset before and after. `clock`: a ports.Clock for its wall time (e.g. a FakeClock)."""
     from gpiozero.pins.mock import MockFactory
 
     from facegate import config as config_mod
     from facegate import daemon as daemon_mod
 
     MockFactory().reset()
-    d = daemon_mod.build(config_mod.parse(config_text))
+    d = daemon_mod.build(config_mod.parse(config_text), clock=clock)
     t = threading.Thread(target=d.run, daemon=True)
     t.start()
     try:

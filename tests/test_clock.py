@@ -3,15 +3,12 @@ clock stepped ahead and back; and how the system clock adapter tells whether the
 synchronised."""
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from broker import Backend, Mosquitto
-from daemon_helpers import ROOT, DaemonProc, command, results, wait_online, wait_result
-from facegate import config as config_mod
-from facegate import daemon as daemon_mod
+from daemon_helpers import ROOT, DaemonProc, command, in_process, results, wait_online, wait_result
 from facegate.adapters.clock import FakeClock, SystemClock, kernel_clock_synchronized
 
 
@@ -46,19 +43,15 @@ def stepped(tmp_path, faces, backend_key, model_dir):
     """The daemon built as `facegate run` builds it, with a FakeClock for its wall time."""
     (tmp_path / "broker").mkdir()
     broker = Mosquitto(tmp_path / "broker").start()
-    proc = DaemonProc(tmp_path, broker, faces, backend_key)  # only its config file is used
     clock = FakeClock(synced=False)
-    d = daemon_mod.build(config_mod.load(proc.cfg), str(proc.cfg), clock=clock)
-    t = threading.Thread(target=d.run, daemon=True)
-    t.start()
+    config = DaemonProc(tmp_path, broker, faces, backend_key).cfg.read_text()  # a terminal of the broker
     be = Backend(broker)
     try:
-        wait_online(be)
-        yield d, be, clock
+        with in_process(config, clock=clock) as d:
+            wait_online(be)
+            yield d, be, clock
     finally:
         be.close()
-        d.request_stop()
-        t.join(30)
         broker.stop()
 
 
