@@ -13,8 +13,8 @@ from __future__ import annotations
 import ctypes
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
 TIME_ERROR = 5  # adjtimex(2) clock state while STA_UNSYNC (or STA_CLOCKERR) is set
