@@ -47,6 +47,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +73,8 @@ CMD = f"{ROOT}/cmd/verify"
 RESULT = f"{ROOT}/result"
 REPLIES = "facegate/v1/replies/soak"
 FIELDS = COMMAND_FIELDS
-DOCUMENTED = frozenset(Refusal)  # every reason a refused command is answered with: the package's list
+DOCUMENTED = frozenset(Refusal)  # every reason a refused command is answered with or counted under in health's `ignored`
+CLOCK_SKEW_S = 30.0  # DaemonConfig.clock_skew_s default
 MAX_COMMAND_BYTES = 2_000_000  # DaemonConfig.max_command_bytes default
 HANG_S = 10.0
 
@@ -1013,6 +1015,7 @@ class Case:
     payload: bytes
     expect: str | None        # exact reason, "session", or None (any documented answer)
     authentic: bool = False
+    answerable: bool = False  # an answer is due (expect_answer); else the case must stay unanswered
     response_topic: str = REPLIES
     sent: float = 0.0
     answer: Res | None = None
@@ -1237,8 +1240,10 @@ def bomb_files(work: Path) -> dict[str, Path]:
 
 
 def classify(c: Case, public: bytes) -> str | None:
-    """None when the answer follows a documented rule, else why it does not."""
+    """None when the answer (or its absence) follows a documented rule, else why not."""
     a = c.answer
+    if not c.answerable:
+        return None if a is None else f"answered ({a.decision}/{a.reason}) though it must not be"
     if a is None:
         return "unanswered"
     if a.t - c.sent > HANG_S:
@@ -1265,6 +1270,30 @@ def authentic(payload: bytes, public: bytes) -> bool:
         return False
 
 
+def expect_answer(payload: bytes, public: bytes, family: str, now: float) -> bool:
+    """README's rule, judged independently: only an authentic command (signed by the
+    backend key for the command topic, at most max_command_bytes) whose payload is a map
+    with a well-typed request_id and nonce, not expired at `now` (wall clock) and not a
+    replay gets one signed answer; everything else is counted, never answered."""
+    if len(payload) > MAX_COMMAND_BYTES or family == "replay":
+        return False
+    try:
+        p = cose_verify(payload, public, CMD)
+        unprotected = cbor2.loads(payload).value[1]
+    except Exception:
+        return False
+    if not isinstance(p, dict) or not isinstance(unprotected, Mapping):  # RFC 9052: the unprotected header is a map
+        return False
+    rid, nonce, exp = p.get("request_id"), p.get("nonce"), p.get("exp")
+    if not (isinstance(rid, str) and 0 < len(rid) <= 128 and isinstance(nonce, bytes) and 0 < len(nonce) <= 64):
+        return False
+    try:
+        expired = not isinstance(exp, bool) and isinstance(exp, (int, float)) and float(exp) < now - CLOCK_SKEW_S
+    except OverflowError:
+        expired = False
+    return not expired
+
+
 def phase_fuzz(ctx: Ctx) -> None:
     a = ctx.args
     b = ctx.broker("fuzz-broker")
@@ -1282,6 +1311,7 @@ def phase_fuzz(ctx: Ctx) -> None:
 
         def fire(c: Case) -> None:
             c.authentic = authentic(c.payload, ctx.key.public)
+            c.answerable = expect_answer(c.payload, ctx.key.public, c.family, time.time())
             corr = len(cases).to_bytes(4, "big")
             cases.append(c)
             c.sent = time.monotonic()
@@ -1294,7 +1324,8 @@ def phase_fuzz(ctx: Ctx) -> None:
         pending: list[int] = []
         for i in range(n_main):
             fire(fz.next())
-            pending.append(len(cases) - 1)
+            if cases[-1].answerable:  # only answers are awaited; the rest is counted in health
+                pending.append(len(cases) - 1)
             while len(pending) >= window:
                 be.wait(lambda: pending[0].to_bytes(4, "big") in be.replies, HANG_S * 3)
                 while pending and pending[0].to_bytes(4, "big") in be.replies:
@@ -1314,7 +1345,7 @@ def phase_fuzz(ctx: Ctx) -> None:
             before = proc_status(d.pid).get("VmRSS", 0) / 1024
             fire(c)
             idx = len(cases) - 1
-            be.wait(lambda: idx.to_bytes(4, "big") in be.replies, 60)
+            be.wait(lambda: idx.to_bytes(4, "big") in be.replies or not c.answerable, 60)
             c.peak_mb = proc_status(d.pid).get("VmHWM", 0) / 1024 - before
         # the MQTT 5 response topic is attacker-chosen: valid, not allowed by the ACL, odd
         rt_cases = []
@@ -1322,14 +1353,20 @@ def phase_fuzz(ctx: Ctx) -> None:
             c = Case(f"response_topic:{rt[:24]}", b"\xffgarbage", "not_cose", response_topic=rt)
             fire(c)
             rt_cases.append(c)
+        silent = sum(1 for c in cases if not c.answerable)
+        # every case the daemon must not answer is counted once in health's `ignored`
+        try:
+            st = d.wait_status(lambda s: sum(s["health"].get("ignored", {}).values()) >= silent, HANG_S * 3,
+                               fresh_after=time.time())
+        except TimeoutError:
+            st = d.status()
         time.sleep(1.0)
         for i, c in enumerate(cases):
             c.answer = be.replies.get(i.to_bytes(4, "big"))
-        # answers on odd response topics come back on R/result (by seq order) only if the
-        # device can publish there; judge them by the result stream instead
+        # an answer to unauthenticated input would come on R/result (an odd response topic
+        # is never honoured for it): judge those cases by the result stream
         for c in rt_cases:
             c.answer = c.answer or next((r for r in be.results if r.reason == "not_cose" and r.t >= c.sent), None)
-        st = d.wait_status(lambda s: True)
         for c in cases:
             why = classify(c, d.public)
             if why is None and c.peak_mb is not None and c.peak_mb > a.mem_bound_mb:
@@ -1337,9 +1374,10 @@ def phase_fuzz(ctx: Ctx) -> None:
             if why:
                 key = f"{c.family}: {why}"
                 failures[key] = failures.get(key, 0) + 1
-        dropped = st["health"]["dropped_inbound"]
-        unanswered = sum(v for k, v in failures.items() if k.endswith("unanswered"))
-        n_fail = sum(failures.values()) - min(dropped, unanswered)  # dropped inbound: a documented rule
+        ignored = st["health"].get("ignored", {})
+        if sum(ignored.values()) != silent:
+            failures[f"ignored counted {sum(ignored.values())} != cases that must stay unanswered {silent}"] = 1
+        n_fail = sum(failures.values())
         elapsed = time.monotonic() - t0
         families: dict[str, int] = {}
         for c in cases:
@@ -1361,7 +1399,9 @@ def phase_fuzz(ctx: Ctx) -> None:
         ctx.row("fuzz", "rejection reasons", ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda x: -x[1])),
                 all(k in DOCUMENTED for k in reasons))
         ctx.row("fuzz", "sessions started by an unauthenticated command", unauth_sessions, unauth_sessions == 0)
-        ctx.row("fuzz", "dropped_inbound (queue of 256 full) / unanswered", f"{dropped} / {unanswered}", None)
+        ctx.row("fuzz", "unanswered by rule (health `ignored`): cases / counted",
+                f"{silent} / {sum(ignored.values())}: " + ", ".join(f"{k} {v}" for k, v in sorted(
+                    ignored.items(), key=lambda x: -x[1])), sum(ignored.values()) == silent)
         ctx.row("fuzz", "answer latency p50 / p99 / max (ms)",
                 " / ".join(f"{x * 1000:.0f}" for x in (*quantiles(lat)[::2], max(lat) if lat else float('nan'))),
                 (max(lat) if lat else 0) < HANG_S)
@@ -1387,14 +1427,15 @@ def phase_fuzz(ctx: Ctx) -> None:
 
 
 def phase_fuzz_wildcard(ctx: Ctx) -> None:
-    """An unauthenticated command whose MQTT 5 ResponseTopic holds a wildcard, then a valid
+    """An authentic command whose MQTT 5 ResponseTopic holds a wildcard, then a valid
     command: is the valid command still answered?"""
     b = ctx.broker("wild-broker")
     d = new_daemon(ctx, "wild", b).start()
     be = Collector(b, d.public)
     try:
         be.wait(lambda: be.online_after(0), 60)
-        be.send(b"\xffgarbage", response_topic="facegate/v1/+/x", corr=b"w")
+        bad, _ = command(ctx.key, b"not an image")  # authentic: answered, but not on a wildcard
+        be.send(bad, response_topic="facegate/v1/replies/+/x", corr=b"w")
         time.sleep(0.5)
         msg, c = command(ctx.key, ctx.inputs.ref)
         be.send(msg)
@@ -1403,7 +1444,7 @@ def phase_fuzz_wildcard(ctx: Ctx) -> None:
         ok = bool(r)
         ctx.totals["fuzz_cases"] += 1
         ctx.totals["fuzz_failures"] += 0 if ok else 1
-        ctx.row("fuzz", "garbage with ResponseTopic 'facegate/v1/+/x', then a valid command: answered",
+        ctx.row("fuzz", "bad command with ResponseTopic 'facegate/v1/replies/+/x', then a valid command: answered",
                 f"{'yes' if ok else 'NO, delivery stalled'} (outbox depth {depth})", ok)
     finally:
         be.close()

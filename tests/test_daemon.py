@@ -103,40 +103,137 @@ def test_stranger_portrait_gives_no_match(running, faces, backend_key):
     assert r["decision"] == "no_match" and r["reason"] == "different_person"
 
 
-def test_bad_commands_are_rejected_and_start_nothing(running, faces, backend_key):
+def _ignored(d, timeout_s=10.0, at_least: dict | None = None) -> dict:
+    """health.ignored from the status file, once it counts at least `at_least`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = d.status()["health"].get("ignored", {})
+        if all(got.get(k, 0) >= v for k, v in (at_least or {}).items()) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+def test_bad_commands_start_nothing_and_only_authentic_ones_are_answered(running, faces, backend_key):
     d, be = running
     other = signing.SigningKey.generate()
     sessions_before = d.status()["health"]["sessions"]
+    ignored_before = _ignored(d)
     now = int(time.time())
-    cases = {}
-    m, c = command(backend_key, faces["ref"])
+    m, first = command(backend_key, faces["ref"])
     be.publish(f"{ROOT}/cmd/verify", m)
-    first = c
-    cases["replayed_request_id"] = command(backend_key, faces["ref"], request_id=first["request_id"])
-    cases["replayed_nonce"] = command(backend_key, faces["ref"], nonce=first["nonce"])
-    cases["unknown_key"] = command(other, faces["ref"])
-    cases["expired"] = command(backend_key, faces["ref"], iat=now - 600, exp=now - 300)
-    cases["bad_signature"] = command(backend_key, faces["ref"], topic=f"{ROOT}/cmd/other")  # signed for another topic
-    cases["bad_reference"] = command(backend_key, b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
-    cases["missing_nonce"] = command(backend_key, faces["ref"], nonce=None)
-    cases["bad_challenge"] = command(backend_key, faces["ref"], challenge=["smile"])
-    rid_unsigned = uuid.uuid4().hex
-    unsigned = cbor2.dumps({"request_id": rid_unsigned, "nonce": os.urandom(8), "iat": now, "exp": now + 60,
+    answered = {  # authentic, ids readable, not a replay: one signed rejection bound to its ids
+        "bad_reference": command(backend_key, b"\x89PNG\r\n\x1a\n" + b"\0" * 100),
+        "bad_challenge": command(backend_key, faces["ref"], challenge=["smile"]),
+        "not_yet_valid": command(backend_key, faces["ref"], iat=now + 600, exp=now + 700),
+        "lifetime_too_long": command(backend_key, faces["ref"], exp=now + 10**6),
+    }
+    silent = {  # counted in health, never answered
+        "replayed_request_id": command(backend_key, faces["ref"], request_id=first["request_id"]),
+        "replayed_nonce": command(backend_key, faces["ref"], nonce=first["nonce"]),
+        "unknown_key": command(other, faces["ref"]),
+        "expired": command(backend_key, faces["ref"], iat=now - 600, exp=now - 300),
+        "bad_signature": command(backend_key, faces["ref"], topic=f"{ROOT}/cmd/other"),  # signed for another topic
+        "missing_nonce": command(backend_key, faces["ref"], nonce=None),
+    }
+    unsigned = cbor2.dumps({"request_id": uuid.uuid4().hex, "nonce": os.urandom(8), "iat": now, "exp": now + 60,
                             "reference": faces["ref"]})
     wait_result(be, d.public, first["request_id"])
-    for reason, (msg, cmd) in cases.items():
+    for msg, _ in (*answered.values(), *silent.values()):
         be.publish(f"{ROOT}/cmd/verify", msg)
     be.publish(f"{ROOT}/cmd/verify", unsigned)
     be.publish(f"{ROOT}/cmd/verify", b"\xff\x00garbage")
-    for reason, (msg, cmd) in cases.items():
+    for reason, (_, cmd) in answered.items():
         r = wait_result(be, d.public, cmd["request_id"], decision="rejected")
-        assert r["reason"] == reason, (reason, r)
-        assert r["session"] is None
-    r = wait_result(be, d.public, rid_unsigned)
-    assert (r["decision"], r["reason"]) == ("rejected", "not_cose")
-    be.wait_for(lambda _: [r for r in results(be, d.public) if r["request_id"] is None and r["reason"] == "not_cose"])
+        assert (r["reason"], r["nonce"], r["session"]) == (reason, cmd["nonce"], None), (reason, r)
+    want = {k: ignored_before.get(k, 0) + 1 for k in silent}
+    want["not_cose"] = ignored_before.get("not_cose", 0) + 2
+    got = _ignored(d, at_least=want)
+    assert all(got.get(k, 0) == v for k, v in want.items()), (want, got)
     time.sleep(1.5)  # one health period
+    by_id = [r["request_id"] for r in results(be, d.public)]
+    for reason, (_, cmd) in silent.items():
+        if reason.startswith("replayed"):
+            assert by_id.count(cmd["request_id"]) == (1 if reason == "replayed_request_id" else 0), reason
+        else:
+            assert cmd["request_id"] not in by_id, reason
     assert d.status()["health"]["sessions"] == sessions_before + 1  # only the first, valid command
+
+
+def _carries(m, *needles: bytes) -> bool:
+    return any(n in m.payload for n in needles)
+
+
+def test_unauthenticated_input_gets_no_answer_on_any_topic(running, broker, faces, backend_key):
+    """Issue 15 finding 1: an unsigned map with a victim's ids and an MQTT 5 response topic
+    got signed `rejected` answers echoing those ids, on the topics it named."""
+    d, be = running
+    ha = Backend(broker, user="backend", subscribe="homeassistant/sensor/x/#")
+    try:
+        ignored_before = _ignored(d)
+        n0 = len(be.messages)
+        rid, nonce = "victim-req-42", b"victim-nonce-000"
+        reply = f"facegate/v1/replies/attacker-{uuid.uuid4().hex[:6]}"
+        victim = cbor2.dumps({"request_id": rid, "nonce": nonce})
+        for rt in (reply, f"{ROOT}/attest", "homeassistant/sensor/x/config"):
+            be.publish(f"{ROOT}/cmd/verify", victim, ResponseTopic=rt, CorrelationData=b"attacker")
+        other = signing.SigningKey.generate()
+        forged = [command(other, faces["ref"], request_id=rid, nonce=nonce)[0],
+                  command(backend_key, faces["ref"], topic=f"{ROOT}/cmd/other", request_id=rid, nonce=nonce)[0]]
+        tampered = bytearray(command(backend_key, faces["ref"], request_id=rid, nonce=nonce)[0])
+        tampered[-1] ^= 1
+        for msg in (*forged, bytes(tampered), b"\xff\x00garbage", b""):
+            be.publish(f"{ROOT}/cmd/verify", msg, ResponseTopic=reply, CorrelationData=b"attacker")
+        msg, cmd = command(backend_key, faces["stranger"])  # a real one after them, answered
+        be.publish(f"{ROOT}/cmd/verify", msg)
+        wait_result(be, d.public, cmd["request_id"])
+        time.sleep(1.5)
+        later = [m for m in be.messages[n0:] if "/cmd/" not in m.topic]  # what the device published
+        assert not [m.topic for m in later if _carries(m, rid.encode(), nonce)], "the victim's ids were echoed"
+        assert not [m for m in later if m.topic == reply or m.correlation == b"attacker"]
+        assert not [m for m in ha.messages if _carries(m, rid.encode(), nonce) or not m.retain]
+        assert [r["request_id"] for r in results(be, d.public)[-1:]] == [cmd["request_id"]]
+        got = _ignored(d, at_least={"not_cose": ignored_before.get("not_cose", 0) + 5})
+        for reason, n in (("not_cose", 5), ("unknown_key", 1), ("bad_signature", 2)):
+            assert got.get(reason, 0) - ignored_before.get(reason, 0) == n, (reason, got, ignored_before)
+    finally:
+        ha.close()
+
+
+def test_replayed_command_bytes_get_no_second_answer(running, faces, backend_key):
+    """The same bytes published again, while the session runs and after its result: one
+    signed answer, on R/result and on the response topic; the replays are counted."""
+    d, be = running
+    before = _ignored(d).get("replayed_request_id", 0)
+    reply = f"facegate/v1/replies/backend-{uuid.uuid4().hex[:6]}"
+    msg, cmd = command(backend_key, faces["ref"])
+    be.publish(f"{ROOT}/cmd/verify", msg, ResponseTopic=reply, CorrelationData=b"c1")
+    be.publish(f"{ROOT}/cmd/verify", msg, ResponseTopic=reply, CorrelationData=b"c2")
+    r = wait_result(be, d.public, cmd["request_id"])
+    assert r["decision"] == "match" and r["nonce"] == cmd["nonce"]
+    be.publish(f"{ROOT}/cmd/verify", msg, ResponseTopic=reply, CorrelationData=b"c3")
+    assert _ignored(d, at_least={"replayed_request_id": before + 2})["replayed_request_id"] == before + 2
+    time.sleep(1.0)
+    assert [x["decision"] for x in results(be, d.public) if x["request_id"] == cmd["request_id"]] == ["match"]
+    replies = be.on(reply)
+    assert [(m.correlation, independent_verify(m.payload, d.public, reply)["seq"]) for m in replies] == [
+        (b"c1", r["seq"])]
+
+
+def test_response_topics_are_honoured_only_under_the_configured_prefix(running, faces, backend_key):
+    d, be = running
+    n0 = len(be.messages)
+    ids = []
+    for rt in (f"{ROOT}/attest", f"{ROOT}/status", "homeassistant/sensor/x/config", "facegate/v1/repliesX",
+               "facegate/v1/other/x"):
+        msg, cmd = command(backend_key, b"not an image")  # rejected at once: bad_reference
+        be.publish(f"{ROOT}/cmd/verify", msg, ResponseTopic=rt, CorrelationData=b"x")
+        ids.append(cmd["request_id"])
+    for rid in ids:
+        assert wait_result(be, d.public, rid)["reason"] == "bad_reference"
+    time.sleep(1.0)
+    assert not [m.topic for m in be.messages[n0:] if m.topic not in (f"{ROOT}/result", f"{ROOT}/event")
+                and "/cmd/" not in m.topic and _carries(m, *(i.encode() for i in ids))]
+    assert not [m for m in be.messages[n0:] if m.correlation == b"x" and "/cmd/" not in m.topic]
 
 
 def test_state_health_attest_and_discovery_are_published(running, broker):

@@ -127,6 +127,7 @@ class MqttConfig(_Section):
     reconnect_max_s: float = Field(60.0, gt=0, description="Largest reconnect back-off, seconds")
     max_inflight: int = Field(20, ge=1, le=1000, description="Results published and not yet acknowledged at once")
     redeliver_s: float = Field(60.0, ge=0, le=86400, description="Results the broker acknowledged this long before a lost connection are published again after the reconnect: a crashed broker forgets what it took since its last save (set it to the broker's autosave_interval; 0 = off)")
+    response_prefix: str = Field("facegate/v1/replies/", pattern=r"^([^#+$\x00][^#+\x00]*)?$", description="MQTT 5 response topics are honoured only for authenticated commands and only under this prefix (never under the device's own topics or ha_prefix; empty = never); R/result always gets the answer")
     ha_discovery: bool = Field(True, description="Publish Home Assistant MQTT discovery")
     ha_prefix: str = Field("homeassistant", pattern=r"^[^#+]+$", description="Home Assistant discovery prefix")
     trusted_keys: list[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]] = Field(default_factory=list, description="Ed25519 public keys (64 hex digits each) whose signed verify commands are accepted")

@@ -1,7 +1,10 @@
 """`facegate run`: verification sessions over MQTT, signed results, nothing lost.
 
-Threads: paho's network thread only queues inbound messages; the command thread checks
-verify commands (signature, lifetime, replay, payload) and answers refusals at once; the
+Threads: paho's network thread authenticates inbound messages (size, COSE signature by a
+trusted key for the command topic) and queues only authentic ones, waiting for room rather
+than dropping one; everything else is counted in health (`ignored`) and never answered.
+The command thread checks the authentic commands (lifetime, replay, payload) and answers
+refusals at once, signed and bound to the command's request_id and nonce; the
 delivery thread moves signed results from the outbox to the broker in seq order and drops
 them only on PUBACK; the camera thread keeps the newest frame; the main thread runs one
 session at a time, publishes state and health, feeds systemd's watchdog while frames flow,
@@ -30,21 +33,24 @@ from . import config as config_mod
 from .config import Config
 from .decide import NO_FACE, SPOOF
 from .errors import CameraError, FacegateError
-from .messages import (CommandRejected, Topics, VerifyCommand, attest_payload, event_json, ha_discovery,
-                       parse_verify, policy_hash, result_payload, state_json)
+from .messages import (CommandRejected, Topics, VerifyCommand, attest_payload, authenticate, check_command,
+                       event_json, ha_discovery, identify, policy_hash, result_payload, state_json)
 from .delivery import Delivery
 from .feed import FrameFeed
 from .outbox import Outbox, OutboxError
 from .liveness.passive import PassiveLiveness
 from .pipeline import ACTIVE_MODES, PASSIVE_MODES, LivenessCheck, Verifier, liveness_check
 from .ports import Camera, Clock, Inbound, Indicators, Publisher
-from .signing import load_or_create_key, public_from_hex, public_raw, kid_of, sign
+from .signing import Verified, load_or_create_key, public_from_hex, public_raw, kid_of, sign
 from .types import Decision, Frame
+from .vocab import Refusal
 
 log = logging.getLogger("facegate.daemon")
 
 STATUS_FILE = "status.json"
 HA_STATUS_TOPIC_SUFFIX = "/status"
+DISCOVERY_MIN_INTERVAL_S = 2.0  # Home Assistant's "online" re-sends discovery at most this often
+INBOUND_SLOTS = 64  # authentic commands waiting for the command thread (bounded in bytes too)
 
 
 def key_source(cfg: Config) -> tuple[Path, str]:
@@ -78,11 +84,16 @@ def decision_policy(cfg: Config) -> str:
                         "precision": cfg.models.precision})
 
 
-def valid_response_topic(topic: str | None) -> bool:
-    """An MQTT 5 response topic the daemon will publish to: a plain topic name (no
-    wildcards, not a $SYS-style name, no NUL, at most 256 characters). Others are ignored
-    and the answer goes to R/result only."""
-    return bool(topic) and len(topic) <= 256 and not any(c in topic for c in "+#\0") and not topic.startswith("$")
+def valid_response_topic(topic: str | None, prefix: str, forbidden: tuple[str, ...] = ()) -> bool:
+    """An MQTT 5 response topic the daemon will publish an authenticated command's answer
+    to: a plain topic name (no wildcards, not a $SYS-style name, no NUL, at most 256
+    characters) under `prefix` (a whole level: "a/b" allows "a/b/x", not "a/bx"; empty
+    prefix: none) and under none of the `forbidden` roots (the device's own topics, Home
+    Assistant's). Others are ignored and the answer goes to R/result only."""
+    if not topic or not prefix or len(topic) > 256 or any(c in topic for c in "+#\0") or topic.startswith("$"):
+        return False
+    under = lambda root: topic.startswith(root.rstrip("/") + "/")  # noqa: E731
+    return under(prefix) and not any(under(root) for root in forbidden)
 
 
 def react(indicators: Indicators, decision: str) -> None:
@@ -104,6 +115,54 @@ class Request:
     correlation: bytes | None = None
 
 
+@dataclass(frozen=True)
+class Authentic:
+    """A message on the command topic whose signature checked out (messages.authenticate)."""
+
+    msg: Inbound
+    verified: Verified
+
+
+class InboundQueue:
+    """Authentic commands for the command thread, bounded in count and in bytes: put()
+    waits for room (the broker holds back what follows) rather than dropping a command
+    the broker was told is delivered. One message larger than max_bytes still fits alone."""
+
+    def __init__(self, max_items: int, max_bytes: int):
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._items: deque = deque()
+        self._bytes = 0
+        self._cv = threading.Condition()
+
+    def put(self, item, nbytes: int, stop: threading.Event) -> bool:
+        """Queue item (waiting for room); False only when `stop` was set meanwhile."""
+        with self._cv:
+            while self._items and (len(self._items) >= self.max_items or self._bytes + nbytes > self.max_bytes):
+                if stop.is_set():
+                    return False
+                self._cv.wait(0.2)
+            self._items.append((item, nbytes))
+            self._bytes += nbytes
+            self._cv.notify_all()
+            return True
+
+    def get(self, timeout_s: float):
+        """The oldest item, or None after timeout_s."""
+        with self._cv:
+            if not self._items:
+                self._cv.wait(timeout_s)
+                if not self._items:
+                    return None
+            item, nbytes = self._items.popleft()
+            self._bytes -= nbytes
+            self._cv.notify_all()
+            return item
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+
 @dataclass
 class Health:
     """Counters behind R/health and `facegate status`."""
@@ -111,11 +170,21 @@ class Health:
     started_mono: float = field(default_factory=time.monotonic)
     sessions: int = 0
     rejected: int = 0
-    dropped_inbound: int = 0
+    ignored: dict = field(default_factory=dict)  # reason -> input counted and never answered
     dropped_commands: int = 0  # the replay record could not be written (outbox unusable)
     decisions: dict = field(default_factory=dict)
     latencies: dict = field(default_factory=dict)  # stage -> deque of ms
     last_decision: dict | None = None
+
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def ignore(self, reason: str) -> None:
+        with self._lock:  # paho's thread and the command thread both count
+            self.ignored[reason] = self.ignored.get(reason, 0) + 1
+
+    def ignored_counts(self) -> dict:
+        with self._lock:
+            return dict(sorted(self.ignored.items()))
 
     def record(self, timings: dict) -> None:
         for k, v in timings.items():
@@ -162,7 +231,9 @@ class Daemon:
         indicators.on_button(self._button_pressed)
         self.reload_flag = threading.Event()
         self.state = ("idle", None, None)
-        self.inbound: queue.Queue = queue.Queue(maxsize=256)
+        self.inbound = InboundQueue(INBOUND_SLOTS, 2 * cfg.daemon.max_command_bytes)
+        self._ha_online = threading.Event()  # Home Assistant said "online": re-send discovery
+        self._discovery_at = -DISCOVERY_MIN_INTERVAL_S
         self.requests: queue.Queue = queue.Queue(maxsize=cfg.daemon.max_pending)
         self.delivery = Delivery(self.outbox, publisher, cfg.mqtt.max_inflight)
         self._threads: list[threading.Thread] = []
@@ -188,10 +259,10 @@ class Daemon:
         self.delivery.connection_lost()
 
     def _on_message(self, msg: Inbound) -> None:
-        try:
-            self.inbound.put_nowait(msg)
-        except queue.Full:
-            self.health.dropped_inbound += 1  # documented: a flood beyond 256 queued messages is dropped
+        """paho's network thread: authenticate, queue what is authentic (waiting for room)."""
+        a = self.admit(msg)
+        if a is not None and not self.inbound.put(a, len(msg.payload), self.stop_flag):
+            log.warning("stopping: an authentic command was not queued")
 
     def _publish_attest(self) -> None:
         payload = attest_payload(dev=self.cfg.device_id, kid=self.key.kid, public=self.key.public,
@@ -199,6 +270,7 @@ class Daemon:
         self.publisher.publish(self.topics.attest, sign(payload, self.key, self.topics.attest), qos=1, retain=True)
 
     def _publish_discovery(self) -> None:
+        self._discovery_at = time.monotonic()
         for topic, payload in ha_discovery(self.topics, self.cfg.device_id, __version__, self.cfg.mqtt.ha_prefix):
             self.publisher.publish(topic, payload, qos=1, retain=True)
 
@@ -239,49 +311,86 @@ class Daemon:
     # -- commands ------------------------------------------------------------------------
     def _command_loop(self) -> None:
         while not self.stop_flag.is_set():
-            try:
-                msg = self.inbound.get(timeout=0.5)
-            except queue.Empty:
+            if (self._ha_online.is_set() and self.publisher is not None
+                    and time.monotonic() - self._discovery_at >= DISCOVERY_MIN_INTERVAL_S):
+                self._ha_online.clear()
+                self._publish_discovery()
+            a = self.inbound.get(timeout_s=0.5)
+            if a is None:
                 continue
             try:
-                self.handle_inbound(msg)
+                self.handle_authentic(a)
             except Exception:  # never let one message kill the command thread
-                log.exception("handling a message on %s", msg.topic)
+                log.exception("handling a message on %s", a.msg.topic)
+
+    def admit(self, msg: Inbound) -> Authentic | None:
+        """The first gate (paho's network thread): an authentic command, or None for
+        anything else (counted in health by reason, nothing stored, nothing answered)."""
+        if msg.topic == f"{self.cfg.mqtt.ha_prefix}{HA_STATUS_TOPIC_SUFFIX}":
+            if msg.payload == b"online":
+                self._ha_online.set()  # the command thread re-sends discovery, at most every 2 s
+            return None
+        if msg.topic != self.topics.cmd_verify:
+            return None
+        try:
+            return Authentic(msg, authenticate(msg.payload, msg.topic, self.trusted,
+                                               max_bytes=self.cfg.daemon.max_command_bytes))
+        except CommandRejected as rej:
+            self.health.ignore(rej.reason)
+            log.debug("ignored a message on %s: %s", msg.topic, rej.reason)
+            return None
 
     def handle_inbound(self, msg: Inbound) -> None:
+        """One message, start to end, on the calling thread (the demo; tests)."""
         if msg.topic == f"{self.cfg.mqtt.ha_prefix}{HA_STATUS_TOPIC_SUFFIX}":
             if msg.payload == b"online" and self.publisher is not None:
                 self._publish_discovery()
             return
-        if msg.topic != self.topics.cmd_verify:
-            return
+        a = self.admit(msg)
+        if a is not None:
+            self.handle_authentic(a)
+
+    def handle_authentic(self, a: Authentic) -> None:
+        """An authentic command gets exactly one signed answer bound to its request_id and
+        nonce, or none: its ids are spent (recorded on disk) before anything is answered,
+        so the same bytes again are a replay, counted and never answered - also once the
+        record is purged (the outbox's replay floor). Not answered either: a command whose
+        ids cannot be read (nothing to bind an answer to)."""
         d = self.cfg.daemon
-        rt = msg.response_topic if valid_response_topic(msg.response_topic) else None
-        answer = dict(response_topic=rt, correlation=msg.correlation if rt else None)
+        msg, now = a.msg, self.clock.time()
         try:
-            cmd = parse_verify(msg.payload, msg.topic, self.trusted, self.clock.time(), max_bytes=d.max_command_bytes,
-                               max_age_s=d.command_max_age_s, skew_s=d.clock_skew_s,
-                               max_pixels=d.max_reference_pixels)
-            # refusals that a retry may cure come before the request id and nonce are spent
-            if not self.storage_ok():
-                raise CommandRejected("storage_full", cmd.request_id, cmd.nonce)
-            if self.requests.full():  # only this thread puts, so a free slot stays free
-                raise CommandRejected("busy", cmd.request_id, cmd.nonce)
-            replay = self.outbox.remember(cmd.request_id, cmd.nonce, cmd.exp + d.clock_skew_s)
-            if replay == "same_command" and msg.redelivered:  # QoS 1 is at least once: taken already
-                log.info("request %s delivered again by the broker: already taken, ignored", cmd.request_id)
-                return
-            if replay:
-                raise CommandRejected("replayed_request_id" if replay == "same_command" else replay,
-                                      cmd.request_id, cmd.nonce)
-            self.requests.put_nowait(Request(cmd, **answer))
+            ids = identify(a.verified, skew_s=d.clock_skew_s)
         except CommandRejected as rej:
-            self.health.rejected += 1
-            log.info("command rejected: %s (request %s)", rej.reason, rej.request_id)
-            self.emit_result("rejected", rej.reason, request_id=rej.request_id, nonce=rej.nonce, **answer)
+            self.health.ignore(rej.reason)
+            return
+        try:
+            replay = self.outbox.remember(ids.request_id, ids.nonce, ids.keep_until)
         except OutboxError as exc:
             self.health.dropped_commands += 1
             log.error("command dropped, outbox unusable: %s", exc)
+            return
+        if replay:
+            if replay == "same_command":  # QoS 1 is at least once: taken already, or replayed
+                replay = Refusal.REDELIVERED if msg.redelivered else Refusal.REPLAYED_REQUEST_ID
+            self.health.ignore(replay)
+            log.info("command ignored: %s (request %s)", replay, ids.request_id)
+            return
+        mq = self.cfg.mqtt
+        rt = msg.response_topic if valid_response_topic(msg.response_topic, mq.response_prefix,
+                                                         (self.topics.root, mq.ha_prefix)) else None
+        answer = dict(response_topic=rt, correlation=msg.correlation if rt else None)
+        try:
+            cmd = check_command(a.verified, now, max_bytes=d.max_command_bytes, max_age_s=d.command_max_age_s,
+                                skew_s=d.clock_skew_s, max_pixels=d.max_reference_pixels)
+            if not self.storage_ok():
+                raise CommandRejected("storage_full")
+            if self.requests.full():  # only this thread puts, so a free slot stays free
+                raise CommandRejected("busy")
+            self.requests.put_nowait(Request(cmd, **answer))
+        except CommandRejected as rej:
+            self.health.rejected += 1
+            log.info("command rejected: %s (request %s)", rej.reason, ids.request_id)
+            self.emit_result("rejected", rej.reason, request_id=ids.request_id, nonce=ids.nonce, **answer)
 
     def storage_ok(self) -> bool:
         if self.delivery.held:
@@ -413,7 +522,7 @@ class Daemon:
             "clock_synchronized": self.clock.synchronized(),  # None: cannot tell
             "sessions": self.health.sessions,
             "rejected": self.health.rejected,
-            "dropped_inbound": self.health.dropped_inbound,
+            "ignored": self.health.ignored_counts(),
             "unstored": self.delivery.held,
             "undeliverable": self.delivery.undeliverable,
             "dropped_commands": self.health.dropped_commands,

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import InputError
 from .imageio import decode_image
-from .signing import SignatureError, verify
+from .signing import SignatureError, Verified, verify
 
 RESULT_VERSION = 1
 DECISIONS = ("match", "no_match", "spoof", "timeout", "no_face", "rejected", "error")
@@ -85,12 +85,17 @@ class VerifyCommand:
 
 
 class CommandRejected(Exception):
-    """A command that starts nothing. reason: a short word for the result; request_id /
-    nonce: echoed when they could be read (well-typed) from the payload, else None."""
+    """A command that starts nothing. reason: a short word (health counter, result reason);
+    request_id / nonce: the authentic command's ids when they could be read (well-typed),
+    else None. Only an authentic command's refusal is ever answered (daemon.py)."""
 
     def __init__(self, reason: str, request_id: str | None = None, nonce: bytes | None = None):
         super().__init__(reason)
         self.reason, self.request_id, self.nonce = reason, request_id, nonce
+
+
+# refusals of input that is not an authentic command: counted, never answered
+UNAUTHENTICATED = ("too_large", "not_cose", "bad_header", "unknown_key", "bad_signature")
 
 
 def _ids(payload: Any) -> tuple[str | None, bytes | None]:
@@ -100,19 +105,6 @@ def _ids(payload: Any) -> tuple[str | None, bytes | None]:
     rid = rid if isinstance(rid, str) and 0 < len(rid) <= MAX_ID_CHARS else None
     nonce = nonce if isinstance(nonce, bytes) and 0 < len(nonce) <= MAX_NONCE_BYTES else None
     return rid, nonce
-
-
-def _unverified_ids(message: bytes) -> tuple[str | None, bytes | None]:
-    """request_id / nonce of a message that failed verification, for the echo only."""
-    try:
-        import cbor2
-
-        obj = cbor2.loads(message)
-        if isinstance(obj, dict):  # an unsigned command
-            return _ids(obj)
-        return _ids(cbor2.loads(obj.value[2]))
-    except Exception:  # garbage in: nothing to echo
-        return None, None
 
 
 def _finite_number(val: Any) -> bool:
@@ -126,18 +118,49 @@ def _finite_number(val: Any) -> bool:
         return False
 
 
-def parse_verify(message: bytes, topic: str, keys: dict, now: float, *, max_bytes: int,
-                 max_age_s: float, skew_s: float, max_pixels: int) -> VerifyCommand:
-    """Check a cmd/verify message; raises CommandRejected(reason) with reason one of
-    too_large, not_cose, bad_header, unknown_key, bad_signature, bad_payload,
-    missing_<field>, bad_<field>, not_yet_valid, expired, lifetime_too_long,
-    bad_reference. Replays are checked by the caller (it owns the persisted record)."""
+def authenticate(message: bytes, topic: str, keys: dict, *, max_bytes: int) -> Verified:
+    """The first gate, before anything is queued or stored: a COSE_Sign1 of at most
+    max_bytes, signed by a trusted key for this very topic, whose payload is a map.
+    Raises CommandRejected(reason) without ids, reason one of UNAUTHENTICATED or
+    bad_payload (authentic, but not a map: nothing to answer)."""
     if len(message) > max_bytes:
         raise CommandRejected("too_large")
     try:
-        v = verify(message, keys, topic)
+        return verify(message, keys, topic)
     except SignatureError as exc:
-        raise CommandRejected(str(exc), *_unverified_ids(message)) from None
+        raise CommandRejected(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class Identified:
+    """An authentic command whose request_id and nonce could be read: what the replay
+    record keeps (until `keep_until`) and what an answer is bound to."""
+
+    request_id: str
+    nonce: bytes
+    keep_until: float
+
+
+def identify(v: Verified, *, skew_s: float) -> Identified:
+    """The ids of an authentic command, or CommandRejected(missing_/bad_ request_id or
+    nonce, no ids): a command that cannot be bound to its ids gets no answer. keep_until:
+    exp + skew_s, the same for the same bytes whenever they come (so a purged record
+    leaves them below the outbox's replay floor); infinite without a finite exp (such a
+    command never runs; its record stays)."""
+    p = v.payload
+    rid, nonce = _ids(p)
+    for name, ok in (("request_id", rid is not None), ("nonce", nonce is not None)):
+        if not ok:
+            raise CommandRejected(f"{'missing' if name not in p else 'bad'}_{name}")
+    exp = p.get("exp")
+    return Identified(rid, nonce, float(exp) + skew_s if _finite_number(exp) else math.inf)
+
+
+def check_command(v: Verified, now: float, *, max_bytes: int, max_age_s: float, skew_s: float,
+                  max_pixels: int) -> VerifyCommand:
+    """Every field of an authentic command: raises CommandRejected(reason, request_id,
+    nonce) with reason one of missing_<field>, bad_<field>, bad_payload, not_yet_valid,
+    expired, lifetime_too_long, bad_reference."""
     p = v.payload
     rid, nonce = _ids(p)
     for name, ok in (("request_id", rid is not None), ("nonce", nonce is not None)):
@@ -173,6 +196,15 @@ def parse_verify(message: bytes, topic: str, keys: dict, now: float, *, max_byte
     except InputError:
         raise CommandRejected("bad_reference", rid, nonce) from None
     return VerifyCommand(rid, nonce, float(iat), float(exp), image, None if challenge is None else list(challenge), v.kid)
+
+
+def parse_verify(message: bytes, topic: str, keys: dict, now: float, *, max_bytes: int,
+                 max_age_s: float, skew_s: float, max_pixels: int) -> VerifyCommand:
+    """authenticate() then check_command(): a checked command, or CommandRejected(reason)
+    (ids only when the command was authentic). Replays are checked by the caller (it owns
+    the persisted record)."""
+    v = authenticate(message, topic, keys, max_bytes=max_bytes)
+    return check_command(v, now, max_bytes=max_bytes, max_age_s=max_age_s, skew_s=skew_s, max_pixels=max_pixels)
 
 
 def verify_command(reference: bytes, now: float, lifetime_s: float, request_id: str | None = None,

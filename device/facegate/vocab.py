@@ -71,7 +71,9 @@ COMMAND_FIELDS = ("request_id", "nonce", "iat", "exp", "reference")  # required 
 
 
 class Refusal(StrEnum):
-    """Why a verify command was answered `rejected` and started nothing."""
+    """Why a verify command started nothing: the reason of its signed `rejected` answer,
+    or, for input that is never answered (unauthenticated, without readable ids, expired,
+    replayed), the key it is counted under in health's `ignored`."""
 
     TOO_LARGE = "too_large"
     NOT_COSE = "not_cose"
@@ -96,6 +98,7 @@ class Refusal(StrEnum):
     REPLAYED_REQUEST_ID = "replayed_request_id"
     REPLAYED_NONCE = "replayed_nonce"
     REPLAY_FLOOR = "replay_floor"  # exp at or below the highest exp whose replay record was dropped
+    REDELIVERED = "redelivered"  # the broker's own DUP re-send of a command already taken
     STORAGE_FULL = "storage_full"
     BUSY = "busy"
 
