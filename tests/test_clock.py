@@ -76,7 +76,9 @@ def test_a_clock_step_ahead_and_back_does_not_reopen_the_replay_window(stepped, 
     assert wait_result(be, d.key.public, cmd["request_id"])["decision"] == "match"
 
     clock.step(3600)  # e.g. a wrong NTP answer, or a date set by hand
-    late, ahead = command(backend_key, faces["ref"])  # a fresh command is expired by this clock
+    # a fresh command is expired by this clock (answered once: its exp lies above the replay
+    # floor the early purge raises; one from the same second as `cmd` would be counted only)
+    late, ahead = command(backend_key, faces["ref"], lifetime_s=180)
     be.publish(f"{ROOT}/cmd/verify", late)
     assert wait_result(be, d.key.public, ahead["request_id"])["reason"] == "expired"
     _wait(lambda: d.outbox.replay_floor >= cmd["exp"])  # the daemon's own purge (every health_interval_s)
