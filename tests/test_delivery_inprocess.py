@@ -6,6 +6,7 @@ middle of a publishing pass, a disk that cannot record a PUBACK."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -138,6 +139,35 @@ def test_a_result_stored_during_a_publishing_pass_goes_out_at_once(rig):
     r.store(1)  # its publish stores the next one, from inside the pass, twice
     r.pub.wait_for(lambda p: len(p.acked) == 3, timeout_s=0.5)
     assert seqs(r.pub.published) == [1, 2, 3]
+
+
+def test_nothing_is_published_before_the_reconnect_is_handled(tmp_path):
+    """The publisher flags itself connected before its on_connect callback runs (paho's
+    thread; here held back): a pass in between published rows that connected() then put
+    back in line, so they went out twice."""
+    ob = Outbox(tmp_path / "outbox.sqlite", keep_acked_s=60)
+    pub = FakePublisher(connect_on_start=False)
+    d = Delivery(ob, pub, 4)
+    go = threading.Event()
+
+    def on_connect() -> None:
+        d.wake()  # anything may wake the delivery thread here
+        go.wait(5)
+        d.connected()
+    pub.start(lambda m: None, on_connect, d.connection_lost)
+    thread = threading.Thread(target=d.run, daemon=True)
+    thread.start()
+    try:
+        d.store(result)
+        d.store(result)
+        threading.Timer(0.3, go.set).start()
+        pub.connect()
+        pub.wait_for(lambda p: len(p.acked) >= 2)
+        time.sleep(0.2)
+        assert seqs(pub.published) == [1, 2]
+    finally:
+        d.stop()
+        thread.join(5)
 
 
 def test_unacknowledged_results_are_published_again_after_a_reconnect(rig):

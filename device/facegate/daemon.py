@@ -686,9 +686,11 @@ def install_signal_handlers(daemon: Daemon) -> None:
     signal.signal(signal.SIGHUP, daemon.request_reload)
 
 
-def build(cfg: Config, config_path: str | None = None, clock: Clock | None = None) -> Daemon:
+def build(cfg: Config, config_path: str | None = None, clock: Clock | None = None,
+          publisher: Publisher | None = None) -> Daemon:
     """A daemon with the real adapters named by the config (models verified on load);
-    `clock`: the system clock unless given (tests step a FakeClock)."""
+    `clock`: the system clock unless given (tests step a FakeClock); `publisher`: used
+    instead of the PahoPublisher that mqtt.enabled asks for (tests pass a FakePublisher)."""
     from .adapters.cameras import ReopeningCamera, open_camera
     from .adapters.gpio import open_indicators
     from .adapters.litert import make_runner
@@ -712,8 +714,7 @@ def build(cfg: Config, config_path: str | None = None, clock: Clock | None = Non
     for task, c in store.chosen.items():
         (log.warning if c.refused else log.info)("model %s: %s (self-test %.0f ms)", task, c.why, c.kat_ms)
     topics = Topics.of(cfg.mqtt.prefix, cfg.device_id)
-    publisher = None
-    if cfg.mqtt.enabled:
+    if publisher is None and cfg.mqtt.enabled:
         publisher = PahoPublisher(cfg.mqtt, cfg.mqtt.client_id or f"facegate-{cfg.device_id}",
                                   will=(topics.status, b"offline"))
     return Daemon(cfg, verifier=verifier, passive=passive, eyes=eyes, camera=ReopeningCamera.from_config(cfg.camera),

@@ -41,6 +41,7 @@ class Delivery:
         self._generation = 0  # bumped on (re)connect and loss: a publishing pass of an older one stops
         self._lost_at: float | None = None  # outbox clock when the connection was lost
         self._woken = False  # a wake-up the delivery thread has not acted on yet
+        self._online = False  # between connected() and connection_lost(): the thread may publish
 
     @property
     def held(self) -> int:
@@ -99,6 +100,7 @@ class Delivery:
     def connection_lost(self) -> None:
         """The broker is gone: remember when (the redelivery window counts back from
         here) and re-drive from the oldest undelivered row once it is back."""
+        self._online = False
         if self._lost_at is None:
             self._lost_at = self.outbox.clock()
         self._restart()
@@ -116,6 +118,7 @@ class Delivery:
         else:
             if n:
                 log.info("re-publishing %d message(s) acknowledged shortly before the reconnect", n)
+        self._online = True
         self._restart()
 
     def _restart(self) -> None:
@@ -133,7 +136,9 @@ class Delivery:
                     self._cv.wait(timeout=1.0)
                 self._woken = False
             p = self.publisher
-            if p is None or not p.connected or self._stop.is_set():
+            # the publisher says connected before its on_connect ran connected(): a pass now
+            # would publish rows that connected() is about to put back in line (duplicates)
+            if p is None or not p.connected or not self._online or self._stop.is_set():
                 continue
             self._publish(p)
 

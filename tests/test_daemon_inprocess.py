@@ -1,0 +1,91 @@
+"""The daemon's MQTT side in process: the real daemon (models, camera file, outbox, signing)
+with adapters.fake_mqtt.FakePublisher as its broker connection. Command in, signed result
+out and acknowledged; results re-sent in seq order after the connection drops with their
+PUBACKs outstanding. tests/test_daemon.py and test_delivery.py do the same over Mosquitto."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from daemon_helpers import command, independent_verify
+from facegate import config as config_mod
+from facegate import daemon as daemon_mod
+from facegate.adapters.fake_mqtt import FakePublisher
+
+DEV = "inproc-1"
+ROOT = f"facegate/v1/{DEV}"
+REPLY = "facegate/v1/replies/backend-9"
+
+
+@pytest.fixture
+def terminal(tmp_path, faces, backend_key, model_dir):
+    cfg = config_mod.parse(f'''
+device_id = "{DEV}"
+[camera]
+source = "file"
+path = "{faces["video"]}"
+realtime = false
+[daemon]
+state_dir = "{tmp_path}"
+liveness = "none"
+max_pending = 8
+[verify]
+fusion_frames = 4
+[mqtt]
+enabled = true
+trusted_keys = ["{backend_key.public.hex()}"]
+''')
+    pub = FakePublisher()
+    d = daemon_mod.build(cfg, publisher=pub)
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    pub.wait_for(lambda p: p.retained.get(f"{ROOT}/status") == b"online", 30)
+    yield d, pub
+    d.request_stop()
+    t.join(30)
+
+
+def signed_results(pub: FakePublisher, public: bytes, topic: str = f"{ROOT}/result") -> list[dict]:
+    return [independent_verify(m, public, topic) for m in pub.on(topic)]
+
+
+def test_a_command_in_gives_one_signed_result_out_and_the_outbox_empties_on_its_ack(terminal, faces, backend_key):
+    d, pub = terminal
+    assert f"{ROOT}/cmd/verify" in pub.subscriptions
+    attest = independent_verify(pub.retained[f"{ROOT}/attest"], d.key.public, f"{ROOT}/attest")
+    assert attest["dev"] == DEV and attest["pub"] == d.key.public
+    msg, cmd = command(backend_key, faces["ref"], topic=f"{ROOT}/cmd/verify")
+    assert pub.receive(f"{ROOT}/cmd/verify", msg, response_topic=REPLY, correlation=b"corr-1")
+    pub.wait_for(lambda p: p.on(REPLY), 60)
+    (r,) = signed_results(pub, d.key.public)
+    assert (r["request_id"], r["nonce"], r["decision"], r["seq"]) == (cmd["request_id"], cmd["nonce"], "match", 1)
+    reply = next(s for s in pub.published if s.topic == REPLY)
+    assert reply.correlation == b"corr-1" and independent_verify(reply.payload, d.key.public, REPLY) == r
+    pub.wait_for(lambda p: d.outbox.depth() == 0, 10)  # acknowledged, so gone from the outbox
+    states = [s.split(b'"')[3] for s in pub.on(f"{ROOT}/state")]
+    assert states[0] == b"idle" and b"waiting_face" in states and states[-1] == b"idle"
+
+
+def test_results_whose_acks_a_dropped_connection_lost_come_again_in_seq_order(terminal, faces, backend_key):
+    d, pub = terminal
+    pub.ack_delay_s = None  # the broker takes the results but its PUBACKs do not come
+    ids = []
+    for ref in (faces["ref"], faces["stranger"], faces["ref"]):
+        msg, cmd = command(backend_key, ref, topic=f"{ROOT}/cmd/verify")
+        pub.receive(f"{ROOT}/cmd/verify", msg)
+        ids.append(cmd["request_id"])
+    pub.wait_for(lambda p: len(p.on(f"{ROOT}/result")) == 3, 90)
+    assert d.outbox.depth() == 3
+    pub.ack_delay_s = 0
+    pub.disconnect()
+    pub.connect()
+    pub.wait_for(lambda p: d.outbox.depth() == 0, 30)
+    rs = signed_results(pub, d.key.public)
+    assert [r["seq"] for r in rs] == [1, 2, 3, 1, 2, 3]  # every one again, from the oldest
+    assert [r["request_id"] for r in rs[3:]] == ids and [r["decision"] for r in rs[3:]] == ["match", "no_match", "match"]
+    assert rs[:3] == rs[3:]  # a duplicate is the same signed result
+    assert pub.on(f"{ROOT}/status").count(b"online") == 2  # announced again after the reconnect
+    time.sleep(0.3)
+    assert len(pub.on(f"{ROOT}/result")) == 6  # and nothing more
