@@ -81,6 +81,8 @@ def test_garbage_is_refused_with_one_line_reason(model_dir, task, variant, mode)
     assert r.detail and "\n" not in r.detail and "unusable" not in r.detail, r.detail
     if mode == "nan":
         assert "non-finite" in r.detail
+    if mode == "constant" and task.startswith("pad"):  # what the int8 MiniFASNets do at qemu's `max` core
+        assert r.detail.startswith("outputs barely depend on the input"), r.detail
 
 
 def test_a_constant_embedding_is_caught_as_collapse(model_dir):

@@ -33,7 +33,7 @@ from .vision.align import CROP_PX, align
 from .vision.detect import FULL_RANGE, SHORT_RANGE, FaceDetector
 from .vision.embed import Embedder
 from .vision.mesh import FaceMesh, roi_from_detection
-from .vision.pad import INPUT_PX as PAD_PX, crop_for_pad
+from .vision.pad import INPUT_PX as PAD_PX, pad_box
 from .vision.tensors import to_input
 
 KAT_DIR = "kat"
@@ -64,7 +64,7 @@ TOLERANCES = {
     # vector (cosine 1.0 for every pair). The mirror image is the same person (0.97).
     "embed": {"cosine_min": 0.95, "pair_delta": 0.1, "distinct_max": 0.5},
     # passive liveness (MiniFASNet): the three class probabilities (p(real) is class 1)
-    # within 0.3 of the answer's. The inputs' known p(real) spread over >= 0.75 in every
+    # within 0.3 of the answer's. The inputs' known p(real) spread over >= 0.63 in every
     # variant (record_kat.py checks > 2 x 0.3), so no constant output passes for all.
     "pad": {"prob": 0.3},
 }
@@ -227,12 +227,23 @@ def _embed(runner: Runner, ins: KatInputs) -> dict:
     return {name: _r(emb.embed(crop), 5) for name, crop in embed_crops(ins).items()}
 
 
+def pad_crop(image_bgr: np.ndarray, box: tuple, scale: float) -> np.ndarray:
+    """The MiniFASNet input region of vision.pad.pad_box, brought to 80x80 by warpAffine:
+    cv2.resize (which crop_for_pad uses) gives other bytes on aarch64 than on x86-64
+    (OpenCV 5.0.0), warpAffine the same, so the test sees the same input everywhere."""
+    h, w = image_bgr.shape[:2]
+    x0, y0, x1, y1 = pad_box(w, h, box, scale)
+    sx, sy = PAD_PX / (x1 + 1 - x0), PAD_PX / (y1 + 1 - y0)
+    m = np.float64([[sx, 0.0, -x0 * sx], [0.0, sy, -y0 * sy]])
+    return cv2.warpAffine(image_bgr, m, (PAD_PX, PAD_PX), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
 def _pad(runner: Runner, task: str, ins: KatInputs) -> dict:
     scale = V2_SCALE if task == "pad_v2" else V1SE_SCALE
     spec: TensorSpec = runner.inputs[0]
     flip = ins.flipped()
-    crops = {"face": crop_for_pad(ins.face, ins.box, scale), "face_flip": crop_for_pad(flip.face, flip.box, scale),
-             "face_dark": crop_for_pad(ins.face // 3, ins.box, scale), "pattern": pattern(PAD_PX, PAD_PX)}
+    crops = {"face": pad_crop(ins.face, ins.box, scale), "face_flip": pad_crop(flip.face, flip.box, scale),
+             "face_dark": pad_crop(ins.face // 3, ins.box, scale), "pattern": pattern(PAD_PX, PAD_PX)}
     out = {}
     for name, crop in crops.items():
         z = np.asarray(runner.run(to_input(crop[None], spec))[0], np.float64).reshape(-1)
@@ -328,6 +339,10 @@ def _cmp_embed(got: dict, exp: dict) -> str:
 
 def _cmp_pad(got: dict, exp: dict) -> str:
     tol = TOLERANCES["pad"]["prob"]
+    have, want = [float(got[n][1]) for n in exp], [float(exp[n][1]) for n in exp]
+    if max(want) - min(want) > 2 * tol and not max(have) - min(have) > tol / 3:  # first: the qemu `max` failure
+        raise KatFailure(f"outputs barely depend on the input: p(real) {min(have):.3f}-{max(have):.3f} over "
+                         f"inputs known as {min(want):.3f}-{max(want):.3f}")
     worst = 0.0
     for name, want in exp.items():
         d = float(np.abs(np.float64(got[name]) - np.float64(want)).max())
