@@ -716,7 +716,7 @@ def build(cfg: Config, config_path: str | None = None, clock: Clock | None = Non
     topics = Topics.of(cfg.mqtt.prefix, cfg.device_id)
     if publisher is None and cfg.mqtt.enabled:
         publisher = PahoPublisher(cfg.mqtt, cfg.mqtt.client_id or f"facegate-{cfg.device_id}",
-                                  will=(topics.status, b"offline"))
+                                  will=(topics.status, b"offline"), max_payload_bytes=cfg.daemon.max_command_bytes)
     return Daemon(cfg, verifier=verifier, passive=passive, eyes=eyes, camera=ReopeningCamera.from_config(cfg.camera),
                   open_camera=lambda: open_camera(cfg.camera),
                   publisher=publisher, indicators=open_indicators(cfg.gpio), notifier=SystemdNotifier(), models=models,

@@ -25,6 +25,7 @@ from ..ports import Inbound
 
 log = logging.getLogger("facegate.mqtt")
 SESSION_EXPIRY_S = 3600
+PACKET_HEADROOM_BYTES = 64 * 1024  # fixed and variable header, topic, properties, beyond the payload
 
 
 def read_password(cfg: MqttConfig) -> str | None:
@@ -42,11 +43,16 @@ class PahoPublisher:
     by the broker when this client vanishes."""
 
     def __init__(self, cfg: MqttConfig, client_id: str, will: tuple[str, bytes] | None,
-                 persistent: bool = True):
+                 persistent: bool = True, max_payload_bytes: int | None = None):
         """persistent: ask the broker to keep this client's session (and queue its
-        commands) for SESSION_EXPIRY_S across disconnects; a one-off check says False."""
+        commands) for SESSION_EXPIRY_S across disconnects; a one-off check says False.
+        max_payload_bytes: the largest message payload this client takes; CONNECT tells
+        the broker (MQTT 5 Maximum Packet Size = this + PACKET_HEADROOM_BYTES), which then
+        never sends a larger packet (MQTT 5 section 3.1.2.11.4: it drops it), so an
+        oversized message never reaches this process's memory. None: no limit."""
         self.cfg = cfg
         self.persistent = persistent
+        self.max_packet_bytes = None if max_payload_bytes is None else max_payload_bytes + PACKET_HEADROOM_BYTES
         self.connected = False
         self.refused = 0  # QoS 1 publishes the broker answered with a failure reason code
         self.last_error = ""
@@ -145,6 +151,8 @@ class PahoPublisher:
         # by the broker (they still expire by their own `exp`)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S if self.persistent else 0
+        if self.max_packet_bytes is not None:
+            props.MaximumPacketSize = self.max_packet_bytes
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
                                    clean_start=not self.persistent, properties=props)
         self._client.loop_start()
