@@ -3,6 +3,7 @@ window for a broker that crashed (also through Delivery across a long outage), e
 an outbox written by 0.1.0 (no `acked`)."""
 from __future__ import annotations
 
+import os
 import sqlite3
 
 from facegate.delivery import Delivery
@@ -141,3 +142,45 @@ def test_a_clock_that_ran_ahead_cannot_reopen_the_replay_window(tmp_path):
     clock.t -= 7200
     again.expire()
     assert again.replay_floor == exp + 0.5
+
+
+def _disk_bytes(path) -> int:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+
+
+def test_the_space_of_purged_rows_goes_back_to_the_disk(tmp_path):
+    """Issue 15 finding 4: the outbox never vacuumed and its WAL had no size limit, so a
+    burst left the state dir full for good. Now the purge gives the pages back and cuts
+    the WAL."""
+    path = tmp_path / "outbox.sqlite"
+    ob = Outbox(path, max_rows=10)
+    ob.add(lambda seq: [("t", b"small", None)])
+    ob.expire()
+    baseline = _disk_bytes(path)
+    for _ in range(300):  # a burst: 300 results of 64 KiB, more than max_rows
+        ob.add(lambda seq: [("t", os.urandom(64 * 1024), None)])
+    full = _disk_bytes(path)
+    assert full > 300 * 64 * 1024
+    ob.expire()  # the oldest beyond max_rows expire ...
+    for p in ob.pending(1000):  # ... and the rest is delivered
+        ob.delivered(p.seq, p.topic)
+    ob.expire()
+    after = _disk_bytes(path)
+    assert after < baseline + 2 * 2**20, (baseline, full, after)
+    assert ob.depth() == 0 and ob.last_seq == 301
+    ob.close()
+    again = Outbox(path)
+    assert again.last_seq == 301 and again._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    again.close()
+
+
+def test_an_outbox_made_without_auto_vacuum_is_converted_on_open(tmp_path):
+    path = tmp_path / "outbox.sqlite"
+    old = sqlite3.connect(path)  # as an earlier version made it: no auto_vacuum
+    old.execute("PRAGMA journal_mode=WAL")
+    old.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+                      "INSERT INTO meta VALUES ('last_seq', 41);")
+    old.close()
+    ob = Outbox(path)
+    assert ob._db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2 and ob.last_seq == 41
+    ob.close()

@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS seen (
 """
 
 
+JOURNAL_LIMIT_BYTES = 1 << 20  # the WAL is cut back to this after each checkpoint
+COMPACT_MIN_FREE_PAGES = 64  # free pages (4 KiB each) worth an incremental vacuum after a purge
+
+
 class OutboxError(FacegateError):
     """The outbox cannot store a result (disk full, database unusable)."""
 
@@ -65,9 +69,16 @@ class Outbox:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file (else below)
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA journal_size_limit={JOURNAL_LIMIT_BYTES}")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # an outbox made before: convert once
+                try:
+                    self._db.execute("VACUUM")
+                except sqlite3.Error:
+                    pass  # e.g. no room for the copy: it stays as it is and is tried at the next start
             if "acked" not in {r[1] for r in self._db.execute("PRAGMA table_info(results)")}:
                 self._db.execute("ALTER TABLE results ADD COLUMN acked REAL")  # an outbox of 0.1.0
         except (sqlite3.Error, OSError) as exc:
@@ -187,7 +198,24 @@ class Outbox:
                 except sqlite3.Error:
                     pass
                 raise OutboxError(f"outbox: {exc}") from None
+            self._compact()
             return len(seqs)
+
+    def _compact(self) -> None:
+        """After a purge: give the freed pages back to the file system (incremental vacuum,
+        when at least COMPACT_MIN_FREE_PAGES are free) and cut the WAL to nothing
+        (checkpoint TRUNCATE) when it grew beyond JOURNAL_LIMIT_BYTES or pages were freed:
+        the disk recovers by itself once a burst is delivered or expired. Best effort."""
+        try:
+            freed = False
+            if self._db.execute("PRAGMA freelist_count").fetchone()[0] >= COMPACT_MIN_FREE_PAGES:
+                self._db.executescript("PRAGMA incremental_vacuum;")  # sqlite3_exec: every step, not only the first
+                freed = True
+            wal = self.path.with_name(self.path.name + "-wal")
+            if freed or (wal.exists() and wal.stat().st_size > JOURNAL_LIMIT_BYTES):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except (sqlite3.Error, OSError):
+            pass  # a full disk or a reader in the way: the next purge tries again
 
     # -- replay protection -------------------------------------------------------------
     @property
