@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS seen (
 
 JOURNAL_LIMIT_BYTES = 1 << 20  # the WAL is cut back to this after each checkpoint
 COMPACT_MIN_FREE_PAGES = 64  # free pages (4 KiB each) worth an incremental vacuum after a purge
+WAL_TRUNCATE_BYTES = 64 * 1024  # a purge cuts a WAL beyond this back to nothing
 
 
 class OutboxError(FacegateError):
@@ -204,7 +205,7 @@ class Outbox:
     def _compact(self) -> None:
         """After a purge: give the freed pages back to the file system (incremental vacuum,
         when at least COMPACT_MIN_FREE_PAGES are free) and cut the WAL to nothing
-        (checkpoint TRUNCATE) when it grew beyond JOURNAL_LIMIT_BYTES or pages were freed:
+        (checkpoint TRUNCATE) when it grew beyond WAL_TRUNCATE_BYTES or pages were freed:
         the disk recovers by itself once a burst is delivered or expired. Best effort."""
         try:
             freed = False
@@ -212,7 +213,7 @@ class Outbox:
                 self._db.executescript("PRAGMA incremental_vacuum;")  # sqlite3_exec: every step, not only the first
                 freed = True
             wal = self.path.with_name(self.path.name + "-wal")
-            if freed or (wal.exists() and wal.stat().st_size > JOURNAL_LIMIT_BYTES):
+            if freed or (wal.exists() and wal.stat().st_size > WAL_TRUNCATE_BYTES):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except (sqlite3.Error, OSError):
             pass  # a full disk or a reader in the way: the next purge tries again
