@@ -127,9 +127,8 @@ def test_a_junk_flood_costs_no_disk_and_drops_no_real_command(tmp_path, broker, 
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    d = DaemonProc(tmp_path, broker, faces, backend_key, extra="").start()
+    d = DaemonProc(tmp_path, broker, faces, backend_key)
     d.cfg.write_text(d.cfg.read_text().replace('liveness = "passive"', 'liveness = "none"\nmax_pending = 20'))
-    d.stop()
     d.start()
     be = Backend(broker)
     flooder = Backend(broker, subscribe="nothing/here")
