@@ -41,7 +41,8 @@ trusted_keys = ["{backend_key.public.hex()}"]
     d = daemon_mod.build(cfg, publisher=pub)
     t = threading.Thread(target=d.run, daemon=True)
     t.start()
-    pub.wait_for(lambda p: p.retained.get(f"{ROOT}/status") == b"online", 30)
+    # on_connect announces status, attest, state, then health: wait for all of them
+    pub.wait_for(lambda p: p.retained.get(f"{ROOT}/status") == b"online" and f"{ROOT}/health" in p.retained, 30)
     yield d, pub
     d.request_stop()
     t.join(30)
