@@ -65,6 +65,7 @@ def test_a_command_in_gives_one_signed_result_out_and_the_outbox_empties_on_its_
     reply = next(s for s in pub.published if s.topic == REPLY)
     assert reply.correlation == b"corr-1" and independent_verify(reply.payload, d.key.public, REPLY) == r
     pub.wait_for(lambda p: d.outbox.depth() == 0, 10)  # acknowledged, so gone from the outbox
+    pub.wait_for(lambda p: p.retained[f"{ROOT}/state"].split(b'"')[3] == b"idle", 10)  # after the result
     states = [s.split(b'"')[3] for s in pub.on(f"{ROOT}/state")]
     assert states[0] == b"idle" and b"waiting_face" in states and states[-1] == b"idle"
 
