@@ -14,7 +14,7 @@ Folders absent from --data are skipped and said so. Without --threshold the scri
 picks the threshold that minimises max(APCER, BPCER) on NUAA and reports at it.
 
 Active challenge events against hand annotations (tests/fixtures/liveness_annotations.json):
-every frame goes detector -> chosen face -> mesh (presence >= 0.5, as pipeline.LivenessCheck
+every frame goes detector -> chosen face -> mesh (presence >= 0.5, as liveness.check.LivenessCheck
 feeds the challenge) -> Observation(t, yaw, eye openness) -> a liveness.challenge.Challenge
 that records every blink and turn:
   replay/*/live.webm      blinks and turns found vs annotated (a found event lies between
@@ -25,7 +25,7 @@ that records every blink and turn:
                           at 10 fps: blinks reported (must be 0)
 blink_recall = annotated blinks found / annotated blinks. --eyes iris (default) judges
 blinks on liveness.challenge.EyeLids (the iris-landmark model); --eyes mesh on the face
-mesh's eye_openness, which is what pipeline.LivenessCheck feeds until it is given EyeLids
+mesh's eye_openness, which is what liveness.check.LivenessCheck feeds until it is given EyeLids
 (the table shows both). --plots writes openness / yaw curves to --out.
 Ends with one line:
   liveness: apcer_print=A bpcer=B replay_rejected=R/N live_accepted=L/M blink_recall=C
@@ -60,7 +60,7 @@ PRINT_FPS = 10.0
 @dataclass
 class FrameObs:
     """One frame as the challenge sees it: face = a face was chosen; mesh_ok = its mesh
-    presence >= 0.5 (only those frames reach the challenge, as in pipeline.LivenessCheck)."""
+    presence >= 0.5 (only those frames reach the challenge, as in liveness.check.LivenessCheck)."""
 
     seq: int
     t: float

@@ -26,7 +26,7 @@ def lids(model_dir):
 
 
 def observe(verifier, lids, image, t):
-    """(Observation or None, mesh openness) of one frame, as pipeline.LivenessCheck sees
+    """(Observation or None, mesh openness) of one frame, as liveness.check.LivenessCheck sees
     it: the chosen face, only when its mesh presence is >= 0.5; None = no face chosen."""
     dets = verifier.find_faces(image, False, Timings())
     det, _ = decide.choose_face(dets, image.shape[1], image.shape[0], verifier.cfg.dominant_face_ratio)

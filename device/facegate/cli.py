@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, modelstore
 from . import config as config_mod
-from . import modelstore
 from .errors import FacegateError, InputError
 
 EXIT_OK, EXIT_NEGATIVE, EXIT_BAD_INPUT = 0, 1, 2
@@ -70,10 +69,10 @@ class _Models:
         return self._verifier
 
     def liveness(self):
-        """A fresh LivenessCheck (or None) per session; its models are loaded once."""
+        """The liveness plan of --liveness (its models loaded once); None for `none`."""
         if self._liveness is None:
             self._liveness = build_liveness(self.cfg, self.args)
-        return self._liveness()
+        return self._liveness
 
 
 def _verify_one(models: _Models, cfg: config_mod.Config, args, reference_path: Path, probe_path: Path) -> dict:
@@ -86,9 +85,14 @@ def _verify_one(models: _Models, cfg: config_mod.Config, args, reference_path: P
     as_frames = args.liveness != "none" or not is_image_path(probe_path)
     reference = read_image(reference_path, *lim)
     if as_frames:
+        from .session import Session
+
         with FileCamera(probe_path, max_bytes=lim[0] * 10, max_pixels=lim[1]) as camera:
             verifier = models.verifier()
-            decision, timings = verifier.verify_frames(reference, camera.frames(), models.liveness())
+            steps = None if args.challenge is None else [s for s in args.challenge.split(",") if s]
+            outcome = Session.planned(verifier, models.liveness(), steps, stop_early=False).run(
+                reference, camera.frames())
+            decision, timings = outcome.decision, outcome.timings_ms
     else:
         probe = read_image(probe_path, *lim)
         verifier = models.verifier()
@@ -159,19 +163,21 @@ def cmd_verify(args) -> int:
 
 
 def build_liveness(cfg: config_mod.Config, args):
-    """A maker of the LivenessCheck that --liveness asks for (None for `none`): the models
-    are loaded here, only as needed, once; each call of the maker is a fresh session
-    (random challenges drawn from one generator seeded by --seed)."""
+    """The LivenessPlan that --liveness asks for (None for `none`): the models are loaded
+    here, only as needed, once; each session makes its own check from it (random
+    challenges drawn from one generator seeded by --seed)."""
     import random
 
-    from .pipeline import ACTIVE_MODES, PASSIVE_MODES, build_eyes, build_passive, liveness_check
+    from .liveness.check import LivenessPlan
+    from .pipeline import build_eyes, build_passive
+    from .vocab import LivenessMode
 
-    mode = getattr(args, "liveness", "none")
-    steps = None if args.challenge is None else [s for s in args.challenge.split(",") if s]
-    passive = build_passive(_store(cfg), cfg, make_runner) if mode in PASSIVE_MODES else None
-    eyes = build_eyes(_store(cfg), cfg, make_runner) if mode in ACTIVE_MODES else None
-    rng = random.Random(args.seed)
-    return lambda: liveness_check(cfg.liveness, mode, steps, rng, passive, eyes)
+    mode = LivenessMode(getattr(args, "liveness", "none"))
+    if mode == LivenessMode.NONE:
+        return None
+    passive = build_passive(_store(cfg), cfg, make_runner) if mode.passive else None
+    eyes = build_eyes(_store(cfg), cfg, make_runner) if mode.active else None
+    return LivenessPlan(mode, cfg.liveness, passive, eyes, random.Random(args.seed))
 
 
 # -- models ---------------------------------------------------------------------------

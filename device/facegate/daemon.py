@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import queue
-import random
 import shutil
 import signal
 import statistics
@@ -24,26 +23,41 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from . import __version__
 from . import config as config_mod
 from .config import Config
-from .decide import NO_FACE, SPOOF
-from .errors import CameraError, FacegateError
-from .messages import (CommandRejected, Topics, VerifyCommand, attest_payload, authenticate, check_command,
-                       event_json, ha_discovery, identify, policy_hash, result_payload, state_json)
 from .delivery import Delivery
+from .errors import FacegateError
 from .feed import FrameFeed
+from .liveness.check import LivenessPlan
+from .messages import (
+    CommandRejected,
+    Topics,
+    VerifyCommand,
+    attest_payload,
+    authenticate,
+    check_command,
+    event_json,
+    ha_discovery,
+    identify,
+    policy_hash,
+    result_payload,
+    state_json,
+)
 from .outbox import Outbox, OutboxError
-from .liveness.passive import PassiveLiveness
-from .pipeline import ACTIVE_MODES, PASSIVE_MODES, LivenessCheck, Verifier, liveness_check
+from .pipeline import ACTIVE_MODES, PASSIVE_MODES, Verifier
 from .ports import Camera, Clock, Inbound, Indicators, Publisher
-from .signing import Verified, load_or_create_key, public_from_hex, public_raw, kid_of, sign
+from .session import Session, live, replay
+from .signing import Verified, kid_of, load_or_create_key, public_from_hex, public_raw, sign
 from .types import Decision, Frame
-from .vocab import Refusal
+from .vocab import LivenessMode, Refusal, State
+
+StateObserver = Callable[[State, "str | None", "str | None"], None]  # (state, step, session)
 
 log = logging.getLogger("facegate.daemon")
 
@@ -198,17 +212,19 @@ class Daemon:
     """One terminal. Every collaborator comes in from outside (build() makes the real
     ones): models, camera opener, publisher, indicators, notifier."""
 
-    def __init__(self, cfg: Config, *, verifier: Verifier, passive: PassiveLiveness | None, eyes=None,
+    def __init__(self, cfg: Config, *, verifier: Verifier, liveness: LivenessPlan,
                  camera, open_camera: Callable[[], Camera], publisher: Publisher | None, indicators: Indicators,
                  notifier, models: dict[str, str], config_path: str | None = None,
-                 model_selftest: dict[str, dict] | None = None, clock: Clock | None = None):
+                 model_selftest: dict[str, dict] | None = None, clock: Clock | None = None,
+                 on_state: StateObserver | None = None):
         self.cfg = cfg
         if clock is None:
             from .adapters.clock import SystemClock
             clock = SystemClock()
         self.clock = clock  # wall time for commands, results and the outbox; clock synchronisation
         self.config_path = config_path
-        self.verifier, self.passive, self.eyes = verifier, passive, eyes
+        self.verifier, self.liveness = verifier, liveness  # each session's check is made from the plan
+        self.on_state = on_state or (lambda state, step, session: None)  # the demo's narrator
         self.camera = camera  # never ends: reopens itself (adapters.cameras.ReopeningCamera)
         self.open_camera = open_camera  # a fresh camera: per-session replays of a file
         self.publisher, self.indicators, self.notifier = publisher, indicators, notifier
@@ -285,6 +301,7 @@ class Daemon:
         if self.publisher is not None:
             self.publisher.publish(self.topics.state, state_json(state, step, session), qos=1, retain=True)
         self.notifier.status(f"{state}{' ' + step if step else ''}")
+        self.on_state(state, step, session)
         self._write_status()
 
     # -- results -------------------------------------------------------------------------
@@ -402,103 +419,42 @@ class Daemon:
         return free_mb >= self.cfg.daemon.min_free_mb
 
     # -- sessions ------------------------------------------------------------------------
-    def _liveness(self, steps: list[str] | None) -> LivenessCheck | None:
-        return liveness_check(self.cfg.liveness, self.cfg.daemon.liveness, steps, random.SystemRandom(),
-                              self.passive, self.eyes)
-
     def _button_pressed(self) -> None:
         """gpiozero's thread: a press ends the running session (cancelled); idle, it does
         nothing: a session needs a command, which brings the reference."""
-        if self.state[0] != "idle":
+        if self.state[0] != State.IDLE:
             self.cancel_flag.set()
 
-    def _session_frames(self, session: str, liveness: LivenessCheck | None, ended: list) -> Iterator[Frame]:
-        """Frames for one session, until the session timeout (in frame time), a press of
-        the button or stop; `ended` gets "timeout" or "cancelled" when those end it."""
-        cam_cfg = self.cfg.camera
-        own = None
-        if cam_cfg.source == "file" and cam_cfg.restart_each_session:
-            own = self.open_camera()
-            source = own.frames()
-        else:
-            source = self._live_frames()
-        t0 = None
-        try:
+    def _session_frames(self) -> Iterator[Frame]:
+        """A session's frames: a replay of the file from its start, else the live feed;
+        each one feeds the watchdog."""
+        cam = self.cfg.camera
+        restart = cam.source == "file" and cam.restart_each_session
+        with closing(replay(self.open_camera) if restart else live(self.feed, cam.frame_timeout_s)) as source:
             for frame in source:
-                if self.stop_flag.is_set():
-                    return
-                if self.cancel_flag.is_set():
-                    ended.append("cancelled")
-                    return
-                t0 = frame.t_mono_s if t0 is None else t0
-                if frame.t_mono_s - t0 > self.cfg.daemon.session_timeout_s:
-                    ended.append("timeout")
-                    return
                 self._progress()
                 yield frame
-        finally:
-            if own is not None:
-                own.close()
-
-    def _live_frames(self) -> Iterator[Frame]:
-        last = None
-        while not self.stop_flag.is_set():
-            f = self.feed.next(last, self.cfg.camera.frame_timeout_s)
-            if f is None:
-                raise CameraError(f"no frame for {self.cfg.camera.frame_timeout_s:g} s")
-            last = f
-            yield f
 
     def run_session(self, req: Request) -> Decision:
-        cmd = req.command
-        session = uuid.uuid4().hex[:16]
+        cmd, session = req.command, uuid.uuid4().hex[:16]
         self.health.sessions += 1
         self.indicators.show("busy")
-        liveness = self._liveness(cmd.challenge)
         self.cancel_flag.clear()  # a press before this session does not end it
-        self._set_state("waiting_face", None, session)
-
-        def on_frame(face: bool) -> None:
-            """The display's state: waiting for a face until one is tracked, then each
-            challenge step as it is asked (a passive-only session stays waiting_face)."""
-            ch = liveness.challenge if liveness else None
-            if face and ch is not None and ch.step:
-                self._set_state("challenge", ch.step, session)
-
-        ended: list[str] = []
-        t0 = time.perf_counter()
-        try:
-            decision, timings = self.verifier.verify_frames(
-                cmd.reference, self._session_frames(session, liveness, ended), liveness,
-                stop_early=True, on_frame=on_frame)
-            timed_out = "timeout" in ended
-            if "cancelled" in ended:
-                decision = Decision("error", "cancelled", None, decision.quality, 0, decision.liveness)
-            elif timed_out and decision.decision == NO_FACE:
-                decision = Decision("timeout", "no_face_in_time", None, decision.quality, 0, decision.liveness)
-            elif timed_out and decision.decision == SPOOF and decision.reason == "challenge_incomplete":
-                decision = Decision("timeout", "challenge_incomplete", None, decision.quality,
-                                    decision.frames_used, decision.liveness)
-            self.health.record(timings)
-        except CameraError as exc:
-            decision = Decision("error", "camera_failed")
-            log.error("session %s: %s", session, exc)
-        except FacegateError as exc:
-            decision = Decision("error", "pipeline_error")
-            log.error("session %s: %s", session, exc)
-        except Exception:
-            decision = Decision("error", "internal_error")
-            log.exception("session %s failed", session)
-        self._set_state("deciding", None, session)
-        self.emit_result(decision.decision, decision.reason, session=session, request_id=cmd.request_id,
-                         nonce=cmd.nonce, liveness=decision.liveness, quality=decision.quality,
+        run = Session.planned(self.verifier, self.liveness, cmd.challenge, timeout_s=self.cfg.daemon.session_timeout_s,
+                              on_progress=lambda state, step: self._set_state(state, step, session),
+                              cancelled=self.cancel_flag.is_set, stopped=self.stop_flag.is_set)
+        out = run.run_contained(cmd.reference, self._session_frames(), session)
+        if out.timings_ms:
+            self.health.record(out.timings_ms)
+        d = out.decision
+        self.emit_result(d.decision, d.reason, session=session, request_id=cmd.request_id,
+                         nonce=cmd.nonce, liveness=d.liveness, quality=d.quality,
                          response_topic=req.response_topic, correlation=req.correlation)
-        self.health.last_decision = {"decision": decision.decision, "reason": decision.reason,
-                                     "session": session, "ts": round(self.clock.time(), 3),
-                                     "ms": round((time.perf_counter() - t0) * 1000, 1)}
-        react(self.indicators, decision.decision)
-        self._set_state("idle")
-        return decision  # the caller drops it; the reference and frames die with the session
+        self.health.last_decision = {"decision": d.decision, "reason": d.reason, "session": session,
+                                     "ts": round(self.clock.time(), 3), "ms": out.ms}
+        react(self.indicators, d.decision)
+        self._set_state(State.IDLE)
+        return d  # the caller drops it; the reference and frames die with the session
 
     def _progress(self) -> None:
         """Frames flow: feed the watchdog."""
@@ -618,7 +574,7 @@ class Daemon:
                     self.ready = True
                     self.indicators.show("ready")
                     self.notifier.ready(f"ready: {self.cfg.device_id}, kid {self.key.kid.hex()}")
-                    self._set_state("idle")
+                    self.on_state(State.IDLE, None, None)  # the first report: ready
                     log.info("ready")
             if self.ready and self.feed.ok != camera_ok:  # tell systemctl status about the camera
                 camera_ok = self.feed.ok
@@ -687,10 +643,13 @@ def install_signal_handlers(daemon: Daemon) -> None:
 
 
 def build(cfg: Config, config_path: str | None = None, clock: Clock | None = None,
-          publisher: Publisher | None = None) -> Daemon:
+          publisher: Publisher | None = None, on_state: StateObserver | None = None,
+          service: bool = True) -> Daemon:
     """A daemon with the real adapters named by the config (models verified on load);
     `clock`: the system clock unless given (tests step a FakeClock); `publisher`: used
-    instead of the PahoPublisher that mqtt.enabled asks for (tests pass a FakePublisher)."""
+    instead of the PahoPublisher that mqtt.enabled asks for (tests pass a FakePublisher);
+    `on_state`: told every state change (the demo narrates them), first idle when the
+    camera delivers; `service`: False tells systemd nothing (the demo is no service)."""
     from .adapters.cameras import ReopeningCamera, open_camera
     from .adapters.gpio import open_indicators
     from .adapters.litert import make_runner
@@ -717,8 +676,9 @@ def build(cfg: Config, config_path: str | None = None, clock: Clock | None = Non
     if publisher is None and cfg.mqtt.enabled:
         publisher = PahoPublisher(cfg.mqtt, cfg.mqtt.client_id or f"facegate-{cfg.device_id}",
                                   will=(topics.status, b"offline"), max_payload_bytes=cfg.daemon.max_command_bytes)
-    return Daemon(cfg, verifier=verifier, passive=passive, eyes=eyes, camera=ReopeningCamera.from_config(cfg.camera),
+    return Daemon(cfg, verifier=verifier, liveness=LivenessPlan(LivenessMode(cfg.daemon.liveness), cfg.liveness, passive, eyes),
+                  camera=ReopeningCamera.from_config(cfg.camera),
                   open_camera=lambda: open_camera(cfg.camera),
-                  publisher=publisher, indicators=open_indicators(cfg.gpio), notifier=SystemdNotifier(), models=models,
+                  publisher=publisher, indicators=open_indicators(cfg.gpio), notifier=SystemdNotifier(None if service else {}), models=models,
                   config_path=config_path, model_selftest={t: c.as_dict() for t, c in store.chosen.items()},
-                  clock=clock)
+                  clock=clock, on_state=on_state)

@@ -3,7 +3,7 @@
 `run_demo` builds the real daemon (daemon.build) from a config with MQTT off and a video
 file as its camera, runs it on a thread, signs a verify command with a throw-away backend
 key and hands it in as if the broker had delivered it (Daemon.handle_inbound), reports
-the daemon's state changes, takes the signed result out of the outbox, verifies it against
+the daemon's state changes (its state observer), takes the signed result out of the outbox, verifies it against
 the device's public key and the result topic, and stops the daemon. Nothing is printed
 here: progress goes to a callback, the caller (cli.py) prints.
 
@@ -49,7 +49,7 @@ from .imageio import decode_image
 from .messages import verify_command
 from .ports import Inbound
 from .signing import SignatureError, SigningKey, load_key, public_from_hex, sign, verify
-from .vocab import LivenessMode, LivenessReason, Step
+from .vocab import LivenessMode, LivenessReason, State, Step
 
 LIVENESS_MODES = tuple(LivenessMode)
 DEMO_DEVICE_ID = "demo-kiosk"
@@ -329,32 +329,22 @@ def demo_config(video: Path, workdir: Path, liveness: str, backend_public_hex: s
 
 # -- progress -----------------------------------------------------------------------------
 class _StateTap:
-    """Stands in for the systemd notifier (the demo is no service, nothing goes to
-    systemd): the daemon reports every state change to it, in order, from its own thread;
-    the tap reads daemon.state at that moment and queues it for the demo thread."""
+    """The daemon's state observer (daemon.build(on_state=...)): it is told every state
+    change, in order, on the daemon's thread, and queues them for the demo thread; the
+    first one (idle) says the camera delivers frames."""
 
-    def __init__(self, daemon):
-        self._daemon = daemon
+    def __init__(self) -> None:
         self.events: queue.Queue = queue.Queue()
         self.is_ready = threading.Event()
+        self.last: tuple[str, str | None] = (State.IDLE, None)
 
-    def ready(self, status: str | None = None) -> bool:
-        self.is_ready.set()
-        self.events.put(("ready", None, None))
-        return False
-
-    def status(self, text: str) -> bool:
-        self.events.put(self._daemon.state)
-        return False
-
-    def keepalive(self, progress: bool) -> bool:
-        return False
-
-    def stopping(self, status: str | None = None) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
+    def __call__(self, state: State, step: str | None, session: str | None) -> None:
+        if not self.is_ready.is_set():
+            self.is_ready.set()
+            self.events.put(("ready", None, None))
+        else:
+            self.events.put((state, step, session))
+        self.last = (state, step)
 
 
 class _Narrator:
@@ -424,9 +414,8 @@ def run_demo(video: Path, reference: Path, workdir: Path, liveness: str, challen
     cfg = demo_config(video, workdir, liveness, backend.public.hex(), step_timeout_s)
     ref_bytes, note = _reference_bytes(reference, cfg.daemon.max_command_bytes, cfg.daemon.max_reference_pixels)
     workdir.mkdir(parents=True, exist_ok=True)
-    d = daemon_mod.build(cfg)
-    tap = _StateTap(d)
-    d.notifier = tap
+    tap = _StateTap()
+    d = daemon_mod.build(cfg, on_state=tap, service=False)
     device_public = load_key(daemon_mod.key_path(cfg)).public  # as a backend would hold it: from the key file
     topics = d.topics
     t_built = time.monotonic()
@@ -487,8 +476,9 @@ def run_demo(video: Path, reference: Path, workdir: Path, liveness: str, challen
                     why = box.get("error", f"exit {box.get('rc')}")
                     raise DemoError(f"the daemon stopped before answering: {why}")
                 if time.monotonic() > deadline:
-                    raise DemoError(f"no result within {timeout_s:g} s (daemon state: {d.state[0]}"
-                                    f"{', step ' + d.state[1] if d.state[1] else ''})")
+                    state, step = tap.last
+                    raise DemoError(f"no result within {timeout_s:g} s (daemon state: {state}"
+                                    f"{', step ' + step if step else ''})")
                 time.sleep(0.02)
         t_result = time.monotonic()
         drain()

@@ -6,20 +6,21 @@ embedding (L2-normalised) -> cosine similarity -> decision.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import cv2
 import numpy as np
 
 from . import decide, kat
-from .config import Config, LivenessConfig, VerifyConfig
+from .config import Config, VerifyConfig
+from .liveness.challenge import EyeLids
+from .liveness.check import LivenessCheck
+from .liveness.passive import V1SE_SCALE, V2_SCALE, PassiveLiveness
 from .modelstore import ModelStore
 from .ports import Runner
-from .liveness.challenge import Challenge, ChallengeOptions, EyeLids, Observation, draw_steps, eye_openness
-from .liveness.passive import V1SE_SCALE, V2_SCALE, PassiveLiveness, fuse
 from .types import Decision, Detection, FaceAnalysis, Frame
 from .vision.align import align, five_points
 from .vision.detect import FULL_RANGE, SHORT_RANGE, FaceDetector
@@ -28,6 +29,7 @@ from .vision.geometry import iou
 from .vision.mesh import FaceMesh, roi_from_detection
 from .vision.pad import PadModel
 from .vision.quality import measure
+from .vocab import FaceReason
 
 RunnerFactory = Callable[[Path, int], Runner]
 
@@ -43,7 +45,7 @@ class Timings:
         self.ms[stage] = self.ms.get(stage, 0.0) + (t1 - t0) * 1000.0
         return t1
 
-    def merge(self, other: "Timings") -> None:
+    def merge(self, other: Timings) -> None:
         for k, v in other.ms.items():
             self.ms[k] = self.ms.get(k, 0.0) + v
 
@@ -71,91 +73,8 @@ def build_eyes(store: ModelStore, config: Config, make_runner: RunnerFactory) ->
     return EyeLids(kat.load(store, "iris", "fp32", make_runner, config.models.num_threads)[0])
 
 
-@dataclass
-class LivenessCheck:
-    """What liveness a video verification must pass: the passive models (or None) with
-    their threshold, and an active challenge (or None). drift_every: every n-th frame
-    with a face is embedded and compared with the first, to catch a face swap."""
-
-    passive: PassiveLiveness | None = None
-    passive_threshold: float = 0.5
-    passive_min_frames: int = 1
-    challenge: Challenge | None = None
-    eyes: EyeLids | None = None  # lid-following eye openness; None = the face mesh's (blinks barely move it)
-    drift_every: int = 5
-    scores: list = field(default_factory=list)
-    track_changed: bool = False  # another face took the tracked face's place
-    _first: np.ndarray | None = None
-    _n: int = 0
-
-    def observe(self, embedder: Embedder, t_s: float, face: FaceAnalysis | None, image: np.ndarray) -> None:
-        """Feed one frame's tracked face (or None) to the passive and active checks."""
-        if face is None:
-            if self.challenge:
-                self.challenge.update(Observation(t_s, False))
-            return
-        if self.passive:  # every frame of the tracked face, as scripts/eval_liveness.py scores them
-            self.scores.append(self.passive.score(image, face.detection))
-        if self.challenge and face.mesh.presence >= 0.5:
-            sim = None
-            if self._n % self.drift_every == 0:
-                e = embedder.embed(face.crop)
-                if self._first is None:
-                    self._first = e
-                sim = cosine(self._first, e)
-            self._n += 1
-            openness = (self.eyes.openness(image, face.mesh.points) if self.eyes is not None
-                        else eye_openness(face.mesh.points))
-            self.challenge.update(Observation(t_s, True, face.quality.yaw_deg, openness, sim))
-
-    def settled(self, min_frames: int) -> bool:
-        """Enough seen for a verdict: the challenge finished (passed or failed) and the
-        passive check scored at least `min_frames` frames."""
-        if self.track_changed:
-            return True
-        if self.challenge is not None and self.challenge.status == "running":
-            return False
-        return self.passive is None or len(self.scores) >= max(min_frames, self.passive_min_frames)
-
-    def verdict(self) -> tuple[str | None, dict]:
-        """(reason the session is a spoof or None, summary without scores)."""
-        summary: dict = {}
-        reason = "face_changed" if self.track_changed else None
-        if self.challenge is not None:
-            ch = self.challenge
-            summary.update(steps=list(ch.steps), active_pass=ch.status == "passed",
-                           steps_done=[e for e, _ in ch.events])
-            if ch.status != "passed" and reason is None:  # a face swap outranks what it caused
-                reason = ch.reason or "challenge_incomplete"
-        if self.passive is not None:
-            v = fuse(self.scores, self.passive_threshold, self.passive_min_frames)
-            summary.update(passive_pass=v.live, passive_frames=v.frames)
-            if not v.live and reason is None:
-                reason = v.reason
-        return reason, summary
-
-
 PASSIVE_MODES = ("passive", "both")  # liveness modes that run the MiniFASNet models
 ACTIVE_MODES = ("active", "both")    # liveness modes that run a challenge (and the eye-lid model)
-
-
-def liveness_check(lc: LivenessConfig, mode: str, steps: list[str] | None, rng,
-                   passive: PassiveLiveness | None = None, eyes: EyeLids | None = None) -> LivenessCheck | None:
-    """The LivenessCheck a session in `mode` (none | passive | active | both) must pass:
-    `passive` for the passive modes, a challenge of `steps` (None = drawn with `rng`
-    from the config) with `eyes` for the active ones; None for mode "none"."""
-    if mode == "none":
-        return None
-    check = LivenessCheck(passive_threshold=lc.passive_threshold, passive_min_frames=lc.passive_min_frames)
-    if mode in PASSIVE_MODES:
-        check.passive = passive
-    if mode in ACTIVE_MODES:
-        if steps is None:
-            steps = draw_steps(rng, lc.challenge_length, tuple(lc.challenge_steps))
-        check.challenge = Challenge(list(steps), ChallengeOptions(step_timeout_s=lc.step_timeout_s,
-                                                                   turn_min_deg=lc.turn_min_deg))
-        check.eyes = eyes
-    return check
 
 
 @dataclass(frozen=True)
@@ -185,7 +104,7 @@ class Verifier:
         self.peer: Verifier | None = None  # a second lane: its own models, its own thread
         self._pool: ThreadPoolExecutor | None = None
 
-    def with_peer(self, peer: "Verifier") -> "Verifier":
+    def with_peer(self, peer: Verifier) -> Verifier:
         """Give this verifier a second lane; model invocations release the GIL, so two
         lanes run on two cores (reference and probe analysed at the same time)."""
         self.peer = peer
@@ -203,7 +122,7 @@ class Verifier:
         return lambda: (fut.result(), t)
 
     @classmethod
-    def from_store(cls, store: ModelStore, config: Config, make_runner: RunnerFactory) -> "Verifier":
+    def from_store(cls, store: ModelStore, config: Config, make_runner: RunnerFactory) -> Verifier:
         """Load the verified model files named by the config, each of which passed its
         known-answer self-test on this CPU (facegate.kat.load; raises ModelError). The
         second lane's runners are more interpreters of the same files."""
@@ -321,23 +240,23 @@ class Verifier:
             h, w = frame.image.shape[:2]
             det, reason = decide.choose_face(dets, w, h, self.cfg.dominant_face_ratio)
             if det is not None and last_box is not None and iou(det.box, last_box) < 0.1:
-                reason, det = "face_changed", None
+                reason, det = FaceReason.FACE_CHANGED, None
                 if liveness:
-                    liveness.track_changed = True
+                    liveness.face_changed()
             if det is None:
                 reasons[reason] = reasons.get(reason, 0) + 1
                 if liveness:
-                    liveness.observe(self.embedder, frame.t_mono_s, None, frame.image)
+                    liveness.observe(frame.t_mono_s, None, frame.image)
                 if on_frame:
                     on_frame(False)
-                if stop_early and liveness and liveness.track_changed:
+                if stop_early and liveness and liveness.failed:
                     break
                 continue
             face = self.examine(frame.image, det, t, len(dets), embed=False)
             last_box = det.box
             if liveness:
                 t0 = time.perf_counter()
-                liveness.observe(self.embedder, frame.t_mono_s, face, frame.image)
+                liveness.observe(frame.t_mono_s, face, frame.image)
                 t.add("liveness", t0)
             if on_frame:
                 on_frame(True)
@@ -350,7 +269,7 @@ class Verifier:
             if stop_early and len(best) >= self.cfg.fusion_frames and (
                     liveness is None or liveness.settled(self.cfg.fusion_frames)):
                 break
-            if stop_early and liveness and liveness.challenge and liveness.challenge.status == "failed":
+            if stop_early and liveness and liveness.failed:
                 break
         ref, t_ref = pending()
         t.merge(t_ref)
