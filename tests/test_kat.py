@@ -201,3 +201,20 @@ def test_status_says_which_variant_and_why(tmp_path, model_dir, faces, monkeypat
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("selftest"))
     assert "embed=fp32 passed" in line and "ms; int8 refused: distinct inputs collapse" in line
     d.outbox.close()
+
+
+def test_the_plan_names_what_is_loaded_by_the_self_tests_choice(model_dir, tmp_path):
+    """pipeline.model_plan is the one list of models a configuration loads; loaded_models
+    names them by the sha256 of the variant the self-tests chose (a garbage int8 SFace: fp32)."""
+    from facegate.pipeline import build_liveness, loaded_models, model_plan
+
+    cfg = config_mod.Config(models={"dir": str(model_dir)}, daemon={"liveness": "both"})
+    store = modelstore.ModelStore(model_dir)
+    runner = garbage_for({"sface_int8.tflite"})
+    Verifier.from_store(store, cfg, runner)
+    build_liveness(store, cfg, runner, "both")
+    models = loaded_models(store)
+    assert list(models) == list(model_plan(cfg, "both"))
+    assert models["embed"] == _entry(store, "embed", "fp32").sha256
+    assert models["iris"] == _entry(store, "iris", "fp32").sha256
+    assert set(model_plan(cfg, "none")) == {"detect_short", "detect_full", "mesh", "embed"}

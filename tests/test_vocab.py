@@ -61,8 +61,12 @@ def test_the_cli_offers_the_liveness_modes_and_the_steps():
 def test_liveness_modes_say_which_checks_run():
     from facegate import pipeline
 
-    assert {m for m in LivenessMode if m.passive} == set(pipeline.PASSIVE_MODES)
-    assert {m for m in LivenessMode if m.active} == set(pipeline.ACTIVE_MODES)
+    cfg = config.Config()
+    for m in LivenessMode:
+        tasks = set(pipeline.model_plan(cfg, m))
+        assert (set(pipeline.PASSIVE_TASKS) <= tasks) == m.passive, m
+        assert (set(pipeline.ACTIVE_TASKS) <= tasks) == m.active, m
+        assert set(pipeline.VERIFIER_TASKS) <= tasks
 
 
 def test_home_assistant_is_told_every_decision():

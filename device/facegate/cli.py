@@ -168,16 +168,9 @@ def build_liveness(cfg: config_mod.Config, args):
     challenges drawn from one generator seeded by --seed)."""
     import random
 
-    from .liveness.check import LivenessPlan
-    from .pipeline import build_eyes, build_passive
-    from .vocab import LivenessMode
+    from .pipeline import build_liveness as load
 
-    mode = LivenessMode(getattr(args, "liveness", "none"))
-    if mode == LivenessMode.NONE:
-        return None
-    passive = build_passive(_store(cfg), cfg, make_runner) if mode.passive else None
-    eyes = build_eyes(_store(cfg), cfg, make_runner) if mode.active else None
-    return LivenessPlan(mode, cfg.liveness, passive, eyes, random.Random(args.seed))
+    return load(_store(cfg), cfg, make_runner, getattr(args, "liveness", "none"), random.Random(args.seed))
 
 
 # -- models ---------------------------------------------------------------------------

@@ -50,12 +50,12 @@ from .messages import (
     state_json,
 )
 from .outbox import Outbox, OutboxError
-from .pipeline import ACTIVE_MODES, PASSIVE_MODES, Verifier
+from .pipeline import Verifier
 from .ports import Camera, Clock, Inbound, Indicators, Publisher
 from .session import Session, live, replay
 from .signing import Verified, kid_of, load_or_create_key, public_from_hex, public_raw, sign
 from .types import Decision, Frame
-from .vocab import LivenessMode, Refusal, State
+from .vocab import Refusal, State
 
 StateObserver = Callable[[State, "str | None", "str | None"], None]  # (state, step, session)
 
@@ -212,7 +212,7 @@ class Daemon:
     """One terminal. Every collaborator comes in from outside (build() makes the real
     ones): models, camera opener, publisher, indicators, notifier."""
 
-    def __init__(self, cfg: Config, *, verifier: Verifier, liveness: LivenessPlan,
+    def __init__(self, cfg: Config, *, verifier: Verifier, liveness: LivenessPlan | None,
                  camera, open_camera: Callable[[], Camera], publisher: Publisher | None, indicators: Indicators,
                  notifier, models: dict[str, str], config_path: str | None = None,
                  model_selftest: dict[str, dict] | None = None, clock: Clock | None = None,
@@ -223,7 +223,7 @@ class Daemon:
             clock = SystemClock()
         self.clock = clock  # wall time for commands, results and the outbox; clock synchronisation
         self.config_path = config_path
-        self.verifier, self.liveness = verifier, liveness  # each session's check is made from the plan
+        self.verifier, self.liveness = verifier, liveness  # each session's check is made from the plan (None: none)
         self.on_state = on_state or (lambda state, step, session: None)  # the demo's narrator
         self.camera = camera  # never ends: reopens itself (adapters.cameras.ReopeningCamera)
         self.open_camera = open_camera  # a fresh camera: per-session replays of a file
@@ -656,27 +656,21 @@ def build(cfg: Config, config_path: str | None = None, clock: Clock | None = Non
     from .adapters.mqtt import PahoPublisher
     from .adapters.systemd import SystemdNotifier
     from .modelstore import ModelStore
-    from .pipeline import build_eyes, build_passive
+    from .pipeline import build_liveness, loaded_models
 
     # a session ends by its own timeout, not by a frame count
     vcfg = cfg.model_copy(update={"verify": cfg.verify.model_copy(update={"max_frames": 10**9})})
     store = ModelStore(cfg.models.dir or None)
     verifier = Verifier.from_store(store, vcfg, make_runner)
-    models = dict(verifier.models)
-    passive = None
-    if cfg.daemon.liveness in PASSIVE_MODES:
-        passive = build_passive(store, cfg, make_runner)  # verified and self-tested files ...
-    eyes = None
-    if cfg.daemon.liveness in ACTIVE_MODES:
-        eyes = build_eyes(store, cfg, make_runner)
-    models.update({task: c.entry.sha256 for task, c in store.chosen.items()})  # ... named by the manifest
+    liveness = build_liveness(store, cfg, make_runner, cfg.daemon.liveness)
+    models = loaded_models(store)  # verified, self-tested files, named by the manifest's sha256
     for task, c in store.chosen.items():
         (log.warning if c.refused else log.info)("model %s: %s (self-test %.0f ms)", task, c.why, c.kat_ms)
     topics = Topics.of(cfg.mqtt.prefix, cfg.device_id)
     if publisher is None and cfg.mqtt.enabled:
         publisher = PahoPublisher(cfg.mqtt, cfg.mqtt.client_id or f"facegate-{cfg.device_id}",
                                   will=(topics.status, b"offline"), max_payload_bytes=cfg.daemon.max_command_bytes)
-    return Daemon(cfg, verifier=verifier, liveness=LivenessPlan(LivenessMode(cfg.daemon.liveness), cfg.liveness, passive, eyes),
+    return Daemon(cfg, verifier=verifier, liveness=liveness,
                   camera=ReopeningCamera.from_config(cfg.camera),
                   open_camera=lambda: open_camera(cfg.camera),
                   publisher=publisher, indicators=open_indicators(cfg.gpio), notifier=SystemdNotifier(None if service else {}), models=models,

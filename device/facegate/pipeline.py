@@ -5,6 +5,7 @@ embedding (L2-normalised) -> cosine similarity -> decision.
 """
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +18,9 @@ import numpy as np
 from . import decide, kat
 from .config import Config, VerifyConfig
 from .liveness.challenge import EyeLids
-from .liveness.check import LivenessCheck
+from .liveness.check import LivenessCheck, LivenessPlan
 from .liveness.passive import V1SE_SCALE, V2_SCALE, PassiveLiveness
-from .modelstore import ModelStore
+from .modelstore import ModelEntry, ModelStore
 from .ports import Runner
 from .types import Decision, Detection, FaceAnalysis, Frame
 from .vision.align import align, five_points
@@ -29,7 +30,7 @@ from .vision.geometry import iou
 from .vision.mesh import FaceMesh, roi_from_detection
 from .vision.pad import PadModel
 from .vision.quality import measure
-from .vocab import FaceReason
+from .vocab import FaceReason, LivenessMode
 
 RunnerFactory = Callable[[Path, int], Runner]
 
@@ -60,21 +61,62 @@ def lanes_and_threads(config: Config) -> tuple[int, int]:
     return lanes, max(1, config.models.num_threads // lanes)
 
 
+VERIFIER_TASKS = ("detect_short", "detect_full", "mesh", "embed")
+PASSIVE_TASKS = ("pad_v2", "pad_v1se")
+ACTIVE_TASKS = ("iris",)
+
+
+def model_plan(config: Config, liveness: str = LivenessMode.NONE) -> dict[str, tuple[str, int]]:
+    """The one answer to "which models does this configuration load": task -> (precision
+    asked, inference threads) for the verifier, the MiniFASNet pair when `liveness` is a
+    passive mode, the eye-lid model when it is an active one. kat.load turns each into the
+    variant that passes its known-answer self-test here (precision auto: the fastest such);
+    `loaded_models` then names the files loaded, by sha256."""
+    _, per_lane = lanes_and_threads(config)
+    p, nt = config.models.precision, config.models.num_threads
+    plan = {"detect_short": ("fp32", per_lane), "detect_full": ("fp32", per_lane), "mesh": ("fp32", per_lane),
+            "embed": (p, per_lane)}
+    mode = LivenessMode(liveness)
+    if mode.passive:
+        plan.update({"pad_v2": (p, nt), "pad_v1se": (p, nt)})
+    if mode.active:
+        plan["iris"] = ("fp32", nt)  # float only: its lid points must resolve a blink
+    return plan
+
+
+def _load(store: ModelStore, config: Config, make_runner: RunnerFactory, task: str) -> tuple[Runner, ModelEntry]:
+    precision, threads = model_plan(config, LivenessMode.BOTH)[task]
+    return kat.load(store, task, precision, make_runner, threads)
+
+
+def loaded_models(store: ModelStore) -> dict[str, str]:
+    """task -> sha256 of every model file loaded from `store` (the self-tests' choice of
+    variant): what the attestation, each result and the status file name."""
+    return {task: c.entry.sha256 for task, c in store.chosen.items()}
+
+
 def build_passive(store: ModelStore, config: Config, make_runner: RunnerFactory) -> PassiveLiveness:
     """Both MiniFASNet models at the configured precision (verified files that passed their
     known-answer self-test here: facegate.kat.load; raises ModelError)."""
-    nt, p = config.models.num_threads, config.models.precision
-    return PassiveLiveness(PadModel(kat.load(store, "pad_v2", p, make_runner, nt)[0], V2_SCALE),
-                           PadModel(kat.load(store, "pad_v1se", p, make_runner, nt)[0], V1SE_SCALE))
+    return PassiveLiveness(PadModel(_load(store, config, make_runner, "pad_v2")[0], V2_SCALE),
+                           PadModel(_load(store, config, make_runner, "pad_v1se")[0], V1SE_SCALE))
 
 
 def build_eyes(store: ModelStore, config: Config, make_runner: RunnerFactory) -> EyeLids:
     """The iris-landmark model whose eye contours follow the lids (blinks), self-tested."""
-    return EyeLids(kat.load(store, "iris", "fp32", make_runner, config.models.num_threads)[0])
+    return EyeLids(_load(store, config, make_runner, "iris")[0])
 
 
-PASSIVE_MODES = ("passive", "both")  # liveness modes that run the MiniFASNet models
-ACTIVE_MODES = ("active", "both")    # liveness modes that run a challenge (and the eye-lid model)
+def build_liveness(store: ModelStore, config: Config, make_runner: RunnerFactory, mode: str,
+                   rng: random.Random | None = None) -> LivenessPlan | None:
+    """The LivenessPlan of `mode` with the models it needs loaded (None for mode none);
+    rng: where random challenges come from (the system's by default)."""
+    m = LivenessMode(mode)
+    if m == LivenessMode.NONE:
+        return None
+    return LivenessPlan(m, config.liveness, build_passive(store, config, make_runner) if m.passive else None,
+                        build_eyes(store, config, make_runner) if m.active else None,
+                        rng or random.SystemRandom())
 
 
 @dataclass(frozen=True)
@@ -128,9 +170,8 @@ class Verifier:
         second lane's runners are more interpreters of the same files."""
         lanes, nt = lanes_and_threads(config)
         runners, entries = {}, {}
-        for task, precision in (("detect_short", "fp32"), ("detect_full", "fp32"), ("mesh", "fp32"),
-                                ("embed", config.models.precision)):
-            runners[task], entries[task] = kat.load(store, task, precision, make_runner, nt)
+        for task in VERIFIER_TASKS:
+            runners[task], entries[task] = _load(store, config, make_runner, task)
         models = {task: entry.sha256 for task, entry in entries.items()}
 
         def lane(r: dict) -> Verifier:

@@ -21,9 +21,9 @@ import ssl
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from . import kat, modelstore
 from .config import Config
 from .daemon import key_path
 from .errors import FacegateError
-from .pipeline import ACTIVE_MODES, PASSIVE_MODES, lanes_and_threads
+from .pipeline import model_plan
 
 GPIO_STEP_S = 0.4  # how long each LED stays lit while cycling
 
@@ -109,17 +109,6 @@ def check_state_dir(cfg: Config) -> Check:
 
 
 # -- models ----------------------------------------------------------------------------
-def models_in_use(cfg: Config) -> list[tuple[str, str]]:
-    """(task, precision) of every model `facegate run` loads with this config."""
-    p = cfg.models.precision
-    tasks = [("detect_short", "fp32"), ("detect_full", "fp32"), ("mesh", "fp32"), ("embed", p)]
-    if cfg.daemon.liveness in PASSIVE_MODES:
-        tasks += [("pad_v2", p), ("pad_v1se", p)]
-    if cfg.daemon.liveness in ACTIVE_MODES:
-        tasks.append(("iris", "fp32"))
-    return tasks
-
-
 def check_models(cfg: Config, make_runner: Callable | None = None) -> list[Check]:
     """The model directory against the manifest, then each model in use loaded, self-tested
     (facegate.kat) and timed."""
@@ -138,9 +127,8 @@ def check_models(cfg: Config, make_runner: Callable | None = None) -> list[Check
         ok = sum(r.status == "ok" for r in results)
         return f"{ok} file(s) in {store.model_dir} match the manifest"
     checks = [_timed("models", verify_all)]
-    _, threads = lanes_and_threads(cfg)
-    for task, precision in models_in_use(cfg):
-        def one(task=task, precision=precision):
+    for task, (precision, threads) in model_plan(cfg, cfg.daemon.liveness).items():
+        def one(task=task, precision=precision, threads=threads):
             runner, entry = kat.load(store, task, precision, make_runner, threads)  # ModelError: no variant passes
             xs = [np.zeros(s.shape, s.dtype) for s in runner.inputs]
             t0 = time.perf_counter()
