@@ -59,7 +59,8 @@ def test_the_button_cancels_the_running_session_and_nothing_else(terminal, faces
     press(d)
     got = wait(lambda: results(d).get(rid), 10)
     assert got == (Verdict.ERROR, Failure.CANCELLED) and time.monotonic() - t < 3.0
-    assert d.indicators.factory.pin(FAIL).state and not any(s.state for s in d.indicators.factory.pin(RELAY).states)
+    wait(lambda: d.indicators.factory.pin(FAIL).state, 5)  # shown just after the result is stored
+    assert not any(s.state for s in d.indicators.factory.pin(RELAY).states)
     wait(lambda: d.state[0] == "idle", 10)
     # the next session runs to its own end: the earlier press does not carry over
     rid2 = ask(d, backend_key, faces["ref"], ["turn_right", "turn_left"])
