@@ -68,10 +68,10 @@ from soak_faults import (  # noqa: E402, F401
     phase_model,
 )
 from soak_fuzz import (  # noqa: E402, F401
+    AnswerOracle,
     Fuzzer,
     authentic,
     classify,
-    expect_answer,
     phase_fuzz,
 )
 from soak_inputs import (  # noqa: E402, F401

@@ -2,6 +2,7 @@
 answer (or its absence) checked against the documented rule."""
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -51,7 +52,7 @@ class Case:
     payload: bytes
     expect: str | None        # exact reason, "session", or None (any documented answer)
     authentic: bool = False
-    answerable: bool = False  # an answer is due (expect_answer); else the case must stay unanswered
+    answerable: bool | None = False  # AnswerOracle.expect: True one answer due, False none, None either
     response_topic: str = REPLIES
     sent: float = 0.0
     answer: Res | None = None
@@ -277,30 +278,53 @@ def authentic(payload: bytes, public: bytes) -> bool:
         return False
 
 
-def expect_answer(payload: bytes, public: bytes, family: str, now: float) -> bool | None:
-    """README's rule, judged independently: only an authentic command (signed by the
-    backend key for the command topic, at most max_command_bytes) whose payload is a map
-    with a well-typed request_id and nonce, and not a replay, gets one signed answer;
-    everything else is counted, never answered. None: either, one answer or none - an
-    `exp` in the past may lie at or below the daemon's replay floor (the highest exp +
-    skew of a record it purged, which depends on the commands before)."""
-    if len(payload) > MAX_COMMAND_BYTES or family == "replay":
-        return False
+class AnswerOracle:
+    """README's rule, judged independently and in the order the cases are sent: only an
+    authentic command (signed by the backend key for the command topic, at most
+    max_command_bytes, unprotected header a map) whose payload is a map with a well-typed
+    request_id and nonce, neither of them still on record from an earlier command, gets
+    one signed answer; everything else is counted, never answered. expect() says True (one
+    answer due), False (none) or None (either): an `exp` in the past may lie at or below
+    the daemon's replay floor, and a record near its purge may or may not be there yet."""
+
+    PURGE_SLACK_S = 5.0  # the daemon purges every health_interval_s (1 s here), give or take
+
+    def __init__(self, public: bytes):
+        self.public = public
+        self.records: dict[tuple[str, object], tuple[float, bool]] = {}  # id -> (kept until, surely recorded)
+
+    def expect(self, payload: bytes, family: str, now: float) -> bool | None:
+        if len(payload) > MAX_COMMAND_BYTES or family == "replay":
+            return False
+        try:
+            p = cose_verify(payload, self.public, CMD)
+            unprotected = cbor2.loads(payload).value[1]
+        except Exception:
+            return False
+        if not isinstance(p, dict) or not isinstance(unprotected, Mapping):  # RFC 9052: a map
+            return False
+        rid, nonce, exp = p.get("request_id"), p.get("nonce"), p.get("exp")
+        if not (isinstance(rid, str) and 0 < len(rid) <= 128 and isinstance(nonce, bytes) and 0 < len(nonce) <= 64):
+            return False
+        finite = not isinstance(exp, bool) and isinstance(exp, (int, float)) and _finite(exp)
+        keep_until = float(exp) + CLOCK_SKEW_S if finite else float("inf")
+        verdict: bool | None = None if finite and float(exp) < now - CLOCK_SKEW_S else True
+        keys = (("request_id", rid), ("nonce", nonce))
+        prior = [self.records[k] for k in keys if k in self.records]
+        if any(sure and until > now + self.PURGE_SLACK_S for until, sure in prior):
+            return False  # a replay of a command still on record
+        if any(until > now - self.PURGE_SLACK_S for until, _ in prior):
+            verdict = None  # its record may or may not be purged yet
+        for k in keys:
+            self.records[k] = (keep_until, verdict is True)
+        return verdict
+
+
+def _finite(x) -> bool:
     try:
-        p = cose_verify(payload, public, CMD)
-        unprotected = cbor2.loads(payload).value[1]
-    except Exception:
-        return False
-    if not isinstance(p, dict) or not isinstance(unprotected, Mapping):  # RFC 9052: the unprotected header is a map
-        return False
-    rid, nonce, exp = p.get("request_id"), p.get("nonce"), p.get("exp")
-    if not (isinstance(rid, str) and 0 < len(rid) <= 128 and isinstance(nonce, bytes) and 0 < len(nonce) <= 64):
-        return False
-    try:
-        expired = not isinstance(exp, bool) and isinstance(exp, (int, float)) and float(exp) < now - CLOCK_SKEW_S
+        return math.isfinite(float(x))
     except OverflowError:
-        expired = False
-    return None if expired else True
+        return False
 
 
 def phase_fuzz(ctx: Ctx) -> None:
@@ -309,6 +333,7 @@ def phase_fuzz(ctx: Ctx) -> None:
     d = new_daemon(ctx, "fuzz", b, max_pending=100).start()
     be = Collector(b, d.public)
     fz = Fuzzer(ctx.rng, ctx.key, ctx.inputs, ctx.work)
+    oracle = AnswerOracle(ctx.key.public)
     cases: list[Case] = []
     failures: dict[str, int] = {}
     t0 = time.monotonic()
@@ -320,7 +345,7 @@ def phase_fuzz(ctx: Ctx) -> None:
 
         def fire(c: Case) -> None:
             c.authentic = authentic(c.payload, ctx.key.public)
-            c.answerable = expect_answer(c.payload, ctx.key.public, c.family, time.time())
+            c.answerable = oracle.expect(c.payload, c.family, time.time())
             corr = len(cases).to_bytes(4, "big")
             cases.append(c)
             c.sent = time.monotonic()

@@ -4,6 +4,7 @@ and against none."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -195,6 +196,7 @@ def test_status_of_a_running_daemon_then_of_none(tmp_path, broker, faces, backen
         assert text["device"].startswith(DEV) and text["state"] == "idle"
         assert text["broker"] == "connected" and text["camera"].startswith("ok, ")
         assert "embed=" in text["models"] and text["storage"] == "ok"
+        assert re.fullmatch(r"\d+ run, \d+ rejected, \d+ ignored( \(.*\))?", text["sessions"]), text["sessions"]
         synced = SystemClock().synchronized()  # what this machine's kernel says, as the daemon asks it
         assert text["clock"].startswith({True: "synchronised", False: "NOT synchronised",
                                          None: "synchronisation unknown"}[synced]), text["clock"]

@@ -370,6 +370,12 @@ def _daemon_pid(args, doc: dict | None = None) -> int | None:
     return pid
 
 
+def _ignored_text(ignored: dict) -> str:
+    """Input never answered (unauthenticated, replayed, ...): the total and the top reasons."""
+    top = sorted(ignored.items(), key=lambda kv: -kv[1])[:3]
+    return f"{sum(ignored.values())} ignored" + (f" ({', '.join(f'{k} {v}' for k, v in top)})" if top else "")
+
+
 def _selftest_line(chosen: dict) -> str:
     """The models' known-answer self-tests at the daemon's start: variant per task, how
     long its test took, and any faster variant refused first (with why)."""
@@ -410,7 +416,7 @@ def cmd_status(args) -> int:
         ("storage", "ok" if h.get("storage_ok") else "LOW: new sessions refused"),
         ("clock", {True: "synchronised", False: "NOT synchronised (commands may be refused as expired or "
                    "not yet valid)"}.get(h.get("clock_synchronized"), "synchronisation unknown")),
-        ("sessions", f"{h.get('sessions')} run, {h.get('rejected')} rejected"),
+        ("sessions", f"{h.get('sessions')} run, {h.get('rejected')} rejected, " + _ignored_text(h.get("ignored") or {})),
         ("latency", " ".join(f"{k}={v}ms" for k, v in (h.get("latency_ms") or {}).items()) or "-"),
         ("last", f"{last.get('decision')} ({last.get('reason')}) at {last.get('ts')}" if last else "-"),
         ("updated", f"{doc.get('ts')}"),
