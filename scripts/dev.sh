@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${FACEGATE_VENV:-$ROOT/.venv}
 SHARED_MODELS=${FACEGATE_MODEL_MIRROR:-$ROOT/../shared/models}
-APT_PKGS=(python3 python3-venv python3-pip mosquitto shellcheck systemd)
+APT_PKGS=(python3 python3-venv python3-pip mosquitto shellcheck systemd postgresql)
 
 log() { printf '== %s\n' "$*" >&2; }
 
@@ -38,7 +38,7 @@ venv_setup() {
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "venv: installing facegate and its extras"
     "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[daemon,dev]"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[daemon,backend,dev]"
     echo "$want" > "$stamp"
   fi
 }

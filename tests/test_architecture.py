@@ -34,7 +34,12 @@ FORBIDDEN = {
     # the daemon's machinery: results to the broker, the newest camera frame
     "delivery": {"pipeline", "vision", "liveness", "adapters", "feed", "daemon", "demo", "cli", "selftest"},
     "feed": {"pipeline", "vision", "liveness", "adapters", "delivery", "daemon", "demo", "cli", "selftest"},
+    # the other end of the contract: the contract (messages, signing, config, errors) and nothing of the daemon
+    "backend": {"types", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "outbox",
+                "delivery", "feed", "daemon", "demo", "cli", "selftest", "quiet", "modelstore"},
 }
+# inside the backend, one module per outside library
+BACKEND_ONLY = {"paho": "mqtt.py", "psycopg": "store.py", "sqlite3": "store.py"}
 
 
 def _imports(path: Path):
@@ -58,7 +63,7 @@ def test_rooms_and_adapter_only_imports():
         room = _room(f)
         for mod, level in _imports(f):
             top = mod.split(".")[0]
-            if level == 0 and top in ADAPTER_ONLY and room != "adapters":
+            if level == 0 and top in ADAPTER_ONLY and room != "adapters" and not (room == "backend" and top == "paho"):
                 problems.append(f"{f.relative_to(PKG)} imports {mod}")
             target = None
             if level:  # relative import inside the package
@@ -69,4 +74,22 @@ def test_rooms_and_adapter_only_imports():
                 target = mod.split(".")[1] if "." in mod else None
             if target and target in FORBIDDEN.get(room, set()):
                 problems.append(f"{f.relative_to(PKG)} ({room}) imports {target}")
+    assert not problems, problems
+
+
+def test_backend_is_its_own_room():
+    """Only the CLI imports the backend; inside it, only backend/mqtt.py imports paho and
+    only backend/store.py a database driver."""
+    problems = []
+    for f in PKG.rglob("*.py"):
+        room, rel = _room(f), f.relative_to(PKG)
+        for mod, level in _imports(f):
+            top = mod.split(".")[0]
+            if room == "backend" and level == 0 and top in BACKEND_ONLY and f.name != BACKEND_ONLY[top]:
+                problems.append(f"{rel} imports {mod} (only backend/{BACKEND_ONLY[top]} may)")
+            parts = rel.parts
+            target = ((list(parts[: len(parts) - level]) + mod.split("."))[0] if level
+                      else mod.split(".")[1] if top == "facegate" and "." in mod else None)
+            if target == "backend" and room not in ("backend", "cli"):
+                problems.append(f"{rel} ({room}) imports the backend")
     assert not problems, problems

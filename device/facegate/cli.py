@@ -771,6 +771,10 @@ def build_parser() -> argparse.ArgumentParser:
     sn.add_argument("--warmup", type=int, help="frames skipped first (default 10 for live cameras, 0 for files)")
     sn.add_argument("--no-faces", action="store_true", help="do not run face detection (no models needed)")
     sn.set_defaults(func=cmd_snapshot)
+
+    from .backend.cli import add_parser as add_backend_parser
+
+    add_backend_parser(sub)
     return p
 
 

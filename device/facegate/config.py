@@ -179,14 +179,15 @@ def _line_of(text: str, loc: tuple) -> int | None:
     return None
 
 
-def parse(text: str, source: str = "<config>") -> Config:
-    """Parse and validate TOML text; raises ConfigError listing every problem."""
+def parse(text: str, source: str = "<config>", model: type[BaseModel] = Config):
+    """Parse and validate TOML text as `model` (the daemon's Config unless given); raises
+    ConfigError listing every problem."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: TOML syntax error: {exc}") from None
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -197,16 +198,16 @@ def parse(text: str, source: str = "<config>") -> Config:
         raise ConfigError("\n".join(lines)) from None
 
 
-def load(path: str | Path | None) -> Config:
-    """The config at `path`, or all defaults when path is None."""
+def load(path: str | Path | None, model: type[BaseModel] = Config):
+    """The config at `path` as `model`, or all defaults when path is None."""
     if path is None:
-        return Config()
+        return model()
     p = Path(path)
     try:
         text = p.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config {p}: {exc.strerror}") from None
-    return parse(text, str(p))
+    return parse(text, str(p), model)
 
 
 def example() -> str:

@@ -1,0 +1,237 @@
+"""`facegate backend ...`: the backend's commands (registered by facegate.cli; the only
+module of the backend that prints).
+
+  facegate backend devices [--json]                 every terminal: key, online, last seen, outbox, last decision
+  facegate backend devices pending [--scan S]       keys waiting for approval (--scan: read R/attest first)
+  facegate backend devices approve DEV [--kid K]    trust DEV's pending key (a rotation retires the old one)
+  facegate backend devices revoke DEV [--kid K]     refuse DEV's keys from now on
+  facegate backend devices enrol FILE [--device D]  trust the key in `facegate keys show` output
+  facegate backend verify --device D --reference F  one verification, answer verified
+  facegate backend serve                            a fleet consumer worker
+Exit codes: 0 success / match, 1 a negative decision, a rejection or a timeout, 2 bad input.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_NEGATIVE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _config(args):
+    from .config import load
+
+    return load(args.config)
+
+
+def _store(cfg):
+    from .store import Store
+
+    return Store.open(cfg.store)
+
+
+def _age(t, now) -> str:
+    if t is None:
+        return "-"
+    s = max(0.0, now - t)
+    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.0f}h ago"
+
+
+def cmd_devices(args) -> int:
+    cfg = _config(args)
+    store = _store(cfg)
+    try:
+        keys = store.keys()
+        status = {d["dev"]: d for d in store.devices()}
+    finally:
+        store.close()
+    now = time.time()
+    rows = []
+    for dev in sorted({k.dev for k in keys} | set(status)):
+        mine = [k for k in keys if k.dev == dev]
+        active = [k.kid for k in mine if k.state == "active"]
+        st = status.get(dev, {})
+        key = active[0] if active else ("revoked" if any(k.state == "revoked" for k in mine) else "none")
+        rows.append({"device": dev, "key": key, "pending": [k.kid for k in mine if k.state == "pending"],
+                     "status": st.get("status") or "unknown", "last_seen": st.get("last_seen"),
+                     "outbox_depth": st.get("outbox_depth"), "last_decision": st.get("last_decision"),
+                     "last_seq": st.get("last_seq"), "sw": st.get("sw")})
+    if args.json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    if not rows:
+        print("no devices (enrol one with 'facegate backend devices enrol FILE --device DEV')")
+    print(f"{'device':20s} {'key':16s} {'status':8s} {'last seen':10s} {'outbox':>6s}  last decision")
+    for r in rows:
+        key = r["key"] + (" +pending" if r["pending"] else "")
+        depth = "-" if r["outbox_depth"] is None else str(r["outbox_depth"])
+        last = "-" if r["last_decision"] is None else f"{r['last_decision']} (seq {r['last_seq']})"
+        print(f"{r['device']:20s} {key:16s} {r['status']:8s} {_age(r['last_seen'], now):10s} {depth:>6s}  {last}")
+    return EXIT_OK
+
+
+def cmd_pending(args) -> int:
+    from .registry import Registry
+    from .worker import scan_attestations
+
+    cfg = _config(args)
+    store = _store(cfg)
+    try:
+        if args.scan:
+            n = scan_attestations(cfg, store, args.scan)
+            print(f"read {n} attestation(s) from {cfg.mqtt.host}:{cfg.mqtt.port}", file=sys.stderr)
+        pend = Registry(store).pending()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([{"device": p.key.dev, "kid": p.key.kid, "public_key": p.key.pub.hex(), "sw": p.key.sw,
+                           "first_seen": p.key.first_seen, "rotation": p.rotation} for p in pend]))
+        return EXIT_OK
+    if not pend:
+        print("no pending keys")
+    for p in pend:
+        what = "key rotation" if p.rotation else "new device"
+        print(f"{p.key.dev:20s} kid {p.key.kid}  {what:12s} sw {p.key.sw or '-'}  seen {_age(p.key.first_seen, time.time())}"
+              f"  public_key {p.key.pub.hex()}")
+    return EXIT_OK
+
+
+def _show_key(verb: str, row) -> None:
+    print(f"{verb} {row.dev}: kid {row.kid} public_key {row.pub.hex()} ({row.state})")
+
+
+def cmd_approve(args) -> int:
+    from .registry import Registry
+
+    store = _store(_config(args))
+    try:
+        _show_key("approved", Registry(store).approve(args.device, time.time(), args.kid))
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def cmd_revoke(args) -> int:
+    from .registry import Registry
+
+    store = _store(_config(args))
+    try:
+        for row in Registry(store).revoke(args.device, time.time(), args.kid):
+            _show_key("revoked", row)
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def cmd_enrol(args) -> int:
+    from .registry import Registry, RegistryError, parse_key_show
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    except OSError as exc:
+        raise RegistryError(f"cannot read {args.file}: {exc.strerror}") from None
+    pub, dev = parse_key_show(text)
+    dev = args.device or dev
+    if not dev:
+        raise RegistryError("which device? give --device DEV ('facegate keys show' does not print it)")
+    store = _store(_config(args))
+    try:
+        _show_key("enrolled", Registry(store).enrol(dev, pub, time.time(), replace=args.replace))
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    from .client import BackendClient, VerifyRejected, VerifyTimeout
+
+    cfg = _config(args)
+    try:
+        reference = Path(args.reference).read_bytes()
+    except OSError as exc:
+        print(f"facegate: cannot read {args.reference}: {exc.strerror}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    steps = None if args.challenge is None else [s for s in args.challenge.split(",") if s]
+    with BackendClient(cfg) as client:
+        try:
+            r = client.verify(args.device, reference, steps, args.timeout_s)
+        except VerifyRejected as exc:
+            r = exc.result
+        except VerifyTimeout as exc:
+            if args.json:
+                print(json.dumps({"device": args.device, "error": "timeout", "request_id": exc.request_id,
+                                  "refused": exc.refused}))
+            print(f"facegate: {exc}", file=sys.stderr)
+            return EXIT_NEGATIVE
+    if args.json:
+        print(json.dumps({**r.payload(), "kid": r.kid, "topic": r.topic, "message": r.message.hex()}))
+    else:
+        print(f"{r.device}: {r.decision}" + (f" ({r.reason})" if r.reason else "")
+              + f"  request {r.request_id}  seq {r.seq}  signature verified (kid {r.kid}, topic {r.topic})")
+    return EXIT_OK if r.decision == "match" else EXIT_NEGATIVE
+
+
+def cmd_serve(args) -> int:
+    import logging
+    import signal
+    import threading
+
+    from .worker import Worker
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    cfg = _config(args)
+    if args.worker:
+        cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"worker": args.worker})})
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    w = Worker(cfg)
+    s = w.run(stop)
+    logging.getLogger("facegate.backend").info("worker %s stopped: %s", cfg.serve.worker, s)
+    return EXIT_OK
+
+
+def add_parser(sub) -> None:
+    """Register `facegate backend ...` on the top-level subparsers."""
+    b = sub.add_parser("backend", help="the backend side: device registry, verify requests, fleet consumer")
+    bsub = b.add_subparsers(dest="backend_cmd", required=True)
+
+    def common(p):
+        p.add_argument("--config", help="backend TOML file (default: every default; SQLite facegate-backend.db)")
+        return p
+
+    d = common(bsub.add_parser("devices", help="the terminals: status, keys; pending / approve / revoke / enrol"))
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_devices)
+    dsub = d.add_subparsers(dest="devices_cmd")
+    p = common(dsub.add_parser("pending", help="keys seen in R/attest and not yet approved"))
+    p.add_argument("--scan", type=float, metavar="S", help="first read the retained attestations for S seconds")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pending)
+    for name, fn, hlp in (("approve", cmd_approve, "trust the device's pending key"),
+                          ("revoke", cmd_revoke, "refuse the device's keys from now on")):
+        a = common(dsub.add_parser(name, help=hlp))
+        a.add_argument("device")
+        a.add_argument("--kid", help="only this key (16 hex digits)")
+        a.set_defaults(func=fn)
+    e = common(dsub.add_parser("enrol", help="trust the key in 'facegate keys show' output (file, '-' = stdin)"))
+    e.add_argument("file")
+    e.add_argument("--device", help="the terminal's device_id")
+    e.add_argument("--replace", action="store_true", help="retire the device's current key")
+    e.set_defaults(func=cmd_enrol)
+
+    v = common(bsub.add_parser("verify", help="one verification on a terminal; its signed answer verified"))
+    v.add_argument("--device", required=True)
+    v.add_argument("--reference", required=True, help="ID portrait (JPEG/PNG)")
+    v.add_argument("--challenge", help="fixed steps, e.g. turn_left,blink ('' = none; default: the terminal draws)")
+    v.add_argument("--timeout-s", type=float, default=60.0)
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_verify)
+
+    s = common(bsub.add_parser("serve", help="a fleet consumer worker (run several: one per --worker name)"))
+    s.add_argument("--worker", help="this worker's name (default: serve.worker)")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_serve)

@@ -1,0 +1,58 @@
+"""The backend's TOML configuration (`facegate backend ... --config backend.toml`), validated
+like the daemon's (unknown keys are errors, every field described, units in names)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from ..config import _Section
+from ..config import load as _load
+
+
+class BrokerConfig(_Section):
+    host: str = Field("localhost", description="Broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS)")
+    prefix: str = Field("facegate/v1", pattern=r"^[^#+$][^#+]*$", description="The terminals' topic prefix; their topics are {prefix}/{device_id}/...")
+    response_prefix: str = Field("", pattern=r"^([^#+$][^#+]*)?$", description="Where the terminals send answers to this backend's requests (MQTT 5 response topic {response_prefix}/{client_id}); must lie under the prefix the terminals honour; empty = {prefix}/replies")
+    client_id: str = Field("", pattern=r"^[A-Za-z0-9_.-]{0,64}$", description="MQTT client id of the request client; empty = facegate-backend-<random>. A serve worker uses {client_id}-w{worker} (see serve.worker)")
+    username: str = Field("", description="User name (empty = anonymous)")
+    password_file: str = Field("", description="File holding the password (first line)")
+    tls: bool = Field(False, description="Connect with TLS")
+    ca_file: str = Field("", description="CA certificate(s) for the broker, PEM (empty = the system store)")
+    cert_file: str = Field("", description="Client certificate, PEM (optional)")
+    key_file: str = Field("", description="Client certificate's private key, PEM (optional)")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive, seconds")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Longest wait for the first CONNACK, seconds")
+
+    @property
+    def replies(self) -> str:
+        return (self.response_prefix or f"{self.prefix.rstrip('/')}/replies").rstrip("/")
+
+
+class StoreConfig(_Section):
+    sqlite: str = Field("facegate-backend.db", description="SQLite database file (used when dsn is empty)")
+    dsn: str = Field("", description="PostgreSQL connection string (libpq / psycopg 3), e.g. postgresql://facegate@db/facegate; set = PostgreSQL instead of SQLite")
+
+
+class ServeConfig(_Section):
+    group: str = Field("facegate", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Shared-subscription group: workers in one group share the fleet's results ($share/{group}/{prefix}/+/result)")
+    worker: str = Field("1", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="This worker's name in the group; its MQTT client id (and so its persistent session) is {client_id or 'facegate-backend'}-w{worker}: restart a dead worker under the same name and it takes up what the broker kept for it")
+    session_expiry_s: int = Field(86400, ge=60, description="How long the broker keeps a stopped worker's session and queues its share, seconds")
+    batch_max: int = Field(200, ge=1, le=10000, description="Most messages committed in one database transaction")
+    receive_max: int = Field(200, ge=1, le=65535, description="MQTT 5 Receive Maximum: unacknowledged results the broker may have in flight to this worker")
+    key_refresh_s: float = Field(2.0, gt=0, description="How often the worker re-reads the device keys (a revocation takes effect within this), seconds")
+
+
+class BackendConfig(_Section):
+    key_file: str = Field("backend.pem", description="The backend's Ed25519 signing key (PEM) that signs verify commands; its public key goes into each terminal's mqtt.trusted_keys")
+    command_lifetime_s: float = Field(120.0, gt=0, le=3600, description="exp - iat of the verify commands sent (the terminals refuse more than their daemon.command_max_age_s)")
+    clock_skew_s: float = Field(30.0, ge=0, description="Tolerated clock difference to the terminals when a result's iat is checked, seconds")
+    mqtt: BrokerConfig = BrokerConfig()
+    store: StoreConfig = StoreConfig()
+    serve: ServeConfig = ServeConfig()
+
+
+def load(path: str | Path | None) -> BackendConfig:
+    """backend.toml at `path`, or every default when None (raises ConfigError)."""
+    return _load(path, BackendConfig)

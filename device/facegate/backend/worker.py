@@ -1,0 +1,218 @@
+"""The fleet consumer (`facegate backend serve`): one worker of a shared-subscription group.
+
+Every worker of a group subscribes to $share/{group}/{prefix}/+/result (and +/health) on a
+persistent session, so the broker spreads the fleet's results over the workers, on one
+machine or many, and keeps a stopped worker's share (and what it had in flight) for it
+until it comes back under the same name. Status and attestations are retained and few:
+each worker subscribes to them directly.
+
+Results are taken in batches: each one checked (trust.check_result), written in ONE
+database transaction — the audit row once per (dev, seq) with INSERT ... ON CONFLICT DO
+NOTHING, or a quarantine row with the reason — and only after the COMMIT acknowledged
+(PUBACK, paho's manual ack) in the order received. A worker killed at any point loses
+nothing: the broker sends what was not acknowledged again, and what was already stored is
+a duplicate that changes nothing. A database that fails keeps the batch unacknowledged and
+retried with back-off.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from .config import BackendConfig
+from .mqtt import BrokerClient, Message
+from .registry import Registry
+from .store import ResultRow, Store
+from .trust import Keyring, check_attest, check_result, topic_device
+
+log = logging.getLogger(__name__)
+STATUS_WORDS = ("online", "offline", "stopped")
+
+
+@dataclass
+class WorkerStats:
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    other: int = 0  # status, health, attest
+    batches: int = 0
+    db_errors: int = 0
+    not_acked: int = 0  # acks whose connection was gone (the broker re-sends those)
+
+
+def _json(d) -> str:
+    return json.dumps(d if isinstance(d, dict) else {}, sort_keys=True, default=lambda o: o.hex()
+                      if isinstance(o, bytes) else str(o))
+
+
+class Worker:
+    def __init__(self, cfg: BackendConfig, store: Store | None = None):
+        self.cfg = cfg
+        s = cfg.serve
+        self.name = s.worker
+        self.client_id = f"{cfg.mqtt.client_id or 'facegate-backend'}-w{s.worker}"
+        self.prefix = cfg.mqtt.prefix.rstrip("/")
+        self.store = store
+        self.stats = WorkerStats()
+        self._inbox: "queue.Queue[Message]" = queue.Queue()
+        self._ring, self._ring_at = Keyring(), 0.0
+        subs = ((f"$share/{s.group}/{self.prefix}/+/result", 1), (f"$share/{s.group}/{self.prefix}/+/health", 0),
+                (f"{self.prefix}/+/status", 1), (f"{self.prefix}/+/attest", 1))
+        self.broker = BrokerClient(cfg.mqtt, self.client_id, on_message=self._inbox.put, subscriptions=subs,
+                                   session_expiry_s=s.session_expiry_s, manual_ack=True, receive_max=s.receive_max)
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self, stop: threading.Event, ready: threading.Event | None = None) -> WorkerStats:
+        """Consume until `stop` is set; the batch in hand is committed and acknowledged."""
+        if self.store is None:
+            self.store = Store.open(self.cfg.store)
+        self.broker.start(wait=False)
+        try:
+            self.broker.wait_connected(self.cfg.mqtt.connect_timeout_s)
+            if ready:
+                ready.set()
+            while not stop.is_set():
+                try:
+                    batch = [self._inbox.get(timeout=0.2)]
+                except queue.Empty:
+                    continue
+                while len(batch) < self.cfg.serve.batch_max:
+                    try:
+                        batch.append(self._inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                self._commit_with_retry(batch, stop)
+        finally:
+            self.broker.close()
+            if self.store:
+                self.store.close()
+        return self.stats
+
+    def _commit_with_retry(self, batch: list[Message], stop: threading.Event) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self.process(batch)
+                break
+            except Exception as exc:  # the database failed: nothing acked, the batch retried
+                self.stats.db_errors += 1
+                log.error("storing %d message(s) failed (retrying in %.1f s): %s", len(batch), delay, exc)
+                if stop.wait(delay):
+                    return  # not acknowledged: the broker sends them again to whoever takes them
+                delay = min(delay * 2, 10.0)
+                self._reopen()
+        for m in batch:
+            if not self.broker.ack(m):
+                self.stats.not_acked += 1
+
+    def _reopen(self) -> None:
+        try:
+            if self.store:
+                self.store.close()
+            self.store = Store.open(self.cfg.store)
+        except Exception as exc:  # still down: the next retry tries again
+            log.error("reopening the database failed: %s", exc)
+
+    # -- one batch, one transaction ---------------------------------------------------
+    def _keyring(self, force: bool = False) -> Keyring:
+        now = time.monotonic()
+        if force or now - self._ring_at >= self.cfg.serve.key_refresh_s:
+            self._ring, self._ring_at = Registry(self.store).keyring(), now
+        return self._ring
+
+    def process(self, batch: list[Message]) -> None:
+        """Check and store every message of `batch` in one transaction (no acks here)."""
+        counts = WorkerStats()
+        ring = self._keyring()
+        with self.store.transaction():
+            now = time.time()
+            for m in batch:
+                if m.topic.endswith("/result"):
+                    v = check_result(m.payload, m.topic, self.prefix, ring)
+                    if not v.accepted and v.reason in ("unknown_key", "unknown_device") and \
+                            time.monotonic() - self._ring_at > 0.5:  # enrolled a moment ago?
+                        ring = self._keyring(force=True)
+                        v = check_result(m.payload, m.topic, self.prefix, ring)
+                    self._store_result(m, v, now, counts)
+                else:
+                    self._store_other(m, now)
+                    counts.other += 1
+        s = self.stats
+        s.stored += counts.stored
+        s.duplicates += counts.duplicates
+        s.quarantined += counts.quarantined
+        s.other += counts.other
+        s.batches += 1
+
+    def _quarantine(self, m: Message, dev: str | None, reason: str, now: float, counts: WorkerStats) -> None:
+        digest = hashlib.sha256(m.topic.encode() + b"\0" + m.payload).hexdigest()
+        self.store.quarantine(digest, m.topic, dev, reason, m.payload, m.t_received, self.name)
+        counts.quarantined += 1
+
+    def _store_result(self, m: Message, v, now: float, counts: WorkerStats) -> None:
+        if not v.accepted:
+            self._quarantine(m, v.dev, v.reason, now, counts)
+            return
+        p = v.payload
+        row = ResultRow(dev=v.dev, seq=p["seq"], kid=v.kid.hex(), boot=p.get("boot"), iat=float(p["iat"]),
+                        session=p.get("session"), request_id=p.get("request_id"), decision=p["decision"],
+                        reason=p.get("reason"), liveness=_json(p.get("liveness")), quality=_json(p.get("quality")),
+                        models=_json(p.get("models")), policy=p.get("policy"), topic=m.topic, message=m.payload,
+                        received_at=m.t_received, stored_at=now, worker=self.name)
+        if self.store.insert_result(row):
+            counts.stored += 1
+            self.store.device_result(v.dev, p["seq"], p["decision"], now)
+        elif self.store.stored_message(v.dev, p["seq"]) == m.payload:
+            counts.duplicates += 1  # at-least-once delivery: the same signed bytes again
+        else:  # the device signed two different results with one seq: keep the first, show the second
+            self._quarantine(m, v.dev, "conflicting_duplicate", now, counts)
+
+    def _store_other(self, m: Message, now: float) -> None:
+        leaf = m.topic.rsplit("/", 1)[-1]
+        dev = topic_device(m.topic, self.prefix, leaf)
+        if dev is None:
+            return
+        if leaf == "status":
+            word = m.payload.decode("utf-8", "replace").strip()
+            if word in STATUS_WORDS:
+                self.store.device_status(dev, word, now)
+        elif leaf == "health":
+            try:
+                h = json.loads(m.payload)
+            except ValueError:
+                return
+            if isinstance(h, dict):
+                depth = h.get("outbox_depth")
+                self.store.device_health(dev, _json(h), depth if isinstance(depth, int) else None, now)
+        elif leaf == "attest":
+            att = check_attest(m.payload, m.topic, self.prefix)
+            if att is not None and Registry(self.store).observe_attest(att, now):
+                log.warning("%s announced a key not yet approved (kid %s): 'facegate backend devices pending'",
+                            att.dev, att.kid.hex())
+
+
+def scan_attestations(cfg: BackendConfig, store: Store, seconds: float) -> int:
+    """Listen to the retained {prefix}/+/attest messages for `seconds` and record their keys
+    (new ones as pending); returns how many attestations were seen."""
+    got: "queue.Queue[Message]" = queue.Queue()
+    prefix = cfg.mqtt.prefix.rstrip("/")
+    b = BrokerClient(cfg.mqtt, f"{cfg.mqtt.client_id or 'facegate-backend'}-scan-{time.monotonic_ns() % 10**8}",
+                     on_message=got.put, subscriptions=((f"{prefix}/+/attest", 1),))
+    b.start()
+    try:
+        time.sleep(seconds)
+    finally:
+        b.close()
+    registry, seen = Registry(store), 0
+    while not got.empty():
+        m = got.get()
+        att = check_attest(m.payload, m.topic, prefix)
+        if att is not None:
+            registry.observe_attest(att, time.time())
+            seen += 1
+    return seen

@@ -1,0 +1,310 @@
+"""The backend side: device registry, fleet consumer (`facegate backend serve`) and their
+store, against a real Mosquitto (TLS, passwords, ACL, persistence) and both databases — a
+SQLite file and a real PostgreSQL server started for the session (tests/postgres.py).
+Terminals are simulated (tests/terminals.py: real keys, the package's contract code)."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from broker import USERS, Mosquitto
+from facegate.backend.config import BackendConfig, BrokerConfig, ServeConfig, StoreConfig
+from facegate.backend.registry import Registry, RegistryError, parse_key_show
+from facegate.backend.store import Store
+from facegate.backend.trust import Keyring, check_result
+from facegate.backend.worker import Worker
+from terminals import PREFIX, Link, Terminal
+
+
+# -- fixtures -------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres():
+    from postgres import Postgres
+
+    pg = Postgres().start()
+    yield pg
+    pg.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_cfg(request, tmp_path) -> StoreConfig:
+    if request.param == "postgres":
+        return StoreConfig(dsn=request.getfixturevalue("postgres").fresh_dsn())
+    return StoreConfig(sqlite=str(tmp_path / "backend.db"))
+
+
+@pytest.fixture()
+def store(store_cfg):
+    s = Store.open(store_cfg)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    b = Mosquitto(tmp_path_factory.mktemp("broker"), persist=True).start()
+    yield b
+    b.stop()
+
+
+def backend_config(broker: Mosquitto, store_cfg: StoreConfig, d: Path, **serve) -> BackendConfig:
+    """A config for the `backend` user; each test its own client ids and shared group (the
+    broker keeps a stopped worker's session, and its share of the group, for a day)."""
+    tag = f"t{time.monotonic_ns() % 10**9}"
+    serve.setdefault("group", tag)
+    pw = d / "backend.password"
+    pw.write_text(USERS["backend"] + "\n")
+    return BackendConfig(mqtt=BrokerConfig(host="127.0.0.1", port=broker.port, tls=True, ca_file=str(broker.tls["ca"]),
+                                           username="backend", password_file=str(pw), keepalive_s=5,
+                                           client_id=tag),
+                         store=store_cfg, serve=ServeConfig(**serve))
+
+
+def write_toml(cfg: BackendConfig, path: Path) -> Path:
+    lines = []
+    for section in ("mqtt", "store", "serve"):
+        lines.append(f"[{section}]")
+        for k, v in getattr(cfg, section).model_dump().items():
+            lines.append(f"{k} = {json.dumps(v)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class WorkerThread:
+    """A worker in this process (for the tests that do not kill it)."""
+
+    def __init__(self, cfg: BackendConfig):
+        self.worker = Worker(cfg)
+        self.stop, ready = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self.worker.run, args=(self.stop, ready), daemon=True)
+        self.thread.start()
+        assert ready.wait(15), "worker did not connect"
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(15)
+
+
+def wait_until(pred, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def audit(store: Store) -> dict[tuple[str, int], bytes]:
+    return {(d, s): bytes(m) for d, s, m in store.query("SELECT dev, seq, message FROM results")}
+
+
+def quarantined(store: Store) -> list[tuple[str, str]]:
+    return sorted((d or "", r) for d, r in store.query("SELECT dev, reason FROM quarantine"))
+
+
+# -- the registry -------------------------------------------------------------------------
+def test_enrol_from_keys_show_output_text_or_json(store):
+    t = Terminal("kiosk-7")
+    pub, dev = parse_key_show(t.keys_show())
+    assert pub == t.key.public and dev is None
+    pub2, dev2 = parse_key_show(json.dumps({"kid": t.key.kid.hex(), "public_key": t.key.public.hex(),
+                                            "device": "kiosk-7"}))
+    assert (pub2, dev2) == (t.key.public, "kiosk-7")
+    with pytest.raises(RegistryError, match="does not belong"):
+        parse_key_show(t.keys_show().replace(t.key.kid.hex(), "00" * 8))
+    with pytest.raises(RegistryError, match="public_key"):
+        parse_key_show("hello")
+    reg = Registry(store)
+    row = reg.enrol("kiosk-7", pub, time.time())
+    assert row.state == "active" and row.kid == t.key.kid.hex()
+    other = Terminal("kiosk-7")
+    with pytest.raises(RegistryError, match="--replace"):
+        reg.enrol("kiosk-7", other.key.public, time.time())
+    with pytest.raises(RegistryError, match="bad device id"):
+        reg.enrol("kiosk/7", pub, time.time())
+
+
+def test_key_rotation_needs_approval_and_revoked_keys_are_refused(store):
+    """Never trust a key on first sight: an attested key is pending until approved; after
+    the approval the old key is retired (its earlier results still verify); a revoked
+    key's results are refused, and it cannot be enrolled again."""
+    from facegate.backend.trust import check_attest
+
+    reg = Registry(store)
+    t = Terminal("kiosk-1")
+    assert reg.observe_attest(check_attest(t.attest(), t.topics.attest, PREFIX), time.time())
+    pend = reg.pending()
+    assert [(p.key.dev, p.key.kid, p.rotation) for p in pend] == [("kiosk-1", t.key.kid.hex(), False)]
+    _, first = t.result()
+    assert check_result(first, t.topics.result, PREFIX, reg.keyring()).reason == "unapproved_key"
+    reg.approve("kiosk-1", time.time())
+    assert check_result(first, t.topics.result, PREFIX, reg.keyring()).accepted
+    # rotation: the new key's attestation is a pending change; its results wait for approval
+    old_key = t.key
+    import facegate.signing as signing
+
+    t.key = signing.SigningKey.generate()
+    assert reg.observe_attest(check_attest(t.attest(), t.topics.attest, PREFIX), time.time())
+    assert [p.rotation for p in reg.pending()] == [True]
+    _, rotated = t.result()
+    assert check_result(rotated, t.topics.result, PREFIX, reg.keyring()).reason == "unapproved_key"
+    reg.approve("kiosk-1", time.time())
+    ring = reg.keyring()
+    assert check_result(rotated, t.topics.result, PREFIX, ring).accepted
+    assert check_result(first, t.topics.result, PREFIX, ring).accepted  # signed before the rotation
+    assert {r.kid: r.state for r in store.keys("kiosk-1")} == {old_key.kid.hex(): "retired", t.key.kid.hex(): "active"}
+    # a forged attestation (signed by another key than it announces) is no attestation
+    forged = Terminal("kiosk-1", key=signing.SigningKey.generate())
+    blob = forged.attest()
+    import cbor2
+
+    tag = cbor2.loads(blob)
+    body = cbor2.loads(tag.value[2])
+    body["pub"] = Terminal("x").key.public
+    assert check_attest(signing.sign(body, forged.key, t.topics.attest), t.topics.attest, PREFIX) is None
+    # revocation
+    assert {r.kid for r in reg.revoke("kiosk-1", time.time())} == {old_key.kid.hex(), t.key.kid.hex()}
+    ring = reg.keyring()
+    assert check_result(rotated, t.topics.result, PREFIX, ring).reason == "revoked_key"
+    assert check_result(first, t.topics.result, PREFIX, ring).reason == "revoked_key"
+    with pytest.raises(RegistryError, match="revoked"):
+        reg.enrol("kiosk-1", t.key.public, time.time(), replace=True)
+
+
+def test_result_checks_name_the_reason(store):
+    reg = Registry(store)
+    a, b, stranger = Terminal("kiosk-a"), Terminal("kiosk-b"), Terminal("kiosk-x")
+    for t in (a, b):
+        reg.enrol(t.dev, t.key.public, time.time())
+    ring = reg.keyring()
+    _, good = a.result()
+    assert check_result(good, a.topics.result, PREFIX, ring).accepted
+    assert check_result(good, b.topics.result, PREFIX, ring).reason == "wrong_topic"  # copied to b's topic
+    assert check_result(good, f"{PREFIX}/kiosk-a/event", PREFIX, ring).reason == "wrong_topic"
+    assert check_result(stranger.result()[1], stranger.topics.result, PREFIX, ring).reason == "unknown_device"
+    assert check_result(stranger.result(topic=a.topics.result)[1], a.topics.result, PREFIX,
+                        ring).reason == "unknown_key"
+    assert check_result(b.result(topic=a.topics.result)[1], a.topics.result, PREFIX, ring).reason == "wrong_device"
+    assert check_result(a.result(dev="kiosk-b")[1], a.topics.result, PREFIX, ring).reason == "wrong_device"
+    tampered = bytearray(good)
+    tampered[-70] ^= 1
+    assert check_result(bytes(tampered), a.topics.result, PREFIX, ring).reason in ("bad_signature", "not_cose")
+    assert check_result(b"\x00garbage", a.topics.result, PREFIX, ring).reason == "not_cose"
+    assert check_result(a.result(seq=-1)[1], a.topics.result, PREFIX, ring).reason == "bad_payload"
+    assert check_result(a.result(decision_="maybe")[1], a.topics.result, PREFIX, ring).reason == "bad_payload"
+    assert isinstance(Keyring.of(store.keys()), Keyring)
+
+
+# -- the fleet consumer ---------------------------------------------------------------------
+def test_forged_replayed_unknown_revoked_and_wrong_topic_results_are_quarantined(broker, store, store_cfg, tmp_path):
+    cfg = backend_config(broker, store_cfg, tmp_path)
+    reg = Registry(store)
+    a, b, rogue, revoked = Terminal("fk-a"), Terminal("fk-b"), Terminal("fk-rogue"), Terminal("fk-revoked")
+    for t in (a, b, revoked):
+        reg.enrol(t.dev, t.key.public, time.time())
+    reg.revoke(revoked.dev, time.time())
+    w = WorkerThread(cfg)
+    link = Link(broker, f"sim-{time.monotonic_ns()}")
+    try:
+        assert link.connected.wait(10)
+        link.publish(a.topics.status, b"online", retain=True)
+        link.publish(f"{PREFIX}/fk-a/health", json.dumps({"outbox_depth": 3, "uptime_s": 5}).encode())
+        sent = {}
+        for _ in range(5):
+            seq, m = a.result()
+            sent[("fk-a", seq)] = m
+            link.publish(a.topics.result, m)
+        seq, last = a.result(decision="no_match", reason="different_person")
+        sent[("fk-a", seq)] = last
+        link.publish(a.topics.result, last)
+        link.publish(a.topics.result, last)  # replayed: the same bytes again
+        link.publish(a.topics.result, sent[("fk-a", 1)])  # an old one replayed
+        link.publish(b.topics.result, last)  # a's result copied onto b's topic
+        link.publish(rogue.topics.result, rogue.result()[1])  # unknown device
+        link.publish(revoked.topics.result, revoked.result()[1])  # revoked key
+        forged = bytearray(a.result()[1])
+        forged[-5] ^= 0x40  # a flipped signature bit
+        link.publish(a.topics.result, bytes(forged))
+        a.seq = 5
+        link.publish(a.topics.result, a.result(decision="match")[1])  # a forgery re-using seq 6 (signed!)
+        wait_until(lambda: len(quarantined(store)) >= 5, 20, "quarantine rows")
+        wait_until(lambda: (store.devices() or [{}])[0].get("outbox_depth") == 3, 10, "health")
+        assert audit(store) == sent  # exactly the genuine results, once each, byte for byte
+        assert quarantined(store) == sorted([("fk-b", "wrong_topic"), ("fk-rogue", "unknown_device"),
+                                             ("fk-revoked", "revoked_key"), ("fk-a", "bad_signature"),
+                                             ("fk-a", "conflicting_duplicate")])
+        dev = {d["dev"]: d for d in store.devices()}["fk-a"]
+        assert dev["status"] == "online" and dev["last_decision"] == "no_match" and dev["last_seq"] == 6
+        assert w.worker.stats.duplicates >= 2
+    finally:
+        link.close()
+        w.close()
+
+
+def test_exactly_once_through_a_worker_kill_and_a_broker_restart(broker, store, store_cfg, tmp_path):
+    """Two `facegate backend serve` processes share the results; one is SIGKILLed mid-stream
+    and restarted under its name, then the broker is SIGKILLed and restarted (it forgets
+    what came since its last save; the terminals re-send what it acknowledged lately).
+    Every result ends up in the audit table exactly once, with its signed bytes."""
+    cfg = backend_config(broker, store_cfg, tmp_path, batch_max=20)
+    toml = write_toml(cfg, tmp_path / "backend.toml")
+    fleet = [Terminal(f"eo-{i}") for i in range(20)]
+    reg = Registry(store)
+    for t in fleet:
+        reg.enrol(t.dev, t.key.public, time.time())
+
+    def start_worker(name: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "facegate.cli", "backend", "serve", "--config", str(toml),
+                                 "--worker", name], stdout=subprocess.DEVNULL,
+                                stderr=open(tmp_path / f"worker-{name}.log", "ab"))
+
+    workers = {n: start_worker(n) for n in ("1", "2")}
+    link = Link(broker, f"sim-{time.monotonic_ns()}", redeliver_s=3.0)
+    sent: dict[tuple[str, int], bytes] = {}
+    try:
+        assert link.connected.wait(10)
+        time.sleep(1.5)  # both workers subscribed
+
+        def publish(n: int, pause: float = 0.004):
+            for i in range(n):
+                t = fleet[i % len(fleet)]
+                seq, m = t.result()
+                sent[(t.dev, seq)] = m
+                link.publish(t.topics.result, m)
+                time.sleep(pause)
+
+        publish(150)
+        workers["1"].send_signal(signal.SIGKILL)  # mid-stream: batches in hand, acks not sent
+        workers["1"].wait(5)
+        publish(150)
+        workers["1"] = start_worker("1")
+        publish(100)
+        broker.stop(kill=True)  # what it acknowledged since the last autosave is gone
+        time.sleep(0.5)
+        publish(50)  # queued by paho while the broker is away
+        broker.start()
+        publish(150)
+        wait_until(lambda: len(audit(store)) >= len(sent) and link.unacked() == 0, 60, "every result stored")
+        time.sleep(1.0)  # late duplicates would show up now
+        got = audit(store)
+        assert got == sent, (len(got), len(sent), sorted(set(sent) - set(got))[:5])
+        assert quarantined(store) == []
+        per_worker = dict(store.query("SELECT worker, COUNT(*) FROM results GROUP BY worker"))
+        assert set(per_worker) <= {"1", "2"} and sum(per_worker.values()) == len(sent)
+    finally:
+        link.close()
+        for p in workers.values():
+            p.send_signal(signal.SIGTERM)
+        for p in workers.values():
+            try:
+                assert p.wait(15) == 0
+            except subprocess.TimeoutExpired:
+                p.kill()
