@@ -1,13 +1,16 @@
 """Lightweight simulated terminals for the backend tests and scripts/fleet_soak.py: each
 has a real Ed25519 key and builds its results and attestation with the package's own
 contract code (messages.result_payload / attest_payload, signing.sign) — no camera, no
-models, no daemon. `Fleet` publishes for many of them over a few MQTT connections as the
-`device` user and, like the daemon, re-sends what the broker acknowledged shortly before
-a lost connection (a crashed broker forgets what came since its last save)."""
+models, no daemon. Each publishes over its own MQTT connection as its own broker user (the
+test broker's ACL lets a terminal write only its own topics) and, like the daemon, re-sends
+what the broker acknowledged shortly before a lost connection (a crashed broker forgets
+what came since its last save)."""
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import subprocess
 import threading
 import time
 from collections import deque
@@ -17,7 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from broker import USERS, Mosquitto
+from broker import Mosquitto, password
 from facegate import messages, signing
 
 PREFIX = "facegate/v1"
@@ -59,12 +62,24 @@ class Terminal:
                 f"public_key  {self.key.public.hex()}\nalgorithm   EdDSA (Ed25519)\n")
 
 
+def add_users(broker: Mosquitto, users) -> None:
+    """Put many terminals' users in the broker's password file, then one SIGHUP."""
+    new = [u for u in users if u not in broker.users]
+    for u in new:
+        subprocess.run(["mosquitto_passwd", "-b", str(broker.passwd), u, password(u)], check=True,
+                       capture_output=True)
+        broker.users.add(u)
+    if new and broker.proc is not None and broker.proc.poll() is None:
+        broker.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+
+
 class Link:
-    """One MQTT 5 connection (user `device`) publishing QoS 1 for some terminals; keeps
+    """One terminal's MQTT 5 connection (as broker user `user`) publishing QoS 1; keeps
     what the broker acknowledged in the last `redeliver_s` and sends it again after a
     reconnect."""
 
-    def __init__(self, broker: Mosquitto, name: str, redeliver_s: float = 3.0, user: str = "device"):
+    def __init__(self, broker: Mosquitto, user: str, redeliver_s: float = 3.0):
         self.redeliver_s = redeliver_s
         self._lock = threading.Lock()
         self._pending: dict[int, tuple[str, bytes, bool]] = {}  # mid -> message not yet acknowledged
@@ -72,8 +87,10 @@ class Link:
         self._early: set[int] = set()
         self.published = 0
         self.connected = threading.Event()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
-        c.username_pw_set(user, USERS[user])
+        add_users(broker, [user])
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{user}-{os.urandom(3).hex()}",
+                        protocol=mqtt.MQTTv5)
+        c.username_pw_set(user, password(user))
         c.tls_set(ca_certs=str(broker.tls["ca"]))
         c.reconnect_delay_set(0.2, 1)
         c.max_inflight_messages_set(100)
@@ -142,3 +159,25 @@ class Link:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class Links:
+    """One Link per terminal."""
+
+    def __init__(self, broker: Mosquitto, devs, redeliver_s: float = 3.0):
+        add_users(broker, devs)
+        self.by_dev = {d: Link(broker, d, redeliver_s) for d in devs}
+
+    def wait_connected(self, timeout_s: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        return all(lk.connected.wait(max(0.0, deadline - time.monotonic())) for lk in self.by_dev.values())
+
+    def publish(self, dev: str, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.by_dev[dev].publish(topic, payload, retain)
+
+    def unacked(self) -> int:
+        return sum(lk.unacked() for lk in self.by_dev.values())
+
+    def close(self) -> None:
+        for lk in self.by_dev.values():
+            lk.close()

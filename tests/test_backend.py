@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from broker import USERS, Mosquitto
+from broker import Mosquitto, password
 from facegate.backend.config import BackendConfig, BrokerConfig, ServeConfig, StoreConfig
 from facegate.backend.registry import Registry, RegistryError, parse_key_show
 from facegate.backend.store import Store
 from facegate.backend.trust import Keyring, check_result
 from facegate.backend.worker import Worker
-from terminals import PREFIX, Link, Terminal
+from terminals import PREFIX, Links, Terminal
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def backend_config(broker: Mosquitto, store_cfg: StoreConfig, d: Path, **serve) 
     tag = f"t{time.monotonic_ns() % 10**9}"
     serve.setdefault("group", tag)
     pw = d / "backend.password"
-    pw.write_text(USERS["backend"] + "\n")
+    pw.write_text(password("backend") + "\n")
     return BackendConfig(mqtt=BrokerConfig(host="127.0.0.1", port=broker.port, tls=True, ca_file=str(broker.tls["ca"]),
                                            username="backend", password_file=str(pw), keepalive_s=5,
                                            client_id=tag),
@@ -212,29 +212,31 @@ def test_forged_replayed_unknown_revoked_and_wrong_topic_results_are_quarantined
         reg.enrol(t.dev, t.key.public, time.time())
     reg.revoke(revoked.dev, time.time())
     w = WorkerThread(cfg)
-    link = Link(broker, f"sim-{time.monotonic_ns()}")
+    # each publishes with its own broker credentials (the ACL allows only its own topics):
+    # a replay or a copy is what a terminal whose MQTT password leaked could send
+    links = Links(broker, [a.dev, b.dev, rogue.dev, revoked.dev])
     try:
-        assert link.connected.wait(10)
-        link.publish(a.topics.status, b"online", retain=True)
-        link.publish(f"{PREFIX}/fk-a/health", json.dumps({"outbox_depth": 3, "uptime_s": 5}).encode())
+        assert links.wait_connected()
+        links.publish(a.dev, a.topics.status, b"online", retain=True)
+        links.publish(a.dev, f"{PREFIX}/fk-a/health", json.dumps({"outbox_depth": 3, "uptime_s": 5}).encode())
         sent = {}
         for _ in range(5):
             seq, m = a.result()
             sent[("fk-a", seq)] = m
-            link.publish(a.topics.result, m)
+            links.publish(a.dev, a.topics.result, m)
         seq, last = a.result(decision="no_match", reason="different_person")
         sent[("fk-a", seq)] = last
-        link.publish(a.topics.result, last)
-        link.publish(a.topics.result, last)  # replayed: the same bytes again
-        link.publish(a.topics.result, sent[("fk-a", 1)])  # an old one replayed
-        link.publish(b.topics.result, last)  # a's result copied onto b's topic
-        link.publish(rogue.topics.result, rogue.result()[1])  # unknown device
-        link.publish(revoked.topics.result, revoked.result()[1])  # revoked key
+        links.publish(a.dev, a.topics.result, last)
+        links.publish(a.dev, a.topics.result, last)  # replayed: the same bytes again
+        links.publish(a.dev, a.topics.result, sent[("fk-a", 1)])  # an old one replayed
+        links.publish(b.dev, b.topics.result, last)  # a's result copied onto b's topic
+        links.publish(rogue.dev, rogue.topics.result, rogue.result()[1])  # unknown device
+        links.publish(revoked.dev, revoked.topics.result, revoked.result()[1])  # revoked key
         forged = bytearray(a.result()[1])
         forged[-5] ^= 0x40  # a flipped signature bit
-        link.publish(a.topics.result, bytes(forged))
+        links.publish(a.dev, a.topics.result, bytes(forged))
         a.seq = 5
-        link.publish(a.topics.result, a.result(decision="match")[1])  # a forgery re-using seq 6 (signed!)
+        links.publish(a.dev, a.topics.result, a.result(decision="match")[1])  # a forgery re-using seq 6 (signed!)
         wait_until(lambda: len(quarantined(store)) >= 5, 20, "quarantine rows")
         wait_until(lambda: (store.devices() or [{}])[0].get("outbox_depth") == 3, 10, "health")
         assert audit(store) == sent  # exactly the genuine results, once each, byte for byte
@@ -245,7 +247,7 @@ def test_forged_replayed_unknown_revoked_and_wrong_topic_results_are_quarantined
         assert dev["status"] == "online" and dev["last_decision"] == "no_match" and dev["last_seq"] == 6
         assert w.worker.stats.duplicates >= 2
     finally:
-        link.close()
+        links.close()
         w.close()
 
 
@@ -267,10 +269,10 @@ def test_exactly_once_through_a_worker_kill_and_a_broker_restart(broker, store, 
                                 stderr=open(tmp_path / f"worker-{name}.log", "ab"))
 
     workers = {n: start_worker(n) for n in ("1", "2")}
-    link = Link(broker, f"sim-{time.monotonic_ns()}", redeliver_s=3.0)
+    links = Links(broker, [t.dev for t in fleet], redeliver_s=3.0)
     sent: dict[tuple[str, int], bytes] = {}
     try:
-        assert link.connected.wait(10)
+        assert links.wait_connected()
         time.sleep(1.5)  # both workers subscribed
 
         def publish(n: int, pause: float = 0.004):
@@ -278,7 +280,7 @@ def test_exactly_once_through_a_worker_kill_and_a_broker_restart(broker, store, 
                 t = fleet[i % len(fleet)]
                 seq, m = t.result()
                 sent[(t.dev, seq)] = m
-                link.publish(t.topics.result, m)
+                links.publish(t.dev, t.topics.result, m)
                 time.sleep(pause)
 
         publish(150)
@@ -292,7 +294,7 @@ def test_exactly_once_through_a_worker_kill_and_a_broker_restart(broker, store, 
         publish(50)  # queued by paho while the broker is away
         broker.start()
         publish(150)
-        wait_until(lambda: len(audit(store)) >= len(sent) and link.unacked() == 0, 60, "every result stored")
+        wait_until(lambda: len(audit(store)) >= len(sent) and links.unacked() == 0, 60, "every result stored")
         time.sleep(1.0)  # late duplicates would show up now
         got = audit(store)
         assert got == sent, (len(got), len(sent), sorted(set(sent) - set(got))[:5])
@@ -300,7 +302,7 @@ def test_exactly_once_through_a_worker_kill_and_a_broker_restart(broker, store, 
         per_worker = dict(store.query("SELECT worker, COUNT(*) FROM results GROUP BY worker"))
         assert set(per_worker) <= {"1", "2"} and sum(per_worker.values()) == len(sent)
     finally:
-        link.close()
+        links.close()
         for p in workers.values():
             p.send_signal(signal.SIGTERM)
         for p in workers.values():

@@ -104,7 +104,8 @@ class FakeTerminal:
     def __init__(self, broker: Mosquitto, term: Terminal, answers):
         self.term, self.answers = term, answers
         self.commands: list[dict] = []
-        self.be = Backend(broker, user="device", subscribe=term.topics.cmd_verify)
+        broker.add_user(term.dev)
+        self.be = Backend(broker, user=term.dev, subscribe=term.topics.cmd_verify)
         self.be.client.on_message = self._on_message
 
     def _on_message(self, c, u, msg) -> None:
