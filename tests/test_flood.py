@@ -72,7 +72,7 @@ def test_the_authentic_command_queue_is_bounded_in_bytes_and_waits_instead_of_dr
     import threading
     import time
 
-    from facegate.daemon import InboundQueue
+    from facegate.admission import InboundQueue
 
     q, stop = InboundQueue(max_items=8, max_bytes=1000), threading.Event()
     assert q.put("a", 600, stop) and q.bytes == 600

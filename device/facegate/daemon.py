@@ -1,9 +1,10 @@
 """`facegate run`: verification sessions over MQTT, signed results, nothing lost.
 
-Threads: paho's network thread authenticates inbound messages (size, COSE signature by a
-trusted key for the command topic) and queues only authentic ones, waiting for room rather
+Threads: paho's network thread authenticates inbound messages (admission.Gate: size,
+COSE signature by a trusted key for the command topic) and queues only authentic ones, waiting for room rather
 than dropping one; everything else is counted in health (`ignored`) and never answered.
-The command thread checks the authentic commands (lifetime, replay, payload) and answers
+The command thread admits the authentic commands (replay, lifetime, payload, storage,
+busy: admission.Gate.admit) and answers
 refusals at once, signed and bound to the command's request_id and nonce; the
 delivery thread moves signed results from the outbox to the broker in seq order and drops
 them only on PUBACK; the camera thread keeps the newest frame; the main thread runs one
@@ -16,7 +17,6 @@ import json
 import logging
 import os
 import queue
-import shutil
 import signal
 import statistics
 import threading
@@ -30,21 +30,17 @@ from pathlib import Path
 
 from . import __version__
 from . import config as config_mod
+from .admission import Accepted, Authentic, Gate, Ignored, InboundQueue, Refused, Request, trusted_keys
 from .config import Config
 from .delivery import Delivery
 from .errors import FacegateError
 from .feed import FrameFeed
 from .liveness.check import LivenessPlan
 from .messages import (
-    CommandRejected,
     Topics,
-    VerifyCommand,
     attest_payload,
-    authenticate,
-    check_command,
     event_json,
     ha_discovery,
-    identify,
     policy_hash,
     result_payload,
     state_json,
@@ -53,9 +49,9 @@ from .outbox import Outbox, OutboxError
 from .pipeline import Verifier
 from .ports import Camera, Clock, Inbound, Indicators, Publisher
 from .session import Session, live, replay
-from .signing import Verified, kid_of, load_or_create_key, public_from_hex, public_raw, sign
+from .signing import load_or_create_key, sign
 from .types import Decision, Frame
-from .vocab import Refusal, State
+from .vocab import State
 
 StateObserver = Callable[[State, "str | None", "str | None"], None]  # (state, step, session)
 
@@ -82,32 +78,11 @@ def key_path(cfg: Config) -> Path:
     return key_source(cfg)[0]
 
 
-def trusted_keys(cfg: Config) -> dict:
-    """kid -> Ed25519 public key, for every configured backend key."""
-    out = {}
-    for text in cfg.mqtt.trusted_keys:
-        pub = public_from_hex(text)
-        out[kid_of(public_raw(pub))] = pub
-    return out
-
-
 def decision_policy(cfg: Config) -> str:
     """Hash of every setting that changes a decision (published in each result)."""
     return policy_hash({"verify": cfg.verify.model_dump(), "liveness": cfg.liveness.model_dump(),
                         "mode": cfg.daemon.liveness, "session_timeout_s": cfg.daemon.session_timeout_s,
                         "precision": cfg.models.precision})
-
-
-def valid_response_topic(topic: str | None, prefix: str, forbidden: tuple[str, ...] = ()) -> bool:
-    """An MQTT 5 response topic the daemon will publish an authenticated command's answer
-    to: a plain topic name (no wildcards, not a $SYS-style name, no NUL, at most 256
-    characters) under `prefix` (a whole level: "a/b" allows "a/b/x", not "a/bx"; empty
-    prefix: none) and under none of the `forbidden` roots (the device's own topics, Home
-    Assistant's). Others are ignored and the answer goes to R/result only."""
-    if not topic or not prefix or len(topic) > 256 or any(c in topic for c in "+#\0") or topic.startswith("$"):
-        return False
-    under = lambda root: topic.startswith(root.rstrip("/") + "/")  # noqa: E731
-    return under(prefix) and not any(under(root) for root in forbidden)
 
 
 def react(indicators: Indicators, decision: str) -> None:
@@ -118,63 +93,6 @@ def react(indicators: Indicators, decision: str) -> None:
     else:
         indicators.show("fail")
     indicators.beep()
-
-
-@dataclass
-class Request:
-    """A session to run: the checked command plus where to answer."""
-
-    command: VerifyCommand
-    response_topic: str | None = None
-    correlation: bytes | None = None
-
-
-@dataclass(frozen=True)
-class Authentic:
-    """A message on the command topic whose signature checked out (messages.authenticate)."""
-
-    msg: Inbound
-    verified: Verified
-
-
-class InboundQueue:
-    """Authentic commands for the command thread, bounded in count and in bytes: put()
-    waits for room (the broker holds back what follows) rather than dropping a command
-    the broker was told is delivered. One message larger than max_bytes still fits alone."""
-
-    def __init__(self, max_items: int, max_bytes: int):
-        self.max_items, self.max_bytes = max_items, max_bytes
-        self._items: deque = deque()
-        self._bytes = 0
-        self._cv = threading.Condition()
-
-    def put(self, item, nbytes: int, stop: threading.Event) -> bool:
-        """Queue item (waiting for room); False only when `stop` was set meanwhile."""
-        with self._cv:
-            while self._items and (len(self._items) >= self.max_items or self._bytes + nbytes > self.max_bytes):
-                if stop.is_set():
-                    return False
-                self._cv.wait(0.2)
-            self._items.append((item, nbytes))
-            self._bytes += nbytes
-            self._cv.notify_all()
-            return True
-
-    def get(self, timeout_s: float):
-        """The oldest item, or None after timeout_s."""
-        with self._cv:
-            if not self._items:
-                self._cv.wait(timeout_s)
-                if not self._items:
-                    return None
-            item, nbytes = self._items.popleft()
-            self._bytes -= nbytes
-            self._cv.notify_all()
-            return item
-
-    @property
-    def bytes(self) -> int:
-        return self._bytes
 
 
 @dataclass
@@ -237,7 +155,6 @@ class Daemon:
         self.key, created = load_or_create_key(key_path(cfg))
         if created:
             log.info("created signing key %s (kid %s)", key_path(cfg), self.key.kid.hex())
-        self.trusted = trusted_keys(cfg)
         self.policy = decision_policy(cfg)
         self.outbox = Outbox(self.state_dir / "outbox.sqlite", cfg.daemon.outbox_max_age_s, cfg.daemon.outbox_max_rows,
                              clock=self.clock.time, keep_acked_s=cfg.mqtt.redeliver_s)
@@ -252,6 +169,7 @@ class Daemon:
         self._discovery_at = -DISCOVERY_MIN_INTERVAL_S
         self.requests: queue.Queue = queue.Queue(maxsize=cfg.daemon.max_pending)
         self.delivery = Delivery(self.outbox, publisher, cfg.mqtt.max_inflight)
+        self.gate = Gate(cfg, self.topics, self.outbox, self.clock.time, lambda: self.delivery.held)
         self._threads: list[threading.Thread] = []
         self.feed: FrameFeed | None = None
         self.ready = False
@@ -276,7 +194,11 @@ class Daemon:
 
     def _on_message(self, msg: Inbound) -> None:
         """paho's network thread: authenticate, queue what is authentic (waiting for room)."""
-        a = self.admit(msg)
+        if msg.topic == f"{self.cfg.mqtt.ha_prefix}{HA_STATUS_TOPIC_SUFFIX}":
+            if msg.payload == b"online":
+                self._ha_online.set()  # the command thread re-sends discovery, at most every 2 s
+            return
+        a = self._authenticate(msg)
         if a is not None and not self.inbound.put(a, len(msg.payload), self.stop_flag):
             log.warning("stopping: an authentic command was not queued")
 
@@ -340,22 +262,13 @@ class Daemon:
             except Exception:  # never let one message kill the command thread
                 log.exception("handling a message on %s", a.msg.topic)
 
-    def admit(self, msg: Inbound) -> Authentic | None:
-        """The first gate (paho's network thread): an authentic command, or None for
-        anything else (counted in health by reason, nothing stored, nothing answered)."""
-        if msg.topic == f"{self.cfg.mqtt.ha_prefix}{HA_STATUS_TOPIC_SUFFIX}":
-            if msg.payload == b"online":
-                self._ha_online.set()  # the command thread re-sends discovery, at most every 2 s
+    def _authenticate(self, msg: Inbound) -> Authentic | None:
+        a = self.gate.authenticate(msg)
+        if isinstance(a, Ignored):
+            self.health.ignore(a.reason)
+            log.debug("ignored a message on %s: %s", msg.topic, a.reason)
             return None
-        if msg.topic != self.topics.cmd_verify:
-            return None
-        try:
-            return Authentic(msg, authenticate(msg.payload, msg.topic, self.trusted,
-                                               max_bytes=self.cfg.daemon.max_command_bytes))
-        except CommandRejected as rej:
-            self.health.ignore(rej.reason)
-            log.debug("ignored a message on %s: %s", msg.topic, rej.reason)
-            return None
+        return a
 
     def handle_inbound(self, msg: Inbound) -> None:
         """One message, start to end, on the calling thread (the demo; tests)."""
@@ -363,60 +276,26 @@ class Daemon:
             if msg.payload == b"online" and self.publisher is not None:
                 self._publish_discovery()
             return
-        a = self.admit(msg)
+        a = self._authenticate(msg)
         if a is not None:
             self.handle_authentic(a)
 
     def handle_authentic(self, a: Authentic) -> None:
-        """An authentic command gets exactly one signed answer bound to its request_id and
-        nonce, or none: its ids are spent (recorded on disk) before anything is answered,
-        so the same bytes again are a replay, counted and never answered - also once the
-        record is purged (the outbox's replay floor). Not answered either: a command whose
-        ids cannot be read (nothing to bind an answer to)."""
-        d = self.cfg.daemon
-        msg, now = a.msg, self.clock.time()
-        try:
-            ids = identify(a.verified, skew_s=d.clock_skew_s)
-        except CommandRejected as rej:
-            self.health.ignore(rej.reason)
-            return
-        try:
-            replay = self.outbox.remember(ids.request_id, ids.nonce, ids.keep_until)
-        except OutboxError as exc:
-            self.health.dropped_commands += 1
-            log.error("command dropped, outbox unusable: %s", exc)
-            return
-        if replay:
-            if replay == "same_command":  # QoS 1 is at least once: taken already, or replayed
-                replay = Refusal.REDELIVERED if msg.redelivered else Refusal.REPLAYED_REQUEST_ID
-            self.health.ignore(replay)
-            log.info("command ignored: %s (request %s)", replay, ids.request_id)
-            return
-        mq = self.cfg.mqtt
-        rt = msg.response_topic if valid_response_topic(msg.response_topic, mq.response_prefix,
-                                                         (self.topics.root, mq.ha_prefix)) else None
-        answer = dict(response_topic=rt, correlation=msg.correlation if rt else None)
-        try:
-            cmd = check_command(a.verified, now, max_bytes=d.max_command_bytes, max_age_s=d.command_max_age_s,
-                                skew_s=d.clock_skew_s, max_pixels=d.max_reference_pixels)
-            if not self.storage_ok():
-                raise CommandRejected("storage_full")
-            if self.requests.full():  # only this thread puts, so a free slot stays free
-                raise CommandRejected("busy")
-            self.requests.put_nowait(Request(cmd, **answer))
-        except CommandRejected as rej:
+        """Act on the second gate's answer (admission.Gate.admit): queue, answer or count."""
+        r = self.gate.admit(a, busy=self.requests.full())  # only this thread puts: a free slot stays free
+        if isinstance(r, Accepted):
+            self.requests.put_nowait(r.request)
+        elif isinstance(r, Refused):
             self.health.rejected += 1
-            log.info("command rejected: %s (request %s)", rej.reason, ids.request_id)
-            self.emit_result("rejected", rej.reason, request_id=ids.request_id, nonce=ids.nonce, **answer)
-
-    def storage_ok(self) -> bool:
-        if self.delivery.held:
-            return False
-        try:
-            free_mb = shutil.disk_usage(self.state_dir).free / 2**20
-        except OSError:
-            return False
-        return free_mb >= self.cfg.daemon.min_free_mb
+            log.info("command rejected: %s (request %s)", r.reason, r.request_id)
+            self.emit_result("rejected", r.reason, request_id=r.request_id, nonce=r.nonce,
+                             response_topic=r.response_topic, correlation=r.correlation)
+        elif isinstance(r, Ignored):
+            self.health.ignore(r.reason)
+            log.info("command ignored: %s", r.reason)
+        else:
+            self.health.dropped_commands += 1
+            log.error("command dropped, outbox unusable: %s", r.error)
 
     # -- sessions ------------------------------------------------------------------------
     def _button_pressed(self) -> None:
@@ -474,7 +353,7 @@ class Daemon:
             "outbox_expired": expired,
             "camera_ok": bool(self.feed and self.feed.ok),
             "models_ok": True,
-            "storage_ok": self.storage_ok(),
+            "storage_ok": self.gate.storage_ok(),
             "clock_synchronized": self.clock.synchronized(),  # None: cannot tell
             "sessions": self.health.sessions,
             "rejected": self.health.rejected,
@@ -524,14 +403,14 @@ class Daemon:
         self.notifier.reloading()
         try:
             cfg = config_mod.load(self.config_path) if self.config_path else self.cfg
-            self.trusted = trusted_keys(cfg)
+            self.gate.trusted = trusted_keys(cfg)
             self.key, _ = load_or_create_key(key_path(cfg))
         except FacegateError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             self.notifier.ready("reload refused: config error, running config kept")
             return
         self.notifier.ready(f"reloaded: signing kid {self.key.kid.hex()}")
-        log.info("reloaded: %d trusted key(s), signing kid %s", len(self.trusted), self.key.kid.hex())
+        log.info("reloaded: %d trusted key(s), signing kid %s", len(self.gate.trusted), self.key.kid.hex())
         if self.publisher is not None and self.publisher.connected:
             self._publish_attest()
 
