@@ -33,7 +33,7 @@ from .vision.align import CROP_PX, align
 from .vision.detect import FULL_RANGE, SHORT_RANGE, FaceDetector
 from .vision.embed import Embedder
 from .vision.mesh import FaceMesh, roi_from_detection
-from .vision.pad import INPUT_PX as PAD_PX, pad_box
+from .vision.pad import INPUT_PX as PAD_PX, crop_for_pad
 from .vision.tensors import to_input
 
 KAT_DIR = "kat"
@@ -227,23 +227,12 @@ def _embed(runner: Runner, ins: KatInputs) -> dict:
     return {name: _r(emb.embed(crop), 5) for name, crop in embed_crops(ins).items()}
 
 
-def pad_crop(image_bgr: np.ndarray, box: tuple, scale: float) -> np.ndarray:
-    """The MiniFASNet input region of vision.pad.pad_box, brought to 80x80 by warpAffine:
-    cv2.resize (which crop_for_pad uses) gives other bytes on aarch64 than on x86-64
-    (OpenCV 5.0.0), warpAffine the same, so the test sees the same input everywhere."""
-    h, w = image_bgr.shape[:2]
-    x0, y0, x1, y1 = pad_box(w, h, box, scale)
-    sx, sy = PAD_PX / (x1 + 1 - x0), PAD_PX / (y1 + 1 - y0)
-    m = np.float64([[sx, 0.0, -x0 * sx], [0.0, sy, -y0 * sy]])
-    return cv2.warpAffine(image_bgr, m, (PAD_PX, PAD_PX), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
 def _pad(runner: Runner, task: str, ins: KatInputs) -> dict:
     scale = V2_SCALE if task == "pad_v2" else V1SE_SCALE
     spec: TensorSpec = runner.inputs[0]
     flip = ins.flipped()
-    crops = {"face": pad_crop(ins.face, ins.box, scale), "face_flip": pad_crop(flip.face, flip.box, scale),
-             "face_dark": pad_crop(ins.face // 3, ins.box, scale), "pattern": pattern(PAD_PX, PAD_PX)}
+    crops = {"face": crop_for_pad(ins.face, ins.box, scale), "face_flip": crop_for_pad(flip.face, flip.box, scale),
+             "face_dark": crop_for_pad(ins.face // 3, ins.box, scale), "pattern": pattern(PAD_PX, PAD_PX)}
     out = {}
     for name, crop in crops.items():
         z = np.asarray(runner.run(to_input(crop[None], spec))[0], np.float64).reshape(-1)

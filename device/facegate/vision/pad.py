@@ -42,10 +42,17 @@ def pad_box(frame_w: int, frame_h: int, box: tuple, scale: float) -> tuple[int, 
 
 
 def crop_for_pad(image_bgr: np.ndarray, box: tuple, scale: float) -> np.ndarray:
-    """HxWx3 uint8 BGR frame + face box -> 80x80x3 uint8 BGR crop."""
+    """HxWx3 uint8 BGR frame + face box -> 80x80x3 uint8 BGR crop of `pad_box`.
+
+    Brought to 80x80 by warpAffine, not cv2.resize: OpenCV's INTER_LINEAR resize gives
+    other bytes on aarch64 than on x86-64 (int8 MiniFASNet moved by up to 0.19 at an
+    emulated Pi 5 core), warpAffine gives the same bytes on both."""
     h, w = image_bgr.shape[:2]
     x0, y0, x1, y1 = pad_box(w, h, box, scale)
-    return cv2.resize(image_bgr[y0:y1 + 1, x0:x1 + 1], (INPUT_PX, INPUT_PX), interpolation=cv2.INTER_LINEAR)
+    sx, sy = INPUT_PX / (x1 + 1 - x0), INPUT_PX / (y1 + 1 - y0)
+    m = np.float64([[sx, 0.0, -x0 * sx], [0.0, sy, -y0 * sy]])
+    return cv2.warpAffine(image_bgr, m, (INPUT_PX, INPUT_PX), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def softmax_real(logits: np.ndarray) -> float:
