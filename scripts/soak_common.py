@@ -30,7 +30,8 @@ from paho.mqtt.properties import Properties  # noqa: E402
 
 from broker import Mosquitto, password  # noqa: E402
 from daemon_helpers import command as signed_command  # noqa: E402
-from facegate import signing  # noqa: E402  (key files and command signing only)
+from facegate import signing, status  # noqa: E402  (key files and command signing; the status document)
+from facegate.status import StatusDoc  # noqa: E402
 from facegate.vocab import COMMAND_FIELDS, Refusal  # noqa: E402  (the contract's words)
 
 DEV = "kiosk-1"
@@ -123,11 +124,9 @@ class Daemon:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def status(self) -> dict:
-        try:
-            return json.loads((self.state / "status.json").read_text())
-        except (OSError, ValueError):
-            return {}
+    def status(self) -> StatusDoc:
+        """The daemon's status document ({} while there is none)."""
+        return status.read(self.state) or StatusDoc()
 
     def wait_status(self, pred, timeout_s: float = 30.0, fresh_after: float | None = None) -> dict:
         """The status file once pred(status) holds; fresh_after: written after this wall-clock

@@ -4,7 +4,6 @@ facegate code)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,8 @@ import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker import Backend, Mosquitto
-from facegate import signing
+from facegate import signing, status
+from facegate.status import StatusDoc
 
 DEV = "kiosk-1"
 ROOT = f"facegate/v1/{DEV}"
@@ -67,8 +67,11 @@ class DaemonProc:
     def public(self) -> bytes:
         return signing.load_key(self.state / "signing.key").public
 
-    def status(self) -> dict:
-        return json.loads((self.state / "status.json").read_text())
+    def status(self) -> StatusDoc:
+        doc = status.read(self.state)
+        if doc is None:  # OSError as before: callers poll until it is written
+            raise FileNotFoundError(f"no readable status file in {self.state}")
+        return doc
 
     def stop(self, sig=signal.SIGTERM) -> int:
         if self.proc and self.proc.poll() is None:

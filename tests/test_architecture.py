@@ -24,6 +24,9 @@ FORBIDDEN = {
     # command admission: a message in, a typed answer out (the contract, signing, the outbox's replay record)
     "admission": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest",
                   "delivery", "feed", "kat"},
+    # the status document and health counters: written by the daemon, read by the CLI and the soak
+    "status": {"types", "config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon",
+               "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "messages", "outbox", "signing"},
     "daemon": {"demo", "cli", "selftest"},
     "demo": {"cli", "selftest"},
     "selftest": {"demo", "cli"},  # beside the daemon (it may import it); only the CLI imports it

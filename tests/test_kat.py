@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from facegate import cli, kat, modelstore
+from facegate import cli, kat, modelstore, status
 from facegate import config as config_mod
 from facegate.adapters import litert
 from facegate.errors import ModelError
@@ -191,7 +191,7 @@ def test_status_says_which_variant_and_why(tmp_path, model_dir, faces, monkeypat
                     f'[daemon]\nstate_dir = "{tmp_path}"\nliveness = "passive"\n[mqtt]\nenabled = false\n')
     d = daemon_mod.build(config_mod.load(conf))
     d._write_status()
-    doc = json.loads((tmp_path / daemon_mod.STATUS_FILE).read_text())
+    doc = status.read(tmp_path)
     sel = doc["model_selftest"]
     assert set(sel) == {"detect_short", "detect_full", "mesh", "embed", "pad_v2", "pad_v1se"}
     assert sel["embed"]["variant"] == "fp32" and sel["embed"]["refused"][0].startswith("int8 refused: distinct")

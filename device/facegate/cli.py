@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, modelstore
+from . import __version__, modelstore, status
 from . import config as config_mod
 from .errors import FacegateError, InputError
+from .status import HealthDoc, StatusDoc
 
 EXIT_OK, EXIT_NEGATIVE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -345,17 +346,11 @@ def cmd_keys_rotate(args) -> int:
     return EXIT_OK
 
 
-def _status_doc(args) -> dict | None:
-    from .daemon import STATUS_FILE
-
-    cfg = config_mod.load(args.config)
-    try:
-        return json.loads((Path(cfg.daemon.state_dir) / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+def _status_doc(args) -> StatusDoc | None:
+    return status.read(config_mod.load(args.config).daemon.state_dir)
 
 
-def _daemon_pid(args, doc: dict | None = None) -> int | None:
+def _daemon_pid(args, doc: StatusDoc | None = None) -> int | None:
     """The running daemon's pid from its status file (`doc` when already read), or None."""
     import os
 
@@ -399,9 +394,10 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(doc))
         return EXIT_OK if running else EXIT_NEGATIVE
-    h = doc.get("health", {})
-    st = doc.get("state", {})
-    last = doc.get("last_decision") or {}
+    h: HealthDoc = doc.get("health") or HealthDoc()
+    st = doc.get("state") or {}
+    last: dict = dict(doc.get("last_decision") or {})
+    synced = h.get("clock_synchronized")
     lines = [
         ("daemon", f"{'running' if running else 'NOT running'} (pid {doc.get('pid')}, version {doc.get('version')})"),
         ("device", f"{doc.get('device_id')}  kid {doc.get('kid')}"),
@@ -415,7 +411,7 @@ def cmd_status(args) -> int:
         ("outbox", f"{h.get('outbox_depth')} waiting, {h.get('outbox_expired')} expired, last seq {doc.get('last_seq')}"),
         ("storage", "ok" if h.get("storage_ok") else "LOW: new sessions refused"),
         ("clock", {True: "synchronised", False: "NOT synchronised (commands may be refused as expired or "
-                   "not yet valid)"}.get(h.get("clock_synchronized"), "synchronisation unknown")),
+                   "not yet valid)"}.get(synced, "synchronisation unknown") if synced is not None else "synchronisation unknown"),
         ("sessions", f"{h.get('sessions')} run, {h.get('rejected')} rejected, " + _ignored_text(h.get("ignored") or {})),
         ("latency", " ".join(f"{k}={v}ms" for k, v in (h.get("latency_ms") or {}).items()) or "-"),
         ("last", f"{last.get('decision')} ({last.get('reason')}) at {last.get('ts')}" if last else "-"),

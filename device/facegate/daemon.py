@@ -18,17 +18,14 @@ import logging
 import os
 import queue
 import signal
-import statistics
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
+from . import __version__, status
 from . import config as config_mod
 from .admission import Accepted, Authentic, Gate, Ignored, InboundQueue, Refused, Request, trusted_keys
 from .config import Config
@@ -50,6 +47,7 @@ from .pipeline import Verifier
 from .ports import Camera, Clock, Inbound, Indicators, Publisher
 from .session import Session, live, replay
 from .signing import load_or_create_key, sign
+from .status import BrokerDoc, Health, HealthDoc, KeyDoc, LastDecision, StateDoc, StatusDoc
 from .types import Decision, Frame
 from .vocab import State
 
@@ -57,7 +55,6 @@ StateObserver = Callable[[State, "str | None", "str | None"], None]  # (state, s
 
 log = logging.getLogger("facegate.daemon")
 
-STATUS_FILE = "status.json"
 HA_STATUS_TOPIC_SUFFIX = "/status"
 DISCOVERY_MIN_INTERVAL_S = 2.0  # Home Assistant's "online" re-sends discovery at most this often
 INBOUND_SLOTS = 64  # authentic commands waiting for the command thread (bounded in bytes too)
@@ -93,37 +90,6 @@ def react(indicators: Indicators, decision: str) -> None:
     else:
         indicators.show("fail")
     indicators.beep()
-
-
-@dataclass
-class Health:
-    """Counters behind R/health and `facegate status`."""
-
-    started_mono: float = field(default_factory=time.monotonic)
-    sessions: int = 0
-    rejected: int = 0
-    ignored: dict = field(default_factory=dict)  # reason -> input counted and never answered
-    dropped_commands: int = 0  # the replay record could not be written (outbox unusable)
-    decisions: dict = field(default_factory=dict)
-    latencies: dict = field(default_factory=dict)  # stage -> deque of ms
-    last_decision: dict | None = None
-
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def ignore(self, reason: str) -> None:
-        with self._lock:  # paho's thread and the command thread both count
-            self.ignored[reason] = self.ignored.get(reason, 0) + 1
-
-    def ignored_counts(self) -> dict:
-        with self._lock:
-            return dict(sorted(self.ignored.items()))
-
-    def record(self, timings: dict) -> None:
-        for k, v in timings.items():
-            self.latencies.setdefault(k, deque(maxlen=100)).append(v)
-
-    def medians(self) -> dict:
-        return {k: round(statistics.median(v), 1) for k, v in self.latencies.items() if v}
 
 
 class Daemon:
@@ -242,7 +208,7 @@ class Daemon:
                 rows.append((response_topic, sign(payload, self.key, response_topic), correlation))
             return rows
         seq = self.delivery.store(make)  # None: held in memory until the disk has room
-        self.health.decisions[decision] = self.health.decisions.get(decision, 0) + 1
+        self.health.decided(decision)
         if self.publisher is not None:
             self.publisher.publish(self.topics.event, event_json(session, request_id, decision, self.clock.time()), qos=0)
         return seq
@@ -329,8 +295,8 @@ class Daemon:
         self.emit_result(d.decision, d.reason, session=session, request_id=cmd.request_id,
                          nonce=cmd.nonce, liveness=d.liveness, quality=d.quality,
                          response_topic=req.response_topic, correlation=req.correlation)
-        self.health.last_decision = {"decision": d.decision, "reason": d.reason, "session": session,
-                                     "ts": round(self.clock.time(), 3), "ms": out.ms}
+        self.health.last_decision = LastDecision(decision=d.decision, reason=d.reason, session=session,
+                                                 ts=round(self.clock.time(), 3), ms=out.ms)
         react(self.indicators, d.decision)
         self._set_state(State.IDLE)
         return d  # the caller drops it; the reference and frames die with the session
@@ -340,54 +306,32 @@ class Daemon:
         self.notifier.keepalive(True)
 
     # -- health / status -----------------------------------------------------------------
-    def health_dict(self) -> dict:
+    def health_dict(self) -> HealthDoc:
         try:
             depth, expired = self.outbox.depth(), self.outbox.expired
         except OutboxError:
             depth, expired = -1, -1
-        return {
-            "uptime_s": round(time.monotonic() - self.health.started_mono, 1),
-            "fps": round(self.feed.fps, 1) if self.feed else 0.0,
-            "latency_ms": self.health.medians(),
-            "outbox_depth": depth,
-            "outbox_expired": expired,
-            "camera_ok": bool(self.feed and self.feed.ok),
-            "models_ok": True,
-            "storage_ok": self.gate.storage_ok(),
-            "clock_synchronized": self.clock.synchronized(),  # None: cannot tell
-            "sessions": self.health.sessions,
-            "rejected": self.health.rejected,
-            "ignored": self.health.ignored_counts(),
-            "unstored": self.delivery.held,
-            "undeliverable": self.delivery.undeliverable,
-            "dropped_commands": self.health.dropped_commands,
-            "publish_refused": getattr(self.publisher, "refused", 0),
-        }
+        h = self.health
+        return HealthDoc(uptime_s=h.uptime_s(), fps=round(self.feed.fps, 1) if self.feed else 0.0,
+                         latency_ms=h.medians(), outbox_depth=depth, outbox_expired=expired,
+                         camera_ok=bool(self.feed and self.feed.ok), models_ok=True,
+                         storage_ok=self.gate.storage_ok(), clock_synchronized=self.clock.synchronized(),
+                         sessions=h.sessions, rejected=h.rejected, ignored=h.ignored_counts(),
+                         unstored=self.delivery.held, undeliverable=self.delivery.undeliverable,
+                         dropped_commands=h.dropped_commands, publish_refused=getattr(self.publisher, "refused", 0))
 
     def _write_status(self) -> None:
-        status = {"pid": os.getpid(), "device_id": self.cfg.device_id, "version": __version__,
-                  "boot": self.boot, "ts": round(self.clock.time(), 3),
-                  "state": dict(zip(("state", "step", "session"), self.state)),
-                  "health": self.health_dict(), "last_decision": self.health.last_decision,
-                  "broker": {"enabled": self.publisher is not None,
-                             "connected": bool(self.publisher and self.publisher.connected),
-                             "error": getattr(self.publisher, "last_error", "")},
-                  "camera": self.feed.health() if self.feed else {"ok": False},
-                  "models": self.models, "model_selftest": self.model_selftest, "kid": self.key.kid.hex(), "last_seq": self.outbox.last_seq,
-                  "key": dict(zip(("path", "source"), map(str, key_source(self.cfg))))}
-        text = json.dumps(status, indent=1)
-        tmp = self.state_dir / (STATUS_FILE + ".tmp")
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, self.state_dir / STATUS_FILE)
-        except OSError as exc:
-            try:  # a full disk: overwrite in place, reusing the old file's blocks
-                tmp.unlink(missing_ok=True)
-                with open(self.state_dir / STATUS_FILE, "r+" if (self.state_dir / STATUS_FILE).exists() else "w") as f:
-                    f.truncate(0)
-                    f.write(text)
-            except OSError:
-                log.warning("cannot write the status file: %s", exc)
+        state, step, session = self.state
+        path, source = key_source(self.cfg)
+        status.write(self.state_dir, StatusDoc(
+            pid=os.getpid(), device_id=self.cfg.device_id, version=__version__, boot=self.boot,
+            ts=round(self.clock.time(), 3), state=StateDoc(state=state, step=step, session=session),
+            health=self.health_dict(), last_decision=self.health.last_decision,
+            broker=BrokerDoc(enabled=self.publisher is not None, connected=bool(self.publisher and self.publisher.connected),
+                             error=getattr(self.publisher, "last_error", "")),
+            camera=self.feed.health() if self.feed else {"ok": False}, models=self.models,
+            model_selftest=self.model_selftest, kid=self.key.kid.hex(), last_seq=self.outbox.last_seq,
+            key=KeyDoc(path=str(path), source=source)))
 
     # -- lifecycle ---------------------------------------------------------------------
     def request_stop(self, *_):
