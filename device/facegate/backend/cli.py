@@ -183,8 +183,9 @@ def cmd_serve(args) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = _config(args)
-    if args.worker:
-        cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"worker": args.worker})})
+    serve = {k: v for k, v in (("worker", args.worker), ("journal", args.journal or None)) if v is not None}
+    if serve:
+        cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update=serve)})
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -233,5 +234,6 @@ def add_parser(sub) -> None:
 
     s = common(bsub.add_parser("serve", help="a fleet consumer worker (run several: one per --worker name)"))
     s.add_argument("--worker", help="this worker's name (default: serve.worker)")
+    s.add_argument("--journal", action="store_true", help="hold the journal session too (see serve.journal)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=cmd_serve)

@@ -41,6 +41,7 @@ class ServeConfig(_Section):
     session_expiry_s: int = Field(86400, ge=60, description="How long the broker keeps a stopped worker's session and queues its share, seconds")
     batch_max: int = Field(200, ge=1, le=10000, description="Most messages committed in one database transaction")
     receive_max: int = Field(200, ge=1, le=65535, description="MQTT 5 Receive Maximum: unacknowledged results the broker may have in flight to this worker")
+    journal: bool = Field(False, description="Also hold a persistent session with a plain subscription to every result ({client id}-journal), stored at most once like the rest: a broker that forgets shared subscriptions when it restarts (Mosquitto 2.0 does) still queues the results for it while the workers re-subscribe. Costs one more copy of every result; turn it on in one worker of the group")
     key_refresh_s: float = Field(2.0, gt=0, description="How often the worker re-reads the device keys (a revocation takes effect within this), seconds")
 
 

@@ -40,18 +40,21 @@ class Message:
     dup: bool
     correlation: bytes | None
     generation: int
+    via_journal: bool = False
     t_received: float = field(default_factory=time.time)
 
 
 class BrokerClient:
     def __init__(self, cfg: BrokerConfig, client_id: str, *, on_message: Callable[[Message], None],
                  subscriptions: tuple[tuple[str, int], ...] = (), session_expiry_s: int = 0,
-                 manual_ack: bool = False, receive_max: int | None = None):
+                 manual_ack: bool = False, receive_max: int | None = None, journal: bool = False):
         """session_expiry_s > 0: a persistent session (clean_start false) the broker keeps
-        that long; manual_ack: a QoS 1 message is acknowledged only by ack()."""
+        that long; manual_ack: a QoS 1 message is acknowledged only by ack(); journal: its
+        messages are marked via_journal."""
         self.cfg, self.client_id = cfg, client_id
         self.subscriptions = list(subscriptions)
         self._on_message, self._session_expiry_s, self._receive_max = on_message, session_expiry_s, receive_max
+        self._journal = journal
         self._lock = threading.Lock()
         self._sub_lock = threading.Lock()
         self._subacks: dict[int, tuple[threading.Event, list]] = {}
@@ -113,7 +116,7 @@ class BrokerClient:
         props = msg.properties
         corr = getattr(props, "CorrelationData", None) if props else None
         self._on_message(Message(msg.topic, bytes(msg.payload), msg.qos, msg.mid, bool(msg.retain), bool(msg.dup),
-                                 corr, self.generation))
+                                 corr, self.generation, self._journal))
 
     # -- the backend's side ------------------------------------------------------------
     def start(self, wait: bool = True) -> "BrokerClient":

@@ -61,10 +61,19 @@ class Worker:
         self.stats = WorkerStats()
         self._inbox: "queue.Queue[Message]" = queue.Queue()
         self._ring, self._ring_at = Keyring(), 0.0
-        subs = ((f"$share/{s.group}/{self.prefix}/+/result", 1), (f"$share/{s.group}/{self.prefix}/+/health", 0),
-                (f"{self.prefix}/+/status", 1), (f"{self.prefix}/+/attest", 1))
-        self.broker = BrokerClient(cfg.mqtt, self.client_id, on_message=self._inbox.put, subscriptions=subs,
+        self.subscriptions = ((f"$share/{s.group}/{self.prefix}/+/result", 1),
+                              (f"$share/{s.group}/{self.prefix}/+/health", 0),
+                              (f"{self.prefix}/+/status", 1), (f"{self.prefix}/+/attest", 1))
+        self.broker = BrokerClient(cfg.mqtt, self.client_id, on_message=self._inbox.put,
                                    session_expiry_s=s.session_expiry_s, manual_ack=True, receive_max=s.receive_max)
+        # the journal: one more persistent session with a plain (not shared) subscription to
+        # every result, which a broker restores after a restart even where it forgets shared
+        # subscriptions (Mosquitto 2.0); its copies are mostly duplicates, stored at most once
+        self.journal = None
+        if s.journal:
+            self.journal = BrokerClient(cfg.mqtt, f"{self.client_id}-journal", on_message=self._inbox.put,
+                                        session_expiry_s=s.session_expiry_s, manual_ack=True,
+                                        receive_max=s.receive_max, journal=True)
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, stop: threading.Event, ready: threading.Event | None = None) -> WorkerStats:
@@ -72,8 +81,17 @@ class Worker:
         if self.store is None:
             self.store = Store.open(self.cfg.store)
         self.broker.start(wait=False)
+        if self.journal:
+            self.journal.start(wait=False)
         try:
             self.broker.wait_connected(self.cfg.mqtt.connect_timeout_s)
+            for topic, qos in self.subscriptions:  # each SUBACK awaited; renewed on every reconnect
+                self.broker.subscribe(topic, qos)
+            if self.journal:
+                self.journal.wait_connected(self.cfg.mqtt.connect_timeout_s)
+                self.journal.subscribe(f"{self.prefix}/+/result", 1)
+            log.info("worker %s (client id %s) subscribed: %s", self.name, self.client_id,
+                     ", ".join(t for t, _ in self.subscriptions))
             if ready:
                 ready.set()
             while not stop.is_set():
@@ -89,6 +107,8 @@ class Worker:
                 self._commit_with_retry(batch, stop)
         finally:
             self.broker.close()
+            if self.journal:
+                self.journal.close()
             if self.store:
                 self.store.close()
         return self.stats
@@ -107,7 +127,7 @@ class Worker:
                 delay = min(delay * 2, 10.0)
                 self._reopen()
         for m in batch:
-            if not self.broker.ack(m):
+            if not (self.journal if m.via_journal else self.broker).ack(m):
                 self.stats.not_acked += 1
 
     def _reopen(self) -> None:

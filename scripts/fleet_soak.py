@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""The fleet consumer under load and faults: many terminals, a real Mosquitto, a real
+PostgreSQL, several `facegate backend serve` workers.
+
+    .venv/bin/python scripts/fleet_soak.py [--terminals 200] [--rate 200] [--duration 60]
+                                           [--workers 3] [--seed 14]
+
+Terminals are lightweight signers (tests/terminals.py: a real Ed25519 key each, results
+built and signed by the package's own contract code), each on its own MQTT connection as
+its own broker user (TLS, passwords, the per-device ACL of tests/broker.py). They publish
+results round-robin at --rate per second in total, and re-send what the broker acknowledged
+in the 3 s before a lost connection (as the daemon's mqtt.redeliver_s does; the broker saves
+every 1 s). The workers share $share/fleet/facegate/v1/+/result on persistent sessions and
+store into PostgreSQL (tests/postgres.py starts a throw-away cluster); worker 1 also holds
+the journal session (serve.journal: Mosquitto 2.0 does not restore shared subscriptions
+after a restart, so the results published before the workers re-subscribe reach only it).
+
+Faults: at 1/3 of the run one worker is SIGKILLed and restarted 2 s later under the same
+name; at 2/3 the broker is SIGKILLed and restarted 1 s later. Attacks, each about once a
+second: a forged result (signature bit flipped) on a terminal's own topic, a terminal's old
+result replayed, a result copied onto another terminal's topic, a result by an unenrolled
+device, a result by a revoked device.
+
+Checked from the database at the end: lost = a genuine (dev, seq) never stored;
+duplicates = rows beyond one per (dev, seq) or a stored message other than the one sent;
+forged_accepted = an audit row that is not a genuine result; quarantined = quarantine rows
+(every attack but the replays must be there). Latency = stored_at (set just before the
+COMMIT) - the publish time, for each result's first storing. Ends with one line:
+  fleet: terminals=T results=N lost=0 duplicates=0 forged_accepted=0 quarantined=Q rate=R/s p99_ms=P
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from broker import Mosquitto, password  # noqa: E402
+from postgres import Postgres  # noqa: E402
+from terminals import PREFIX, Links, Terminal, add_users  # noqa: E402
+
+from facegate.backend.registry import Registry  # noqa: E402
+from facegate.backend.store import Store  # noqa: E402
+from facegate.backend.config import StoreConfig  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--terminals", type=int, default=200)
+    ap.add_argument("--rate", type=float, default=200.0, help="results per second, all terminals together")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of publishing")
+    ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=14)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args()
+    rnd = random.Random(args.seed)
+    d = Path(tempfile.mkdtemp(prefix="fleet-soak-"))
+    log(f"work dir {d}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+    (d / "broker").mkdir()
+    broker = Mosquitto(d / "broker", persist=True, autosave_s=1).start()
+    pg = Postgres().start()
+    dsn = pg.fresh_dsn()
+    fleet = [Terminal(f"term-{i:04d}") for i in range(args.terminals)]
+    rogue, revoked = Terminal("rogue-1"), Terminal("revoked-1")
+    store = Store.open(StoreConfig(dsn=dsn))
+    reg = Registry(store)
+    for t in fleet + [revoked]:
+        reg.enrol(t.dev, t.key.public, time.time())
+    reg.revoke(revoked.dev, time.time())
+    add_users(broker, [t.dev for t in fleet] + [rogue.dev, revoked.dev, "backend"])
+    (d / "backend.password").write_text(password("backend") + "\n")
+    toml = d / "backend.toml"
+    toml.write_text(f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntls = true\nca_file = "{broker.tls["ca"]}"\n'
+                    f'username = "backend"\npassword_file = "{d / "backend.password"}"\nkeepalive_s = 5\n'
+                    f'client_id = "fleet"\n[store]\ndsn = "{dsn}"\n[serve]\ngroup = "fleet"\n')
+
+    def start_worker(name: str) -> subprocess.Popen:
+        journal = ["--journal"] if name == "1" else []  # Mosquitto forgets shared subscriptions on a restart
+        return subprocess.Popen([sys.executable, "-m", "facegate.cli", "backend", "serve", "--config", str(toml),
+                                 "--worker", name, "--log-level", "info", *journal], stdout=subprocess.DEVNULL,
+                                stderr=open(d / f"worker-{name}.log", "ab"))
+
+    workers = {str(i + 1): start_worker(str(i + 1)) for i in range(args.workers)}
+    t0 = time.monotonic()
+    links = Links(broker, [t.dev for t in fleet] + [rogue.dev, revoked.dev], redeliver_s=3.0)
+    if not links.wait_connected(60):
+        log("not every terminal connected")
+        return 2
+    log(f"{len(fleet)} terminals connected in {time.monotonic() - t0:.1f} s; {args.workers} workers")
+    deadline = time.monotonic() + 60
+    while not all("subscribed" in (d / f"worker-{w}.log").read_text() for w in workers):
+        if time.monotonic() > deadline:
+            log("a worker did not subscribe")
+            return 2
+        time.sleep(0.2)
+
+    sent: dict[tuple[str, int], tuple[bytes, float]] = {}
+    attacks = {"forged": 0, "replayed": 0, "wrong_topic": 0, "unknown_device": 0, "revoked": 0}
+    events: list[str] = []
+    stop = threading.Event()
+
+    def faults():
+        third = args.duration / 3
+        if stop.wait(third):
+            return
+        victim = "2" if "2" in workers else "1"
+        workers[victim].send_signal(signal.SIGKILL)
+        workers[victim].wait(5)
+        events.append(f"worker {victim} SIGKILLed at {time.monotonic() - start:.1f} s")
+        stop.wait(2.0)
+        workers[victim] = start_worker(victim)
+        events.append(f"worker {victim} restarted at {time.monotonic() - start:.1f} s")
+        if stop.wait(third - 2.0):
+            return
+        broker.stop(kill=True)
+        events.append(f"broker SIGKILLed at {time.monotonic() - start:.1f} s")
+        stop.wait(1.0)
+        broker.start()
+        events.append(f"broker restarted at {time.monotonic() - start:.1f} s")
+
+    start = time.monotonic()
+    ft = threading.Thread(target=faults, daemon=True)
+    ft.start()
+    interval, n, next_attack = 1.0 / args.rate, 0, start + 1.0
+    while (now := time.monotonic()) - start < args.duration:
+        due = start + n * interval
+        if due > now:
+            time.sleep(min(due - now, 0.01))
+            continue
+        t = fleet[n % len(fleet)]
+        seq, m = t.result(decision=rnd.choice(("match", "match", "no_match", "spoof")))
+        sent[(t.dev, seq)] = (m, time.time())
+        links.publish(t.dev, t.topics.result, m)
+        n += 1
+        if now >= next_attack:
+            next_attack += 1.0
+            a, b = rnd.sample(fleet, 2)
+            forged = bytearray(a.result()[1])
+            a.seq -= 1  # the forgery does not use up a's seq
+            forged[-1 - rnd.randrange(60)] ^= 1 << rnd.randrange(8)
+            links.publish(a.dev, a.topics.result, bytes(forged))
+            old = rnd.choice(list(sent))
+            links.publish(old[0], f"{PREFIX}/{old[0]}/result", sent[old][0])
+            copied = rnd.choice(list(sent))
+            links.publish(b.dev, b.topics.result, sent[copied][0])  # (b's own one: a replay)
+            links.publish(rogue.dev, rogue.topics.result, rogue.result()[1])
+            links.publish(revoked.dev, revoked.topics.result, revoked.result()[1])
+            attacks["forged"] += 1
+            attacks["replayed"] += 1 + (copied[0] == b.dev)
+            attacks["wrong_topic"] += copied[0] != b.dev
+            attacks["unknown_device"] += 1
+            attacks["revoked"] += 1
+    publish_s = time.monotonic() - start
+    stop.set()
+    ft.join()
+    log(f"published {n} results in {publish_s:.1f} s ({n / publish_s:.0f}/s); " + "; ".join(events))
+
+    deadline = time.monotonic() + 180
+    stored = 0
+    while time.monotonic() < deadline:
+        stored = store.query("SELECT COUNT(*) FROM results")[0][0]
+        if stored >= len(sent) and links.unacked() == 0:
+            break
+        time.sleep(1.0)
+    time.sleep(3.0)  # late duplicates would arrive now
+    rows = store.query("SELECT dev, seq, message, stored_at, worker FROM results")
+    quarantine = store.query("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason ORDER BY reason")
+    log(f"load average {os.getloadavg()[0]:.1f}")
+
+    got: dict[tuple[str, int], tuple[bytes, float, str]] = {}
+    duplicates = forged_accepted = 0
+    for dev, seq, msg, stored_at, worker in rows:
+        key = (dev, int(seq))
+        if key in got:
+            duplicates += 1
+            continue
+        got[key] = (bytes(msg), float(stored_at), worker)
+        if key not in sent or sent[key][0] != bytes(msg):
+            forged_accepted += 1
+    lost = len(set(sent) - set(got))
+    latency = [(got[k][1] - sent[k][1]) * 1000 for k in sent if k in got]
+    first = min(v[1] for k, v in sent.items())
+    last = max(v[1] for v in got.values()) if got else first
+    rate = len(got) / max(1e-9, last - first)
+    per_worker: dict[str, int] = {}
+    for _, _, w in got.values():
+        per_worker[w] = per_worker.get(w, 0) + 1
+    q_total = sum(c for _, c in quarantine)
+    q_expected = attacks["forged"] + attacks["wrong_topic"] + attacks["unknown_device"] + attacks["revoked"]
+    for w in sorted(per_worker):
+        log(f"worker {w}: {per_worker[w]} results, {per_worker[w] / max(1e-9, last - first):.0f}/s")
+    log(f"publish -> commit: p50 {pct(latency, 50):.0f} ms, p99 {pct(latency, 99):.0f} ms, max {max(latency):.0f} ms, "
+        f"mean {statistics.fmean(latency):.0f} ms")
+    log(f"attacks sent: {attacks}; quarantine by reason: {dict(quarantine)} "
+        f"({q_total} of the {q_expected} expected)")
+    if lost:
+        missing = sorted(set(sent) - set(got), key=lambda k: sent[k][1])
+        log(f"lost {lost}, published at (s into the run): "
+            f"{[round(sent[k][1] - first, 2) for k in missing][:40]}")
+    links.close()
+    for p in workers.values():
+        p.send_signal(signal.SIGTERM)
+    for p in workers.values():
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    store.close()
+    broker.stop()
+    pg.remove()
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)
+    print(f"fleet: terminals={len(fleet)} results={len(got)} lost={lost} duplicates={duplicates} "
+          f"forged_accepted={forged_accepted} quarantined={q_total} rate={rate:.0f}/s p99_ms={pct(latency, 99):.0f}")
+    return 0 if lost == duplicates == forged_accepted == 0 and q_total == q_expected else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
