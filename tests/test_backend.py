@@ -312,3 +312,47 @@ def test_exactly_once_through_a_worker_kill_and_a_broker_restart(broker, store, 
                 assert p.wait(15) == 0
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_devices_cli_lists_status_health_last_decision_and_pending_keys(broker, tmp_path):
+    """`facegate backend devices`: online / last seen / outbox / last decision from what a
+    worker stored; `pending --scan` reads a retained R/attest; `approve` trusts it."""
+    cfg = backend_config(broker, StoreConfig(sqlite=str(tmp_path / "backend.db")), tmp_path)
+    toml = write_toml(cfg, tmp_path / "backend.toml")
+    known, newcomer = Terminal("cli-known"), Terminal("cli-new")
+    store = Store.open(cfg.store)
+    Registry(store).enrol(known.dev, known.key.public, time.time())
+    w = WorkerThread(cfg)
+    links = Links(broker, [known.dev, newcomer.dev])
+    try:
+        assert links.wait_connected()
+        links.publish(known.dev, known.topics.status, b"online", retain=True)
+        links.publish(known.dev, known.topics.health, json.dumps({"outbox_depth": 2}).encode())
+        links.publish(known.dev, known.topics.result, known.result(decision="spoof", reason="presentation_attack")[1])
+        links.publish(newcomer.dev, newcomer.topics.attest, newcomer.attest(), retain=True)
+        wait_until(lambda: audit(store), 20, "the result stored")
+        wait_until(lambda: any(d["outbox_depth"] == 2 for d in store.devices()), 20, "health")
+    finally:
+        w.close()
+        links.close()
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "facegate.cli", "backend", "devices", *args, "--config",
+                               str(toml)], capture_output=True, text=True, timeout=120)
+
+    listed = {r["device"]: r for r in json.loads(cli("--json").stdout)}
+    assert listed["cli-known"]["status"] == "online" and listed["cli-known"]["outbox_depth"] == 2
+    assert listed["cli-known"]["last_decision"] == "spoof" and listed["cli-known"]["key"] == known.key.kid.hex()
+    text = cli().stdout
+    assert "cli-known" in text and "online" in text and "spoof (seq 1)" in text
+    store.execute("DELETE FROM device_keys WHERE dev = ?", ("cli-new",))  # forget what the worker saw
+    scanned = cli("pending", "--scan", "1.5", "--json")
+    assert scanned.returncode == 0, scanned.stderr
+    pend = json.loads(scanned.stdout)
+    assert [(p["device"], p["kid"], p["rotation"]) for p in pend] == [("cli-new", newcomer.key.kid.hex(), False)]
+    ok = cli("approve", "cli-new")
+    assert ok.returncode == 0 and f"approved cli-new: kid {newcomer.key.kid.hex()}" in ok.stdout
+    again = cli("approve", "cli-new")
+    assert again.returncode == 2 and "no pending key for cli-new" in again.stderr
+    assert [k.state for k in store.keys("cli-new")] == ["active"]
+    store.close()
