@@ -18,6 +18,7 @@ from facegate import signing
 from facegate.backend.client import BackendClient, DeviceNotTrusted, VerifyRejected, VerifyTimeout
 from facegate.backend.config import StoreConfig
 from facegate.backend.registry import Registry
+from facegate.backend.store import Store
 from terminals import PREFIX, Terminal
 from test_backend import backend_config, write_toml
 
@@ -191,3 +192,17 @@ def test_a_silent_terminal_times_out(broker, setup):
     r = cli("backend", "verify", "--device", term.dev, "--reference", str(toml.parent / "ref.jpg"), "--timeout-s", "1",
             "--config", str(toml))
     assert r.returncode == 1 and "no answer from kiosk-silent" in r.stderr, r.stderr
+
+
+def test_demo_shows_the_backend_side(tmp_path, model_dir):
+    """`facegate demo --backend`: the demo terminal's result stored as a serve worker stores
+    it, once; a copy on another terminal's topic quarantined."""
+    r = cli("demo", "--synthetic", "--liveness", "none", "--backend", "--workdir", str(tmp_path), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "backend: result seq 1 stored (audit table 'results', key (demo-kiosk, 1))" in r.stdout, r.stdout
+    assert "the same bytes again: duplicate; copied to another-kiosk's topic: quarantined: wrong_topic" in r.stdout
+    store = Store.sqlite(tmp_path / "backend.db")
+    try:
+        assert store.query("SELECT dev, seq, decision, worker FROM results") == [("demo-kiosk", 1, "match", "demo")]
+    finally:
+        store.close()

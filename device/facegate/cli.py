@@ -541,8 +541,34 @@ def cmd_demo(args) -> int:
         print(f"  check it yourself: facegate verify-result --pubkey {res.public_key.hex()} --topic {res.topic} "
               f"{res.saved}")
         print(f"outcome: {res.explanation}")
+        if args.backend:
+            _demo_backend(res, workdir)
         print("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in res.timings_s.items()) + "\n", flush=True)
     return EXIT_OK
+
+
+def _demo_backend(res, workdir: Path) -> None:
+    """The backend's side of a demo result: the device key enrolled in a SQLite store in the
+    work dir, the result stored as a serve worker stores it, a copy on another terminal's
+    topic quarantined."""
+    from .backend.registry import Registry
+    from .backend.store import Store
+    from .backend.worker import ingest
+
+    db = workdir / "backend.db"
+    store = Store.sqlite(db)
+    try:
+        dev, prefix = res.payload["dev"], res.topic.rsplit("/", 2)[0]
+        if not any(k.state == "active" and k.pub == res.public_key for k in store.keys(dev)):
+            Registry(store).enrol(dev, res.public_key, time.time(), replace=True)
+        print(f"backend: {dev} enrolled (kid {res.kid.hex()}) in {db}")
+        print(f"backend: result seq {res.payload['seq']} {ingest(store, prefix, res.topic, res.message, 'demo')}"
+              f" (audit table 'results', key ({dev}, {res.payload['seq']}))")
+        again = ingest(store, prefix, res.topic, res.message, "demo")
+        copied = ingest(store, prefix, f"{prefix}/another-kiosk/result", res.message, "demo")
+        print(f"backend: the same bytes again: {again}; copied to another-kiosk's topic: {copied}")
+    finally:
+        store.close()
 
 
 # -- selftest -------------------------------------------------------------------------
@@ -728,6 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds from the daemon's start to a verified result, per session (default 120; "
                          "raise it on a slow or emulated CPU)")
     dm.add_argument("--json", action="store_true", help="one JSON object per session on stdout, progress on stderr")
+    dm.add_argument("--backend", action="store_true", help="also show the backend side: the device enrolled, "
+                                                            "each result stored in {workdir}/backend.db as "
+                                                            "'facegate backend serve' stores it (needs the backend extra)")
     dm.set_defaults(func=cmd_demo)
 
     sc = sub.add_parser("sign-command", help="make a signed verify command (as a backend would)")

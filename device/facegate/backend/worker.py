@@ -216,6 +216,21 @@ class Worker:
                             att.dev, att.kid.hex())
 
 
+def ingest(store: Store, prefix: str, topic: str, message: bytes, worker: str = "local") -> str:
+    """Store one result received some other way (a file, the demo's outbox) exactly as a
+    serve worker would; returns 'stored', 'duplicate' or 'quarantined: <reason>'."""
+    cfg = BackendConfig.model_validate({"mqtt": {"prefix": prefix}, "serve": {"worker": worker}})
+    w = Worker(cfg, store)
+    w.process([Message(topic, message, 1, 0, False, False, None, 0)])
+    if w.stats.stored:
+        return "stored"
+    if w.stats.duplicates:
+        return "duplicate"
+    reason = store.query("SELECT reason FROM quarantine WHERE digest = ?",
+                         (hashlib.sha256(topic.encode() + b"\0" + message).hexdigest(),))
+    return f"quarantined: {reason[0][0] if reason else '?'}"
+
+
 def scan_attestations(cfg: BackendConfig, store: Store, seconds: float) -> int:
     """Listen to the retained {prefix}/+/attest messages for `seconds` and record their keys
     (new ones as pending); returns how many attestations were seen."""
