@@ -125,10 +125,11 @@ def test_decisions_built_from_literal_words_pair_a_decision_with_one_of_its_reas
 
 def test_refusals_raised_with_literal_words_are_refusals():
     seen = []
-    for f, call in _calls("CommandRejected"):
-        for reason in _strings(call.args[0]) if call.args else []:
-            assert reason in set(Refusal) | {"same_command"}, (f, call.lineno, reason)
-            seen.append(reason)
+    for name in ("CommandRejected", "Refused", "Ignored"):  # messages' refusals; admission's answers and counters
+        for f, call in _calls(name):
+            for reason in _strings(call.args[0]) if call.args else []:
+                assert reason in set(Refusal) | {"same_command"}, (f, call.lineno, reason)
+                seen.append(reason)
     for f, call in _calls("SignatureError"):  # signing.verify's reasons become refusals
         for reason in _strings(call.args[0]) if call.args else []:
             if " " not in reason:
