@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flooders", type=int, default=2, help="junk publishing processes")
     ap.add_argument("--corr-kib", type=float, default=1.0, help="correlation data per junk message, KiB")
     ap.add_argument("--command-every-s", type=float, default=0.5, help="a real command this often")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, state dir)")
     a = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="facegate-flood-"))
     inputs = soak.load_inputs(a.data)
@@ -162,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         be.close()
         d.stop()
         b.stop()
+        if a.keep:
+            soak.log(f"work dir kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
