@@ -356,3 +356,18 @@ def test_devices_cli_lists_status_health_last_decision_and_pending_keys(broker, 
     assert again.returncode == 2 and "no pending key for cli-new" in again.stderr
     assert [k.state for k in store.keys("cli-new")] == ["active"]
     store.close()
+
+
+def test_bad_input_gets_one_line_and_exit_2(tmp_path):
+    bad_db = tmp_path / "bad.toml"
+    bad_db.write_text('[store]\ndsn = "postgresql://nobody@127.0.0.1:1/x"\n')
+    r = subprocess.run([sys.executable, "-m", "facegate.cli", "backend", "devices", "--config", str(bad_db)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("facegate: cannot connect to PostgreSQL") \
+        and r.stderr.count("\n") == 1, r.stderr
+    (tmp_path / "k.txt").write_text("hello\n")
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text(f'[store]\nsqlite = "{tmp_path / "b.db"}"\n')
+    r = subprocess.run([sys.executable, "-m", "facegate.cli", "backend", "devices", "enrol", str(tmp_path / "k.txt"),
+                        "--device", "k1", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no 'public_key' of 64 hex digits" in r.stderr and "Traceback" not in r.stderr

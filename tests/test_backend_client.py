@@ -108,6 +108,12 @@ class FakeTerminal:
         broker.add_user(term.dev)
         self.be = Backend(broker, user=term.dev, subscribe=term.topics.cmd_verify)
         self.be.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.be.client.on_subscribe = lambda *a: subscribed.set()
+        # (if the SUBACK came before the line above, is_connected() says the subscribe went out
+        # first: on_connect subscribes before anything else is read from the socket)
+        assert subscribed.wait(10) or self.be.client.is_connected()
+        time.sleep(0.2)
 
     def _on_message(self, c, u, msg) -> None:
         cmd = cbor2.loads(cbor2.loads(msg.payload).value[2])
@@ -148,7 +154,7 @@ def test_the_client_refuses_forged_mismatched_and_replayed_answers(broker, setup
     fake = FakeTerminal(broker, term, lying)
     try:
         with pytest.raises(VerifyTimeout) as err:
-            client.verify(term.dev, b"portrait", timeout_s=4)
+            client.verify(term.dev, b"portrait", timeout_s=8)
         assert err.value.refused == ["unknown_key", "bad_signature", "wrong_nonce", "wrong_request_id", "stale",
                                      "wrong_device"]
 
@@ -165,7 +171,7 @@ def test_the_client_refuses_forged_mismatched_and_replayed_answers(broker, setup
         assert fake.commands[-1]["challenge"] == ["blink"]
         fake.answers = lying  # now with a replayed seq among the lies
         with pytest.raises(VerifyTimeout) as err:
-            client.verify(term.dev, b"portrait", timeout_s=4)
+            client.verify(term.dev, b"portrait", timeout_s=8)
         assert "replayed_seq" in err.value.refused
 
         def rejecting(cmd, reply):  # the terminal is busy: a signed `rejected` on R/result only

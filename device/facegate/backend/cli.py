@@ -195,6 +195,20 @@ def cmd_serve(args) -> int:
     return EXIT_OK
 
 
+def _needs_extra(fn):
+    """A command whose libraries are missing says which extra to install."""
+    def run(args) -> int:
+        try:
+            return fn(args)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] in ("paho", "cbor2", "cryptography", "psycopg"):
+                print(f"facegate: 'facegate backend' needs {exc.name.split('.')[0]}: pip install 'facegate[backend]'",
+                      file=sys.stderr)
+                return EXIT_BAD_INPUT
+            raise
+    return run
+
+
 def add_parser(sub) -> None:
     """Register `facegate backend ...` on the top-level subparsers."""
     b = sub.add_parser("backend", help="the backend side: device registry, verify requests, fleet consumer")
@@ -206,14 +220,14 @@ def add_parser(sub) -> None:
 
     d = common(bsub.add_parser("devices", help="the terminals: status, keys; pending / approve / revoke / enrol"))
     d.add_argument("--json", action="store_true")
-    d.set_defaults(func=cmd_devices)
+    d.set_defaults(func=_needs_extra(cmd_devices))
     dsub = d.add_subparsers(dest="devices_cmd")
     p = common(dsub.add_parser("pending", help="keys seen in R/attest and not yet approved"))
     p.add_argument("--scan", type=float, metavar="S", help="first read the retained attestations for S seconds")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_pending)
-    for name, fn, hlp in (("approve", cmd_approve, "trust the device's pending key"),
-                          ("revoke", cmd_revoke, "refuse the device's keys from now on")):
+    p.set_defaults(func=_needs_extra(cmd_pending))
+    for name, fn, hlp in (("approve", _needs_extra(cmd_approve), "trust the device's pending key"),
+                          ("revoke", _needs_extra(cmd_revoke), "refuse the device's keys from now on")):
         a = common(dsub.add_parser(name, help=hlp))
         a.add_argument("device")
         a.add_argument("--kid", help="only this key (16 hex digits)")
@@ -222,7 +236,7 @@ def add_parser(sub) -> None:
     e.add_argument("file")
     e.add_argument("--device", help="the terminal's device_id")
     e.add_argument("--replace", action="store_true", help="retire the device's current key")
-    e.set_defaults(func=cmd_enrol)
+    e.set_defaults(func=_needs_extra(cmd_enrol))
 
     v = common(bsub.add_parser("verify", help="one verification on a terminal; its signed answer verified"))
     v.add_argument("--device", required=True)
@@ -230,10 +244,10 @@ def add_parser(sub) -> None:
     v.add_argument("--challenge", help="fixed steps, e.g. turn_left,blink ('' = none; default: the terminal draws)")
     v.add_argument("--timeout-s", type=float, default=60.0)
     v.add_argument("--json", action="store_true")
-    v.set_defaults(func=cmd_verify)
+    v.set_defaults(func=_needs_extra(cmd_verify))
 
     s = common(bsub.add_parser("serve", help="a fleet consumer worker (run several: one per --worker name)"))
     s.add_argument("--worker", help="this worker's name (default: serve.worker)")
     s.add_argument("--journal", action="store_true", help="hold the journal session too (see serve.journal)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    s.set_defaults(func=cmd_serve)
+    s.set_defaults(func=_needs_extra(cmd_serve))

@@ -100,6 +100,11 @@ class Store:
         self.conn, self.kind = conn, kind
         self.lock = threading.RLock()
         self._depth = 0
+        self._db_errors: tuple = (sqlite3.Error,)
+        if kind == "postgres":
+            import psycopg
+
+            self._db_errors = (psycopg.Error,)
         with self.transaction():
             for stmt in _SCHEMA.format(blob="BYTEA" if kind == "postgres" else "BLOB",
                                        real="DOUBLE PRECISION" if kind == "postgres" else "REAL").split(";"):
@@ -116,7 +121,7 @@ class Store:
             try:
                 conn = psycopg.connect(cfg.dsn, connect_timeout=10)
             except psycopg.Error as exc:
-                raise StoreError(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
+                raise StoreError(f"cannot connect to PostgreSQL: {' '.join(str(exc).split())}") from None
             return cls(conn, "postgres")
         return cls.sqlite(Path(cfg.sqlite))
 
@@ -148,17 +153,25 @@ class Store:
                 finally:
                     self._depth -= 1
                 return
-            if self.kind == "sqlite":
-                self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                if self.kind == "sqlite":
+                    self.conn.execute("BEGIN IMMEDIATE")
+            except self._db_errors as exc:
+                raise StoreError(f"{self.kind}: {' '.join(str(exc).split())}") from exc
             self._depth = 1
             try:
                 yield self
-            except BaseException:
                 self._depth = 0
-                self.conn.rollback() if self.kind == "postgres" else self.conn.execute("ROLLBACK")
+                self.conn.commit() if self.kind == "postgres" else self.conn.execute("COMMIT")
+            except BaseException as exc:
+                self._depth = 0
+                try:
+                    self.conn.rollback() if self.kind == "postgres" else self.conn.execute("ROLLBACK")
+                except Exception:  # a broken connection has nothing to roll back
+                    pass
+                if isinstance(exc, self._db_errors):
+                    raise StoreError(f"{self.kind}: {' '.join(str(exc).split())}") from exc
                 raise
-            self._depth = 0
-            self.conn.commit() if self.kind == "postgres" else self.conn.execute("COMMIT")
 
     def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         with self.transaction():
