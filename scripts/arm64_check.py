@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -73,15 +74,25 @@ def _entry(path: Path) -> dict:
     return e
 
 
+def _mount_points() -> set[str]:
+    """Every mount point of this mount namespace (a bind mount of a directory of the same
+    file system has the same st_dev, so the device number cannot tell them)."""
+    out = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].encode().decode("unicode_escape")  # \040 for a space
+        out.add(os.path.normpath(point))
+    return out
+
+
 def snapshot(root: Path, paths: list[str]) -> dict:
-    """Every file, directory and link under root/path (not descending into other mounts),
-    keyed by its path inside root."""
+    """Every file, directory and link under root/path, not descending into mount points
+    (/proc, the bind-mounted data, caches), keyed by its path inside root."""
+    mounts = _mount_points()
     out = {}
     for rel in paths:
         top = root / rel.lstrip("/")
-        if not os.path.lexists(top):
+        if not os.path.lexists(top) or os.path.normpath(top) in mounts:
             continue
-        dev = top.lstat().st_dev
         out["/" + rel.lstrip("/")] = _entry(top)
         if not top.is_dir() or top.is_symlink():
             continue
@@ -89,7 +100,7 @@ def snapshot(root: Path, paths: list[str]) -> dict:
             keep = []
             for d in sorted(dirnames):
                 p = Path(dirpath) / d
-                if p.lstat().st_dev != dev:  # a mount point: /proc, a bind mount
+                if os.path.normpath(p) in mounts:
                     continue
                 keep.append(d)
                 out["/" + str(p.relative_to(root))] = _entry(p)
@@ -107,32 +118,63 @@ def _differences(a: dict, b: dict) -> list[str]:
     return lines
 
 
+# Files that the system itself rewrites when install.sh uses apt and the account tools: the
+# dynamic linker's cache (ldconfig runs after apt installs libraries) and the shadow tools'
+# backups of the account files (the account files themselves are compared exactly).
+SYSTEM_REWRITTEN = {"/etc/ld.so.cache", "/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-"}
+MERGED_USR = ("/bin/", "/sbin/", "/lib/", "/lib64/")  # symlinks into /usr in a bookworm root
+
+
 def dpkg_owned(root: Path) -> set[str]:
+    """The paths installed Debian packages own (their dpkg .list files), also under /usr
+    for the merged-/usr links the walk goes through."""
     owned = set()
     for lst in (root / "var/lib/dpkg/info").glob("*.list"):
-        owned.update(x for x in lst.read_text(errors="replace").splitlines() if x)
+        for x in lst.read_text(errors="replace").splitlines():
+            if x:
+                owned.add(x)
+                if x.startswith(MERGED_USR):
+                    owned.add("/usr" + x)
     return owned
 
 
-def _package_made(path: str, owned: set[str]) -> bool:
-    """A file a Debian package owns, or made when it was installed: the byte code that
-    py3compile writes beside a packaged module (D/__pycache__/m.cpython-311.pyc for D/m.py)."""
-    if path in owned:
+def maintainer_script_text(root: Path) -> str:
+    """All installed packages' maintainer scripts: paths they create (python3's
+    /etc/python3/debian_config, python3.11-minimal's /usr/local/lib/python3.11/...) are
+    named there."""
+    info = root / "var/lib/dpkg/info"
+    return "\n".join(f.read_text(errors="replace") for ext in ("preinst", "postinst")
+                     for f in info.glob(f"*.{ext}"))
+
+
+def _package_made(path: str, owned: set[str], scripts: str) -> bool:
+    """A file a Debian package owns or made when it was installed: the byte code that
+    py3compile writes beside a packaged module (D/__pycache__/m.cpython-311.pyc for D/m.py,
+    and D/__pycache__ itself), what a maintainer script names, or a directory holding that."""
+    if path in owned or path in SYSTEM_REWRITTEN:
         return True
     p = Path(path)
+    if p.name == "__pycache__":
+        return str(p.parent) in owned
     if p.parent.name == "__pycache__":
-        return str(p.parent.parent / (p.name.split(".", 1)[0] + ".py")) in owned or str(p.parent) in owned
-    return False
+        return str(p.parent.parent / (p.name.split(".", 1)[0] + ".py")) in owned
+    return _named_in(path, scripts)
+
+
+def _named_in(path: str, scripts: str) -> bool:
+    """path, or a path below it, appears in the maintainer scripts (not as a prefix of
+    another name: /etc/python3 is named by /etc/python3/debian_config, not by /etc/python3.11)."""
+    return re.search(re.escape(path) + r"(?=[/\s\"';]|$)", scripts, re.M) is not None
 
 
 def leftovers(root: Path, before: dict, after: dict) -> list[str]:
     """What `after` has that `before` had not (or changed), minus what a Debian package
     installed since owns (apt's packages stay on uninstall, by design)."""
-    owned = dpkg_owned(root)
+    owned, scripts = dpkg_owned(root), maintainer_script_text(root)
     out = []
     for line in _differences(before, after):
         path = line.split(None, 1)[1].split(":", 1)[0]
-        if line.lstrip().startswith(("new", "changed")) and _package_made(path, owned):
+        if line.lstrip().startswith(("new", "changed")) and _package_made(path, owned, scripts):
             continue
         out.append(line)
     return out
