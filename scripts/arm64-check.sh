@@ -22,8 +22,10 @@
 #  4. with the installed /opt/facegate/venv/bin/facegate and /etc/facegate/facegate.toml:
 #     `facegate verify --pairs` on N LFW pairs at QEMU_CPU=cortex-a72 (Pi 4) and
 #     cortex-a76 (Pi 5): every decision as x86's (computed now, by this checkout's .venv on
-#     the host) and similarity within 0.03; at qemu's `max` core the same, or a refusal by
-#     the models' self-test (exit 2), never a match of two different people.
+#     the host), the same model variant and similarity within 0.03; at qemu's `max` core
+#     (the first MAX_PAIRS = 10 of them: fp32 under emulated SME is slow) the same decisions,
+#     or a refusal by the models' self-test (exit 2), never a match of two different people.
+#     These and step 5 run side by side, one emulated process per host core.
 #  5. `facegate selftest` with the installed config (file camera, MQTT off) passes, and
 #     `facegate demo` (the daemon, a file camera, no broker) runs a session and signs the result.
 #  6. scripts/install.sh --uninstall --purge leaves no file behind.
@@ -102,7 +104,7 @@ parse_args() {
             --pairs) NPAIRS=${2:?--pairs needs a number}; shift ;;
             --rebuild) REBUILD=1 ;;
             --keep) KEEP=1 ;;
-            -h | --help) sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+            -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
             *) echo "arm64-check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
         esac
         shift
@@ -230,11 +232,18 @@ work_root() {
     mkdir -p "$CACHE/apt-archives/partial" "$CACHE/pip-cache"
     bind "$CACHE/apt-archives" "$ROOT/var/cache/apt/archives"
     bind "$CACHE/pip-cache" "$ROOT/root/.cache/pip"
-    # the source tree as a release tarball would have it: the checkout's files, nothing else
+    # the source tree as a release tarball would have it: the checkout's files (git's view
+    # when this is a git checkout), no venvs, caches or build output
     SRC=/usr/local/src/facegate
     mkdir -p "$ROOT$SRC"
-    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
-        tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -xf - -C "$ROOT$SRC"
+    if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
+        (cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
+            tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -xf - -C "$ROOT$SRC"
+    else
+        tar -C "$REPO" --exclude=./.venv --exclude=./.venv-convert --exclude=./build --exclude=./out \
+            --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -xf - -C "$ROOT$SRC"
+    fi
+    [ -f "$ROOT$SRC/scripts/install.sh" ] || die "root: copying the source tree into the root failed"
 }
 
 # run a command in the root, with a clean environment (plus the host's pip settings and
