@@ -7,42 +7,48 @@ PKG = Path(__file__).resolve().parents[1] / "device" / "facegate"
 ADAPTER_ONLY = {"ai_edge_litert", "tflite_runtime", "paho", "gpiozero", "picamera2", "lgpio", "systemd"}
 # room -> rooms it must not import
 FORBIDDEN = {
-    "vocab": {"types", "errors", "config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "messages", "signing", "outbox", "imageio", "modelstore", "admission"},
-    "types": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission"},
-    "errors": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission"},
-    "config": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission"},
-    "ports": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission"},
-    "vision": {"liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission"},
-    "liveness": {"pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission"},
-    "decide": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission"},
+    "vocab": {"types", "errors", "config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "messages", "signing", "outbox", "imageio", "modelstore", "admission", "kiosk", "announce", "results"},
+    "types": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
+    "errors": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
+    "config": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
+    "ports": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
+    "vision": {"liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
+    "liveness": {"pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
+    "decide": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
     # known-answer self-tests: run the vision / liveness model classes on shipped inputs;
     # the pipeline, the daemon and the selftest load their models through it
-    "kat": {"pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission"},
-    "pipeline": {"adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission"},
-    "session": {"adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission"},
-    "adapters": {"pipeline", "session", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission"},
+    "kat": {"pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission", "kiosk", "announce", "results"},
+    "pipeline": {"adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission", "kiosk", "announce", "results"},
+    "session": {"adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission", "kiosk", "announce", "results"},
+    "adapters": {"pipeline", "session", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission", "kiosk", "announce", "results"},
     # command admission: a message in, a typed answer out (the contract, signing, the outbox's replay record)
     "admission": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest",
-                  "delivery", "feed", "kat"},
+                  "delivery", "feed", "kat", "kiosk", "announce", "results"},
     # the status document and health counters: written by the daemon, read by the CLI and the soak
     "status": {"types", "config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon",
-               "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "messages", "outbox", "signing"},
+               "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "messages", "outbox", "signing", "kiosk", "announce", "results"},
+    # the daemon's parts: what goes to the broker besides results; signed results; one request's session and answer
+    "announce": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest",
+                 "delivery", "feed", "kat", "admission", "outbox", "kiosk", "results"},
+    "results": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest",
+                "feed", "kat", "admission", "kiosk", "announce"},
+    "kiosk": {"adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "outbox"},
     "daemon": {"demo", "cli", "selftest"},
     "demo": {"cli", "selftest"},
     "selftest": {"demo", "cli"},  # beside the daemon (it may import it); only the CLI imports it
     # rooms outside the chain above: nothing imports the daemon, the demo, the selftest or the CLI
-    "imageio": {"daemon", "demo", "cli", "selftest", "kat", "admission"},
-    "modelstore": {"daemon", "demo", "cli", "selftest", "kat", "admission"},
-    "messages": {"daemon", "demo", "cli", "selftest", "admission"},
-    "outbox": {"pipeline", "adapters", "delivery", "feed", "daemon", "demo", "cli", "selftest", "admission"},
-    "signing": {"pipeline", "adapters", "delivery", "feed", "daemon", "demo", "cli", "selftest", "admission"},
-    "quiet": {"types", "config", "ports", "vision", "liveness", "pipeline", "adapters", "daemon", "demo", "cli", "admission"},
+    "imageio": {"daemon", "demo", "cli", "selftest", "kat", "admission", "kiosk", "announce", "results"},
+    "modelstore": {"daemon", "demo", "cli", "selftest", "kat", "admission", "kiosk", "announce", "results"},
+    "messages": {"daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
+    "outbox": {"pipeline", "adapters", "delivery", "feed", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
+    "signing": {"pipeline", "adapters", "delivery", "feed", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
+    "quiet": {"types", "config", "ports", "vision", "liveness", "pipeline", "adapters", "daemon", "demo", "cli", "admission", "kiosk", "announce", "results"},
     # the daemon's machinery: results to the broker, the newest camera frame
-    "delivery": {"pipeline", "vision", "liveness", "adapters", "feed", "daemon", "demo", "cli", "selftest", "admission"},
-    "feed": {"pipeline", "vision", "liveness", "adapters", "delivery", "daemon", "demo", "cli", "selftest", "admission"},
+    "delivery": {"pipeline", "vision", "liveness", "adapters", "feed", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
+    "feed": {"pipeline", "vision", "liveness", "adapters", "delivery", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
     # the other end of the contract: the contract (messages, signing, config, errors) and nothing of the daemon
     "backend": {"types", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "outbox",
-                "delivery", "feed", "daemon", "demo", "cli", "selftest", "quiet", "modelstore", "admission"},
+                "delivery", "feed", "daemon", "demo", "cli", "selftest", "quiet", "modelstore", "admission", "kiosk", "announce", "results"},
 }
 # inside the backend, one module per outside library
 BACKEND_ONLY = {"paho": "mqtt.py", "psycopg": "store.py", "sqlite3": "store.py"}

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from daemon_helpers import ask, in_process, local_config, outbox_payloads
+from facegate import status
 from facegate.vocab import Failure, Verdict
 
 BUTTON, RELAY, PASS, FAIL = 27, 17, 13, 19
@@ -65,3 +66,6 @@ def test_the_button_cancels_the_running_session_and_nothing_else(terminal, faces
     # the next session runs to its own end: the earlier press does not carry over
     rid2 = ask(d, backend_key, faces["ref"], ["turn_right", "turn_left"])
     assert wait(lambda: results(d).get(rid2), 60) == (Verdict.MATCH, None)
+    # MQTT is off: the daemon's publisher is the explicit NullPublisher; results stay in the outbox
+    assert status.read(d.state_dir)["broker"] == {"enabled": False, "connected": False, "error": ""}
+    assert d.outbox.depth() >= 2

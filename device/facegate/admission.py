@@ -13,6 +13,8 @@ only when it is a plain topic under mqtt.response_prefix outside the device's ow
 """
 from __future__ import annotations
 
+import logging
+import queue
 import shutil
 import threading
 from collections import deque
@@ -25,7 +27,12 @@ from .messages import CommandRejected, Topics, VerifyCommand, authenticate, chec
 from .outbox import Outbox, OutboxError
 from .ports import Inbound
 from .signing import Verified, kid_of, public_from_hex, public_raw
+from .status import Health
 from .vocab import Refusal
+
+log = logging.getLogger("facegate.admission")
+
+INBOUND_SLOTS = 64  # authentic commands waiting for the command thread (bounded in bytes too)
 
 
 def trusted_keys(cfg: Config) -> dict:
@@ -205,3 +212,64 @@ class Gate:
         if busy:
             return Refused(Refusal.BUSY, ids.request_id, ids.nonce, rt, corr)
         return Accepted(Request(cmd, rt, corr))
+
+
+class Intake:
+    """The gates on their threads. paho's thread: `receive` authenticates and queues what
+    is authentic, waiting for room; the command thread (`run`): admits each, puts accepted
+    requests in `requests` (the sessions' queue), has refusals answered (`answer`: one
+    signed `rejected`), counts the rest in `health`."""
+
+    def __init__(self, gate: Gate, health: Health, requests: queue.Queue, answer: Callable[[Refused], None],
+                 stop: threading.Event):
+        self.gate, self.health, self.requests, self.answer, self.stop = gate, health, requests, answer, stop
+        self.inbound = InboundQueue(INBOUND_SLOTS, 2 * gate.cfg.daemon.max_command_bytes)
+
+    def authenticate(self, msg: Inbound) -> Authentic | None:
+        a = self.gate.authenticate(msg)
+        if isinstance(a, Ignored):
+            self.health.ignore(a.reason)
+            log.debug("ignored a message on %s: %s", msg.topic, a.reason)
+            return None
+        return a
+
+    def receive(self, msg: Inbound) -> None:
+        """paho's network thread: authenticate, queue what is authentic (waiting for room)."""
+        a = self.authenticate(msg)
+        if a is not None and not self.inbound.put(a, len(msg.payload), self.stop):
+            log.warning("stopping: an authentic command was not queued")
+
+    def handle(self, msg: Inbound) -> None:
+        """One message, start to end, on the calling thread (the demo; tests)."""
+        a = self.authenticate(msg)
+        if a is not None:
+            self.act(a)
+
+    def act(self, a: Authentic) -> None:
+        """Admit (Gate.admit) and act: queue, answer or count."""
+        r = self.gate.admit(a, busy=self.requests.full())  # only this thread puts: a free slot stays free
+        if isinstance(r, Accepted):
+            self.requests.put_nowait(r.request)
+        elif isinstance(r, Refused):
+            self.health.rejected += 1
+            log.info("command rejected: %s (request %s)", r.reason, r.request_id)
+            self.answer(r)
+        elif isinstance(r, Ignored):
+            self.health.ignore(r.reason)
+            log.info("command ignored: %s", r.reason)
+        else:
+            self.health.dropped_commands += 1
+            log.error("command dropped, outbox unusable: %s", r.error)
+
+    def run(self, between: Callable[[], None] = lambda: None) -> None:
+        """The command thread, until stop: each queued authentic command in turn; `between`
+        runs before each wait (the daemon re-sends Home Assistant discovery there)."""
+        while not self.stop.is_set():
+            between()
+            a = self.inbound.get(timeout_s=0.5)
+            if a is None:
+                continue
+            try:
+                self.act(a)
+            except Exception:  # never let one message kill the command thread
+                log.exception("handling a message on %s", a.msg.topic)

@@ -272,7 +272,7 @@ def cmd_run(args) -> int:
 
 
 def _key_path(args):
-    from .daemon import key_path
+    from .signing import key_path
 
     if getattr(args, "path", None):
         return Path(args.path)

@@ -48,7 +48,7 @@ from .errors import FacegateError, InputError
 from .imageio import decode_image
 from .messages import verify_command
 from .ports import Inbound
-from .signing import SignatureError, SigningKey, load_key, public_from_hex, sign, verify
+from .signing import SignatureError, SigningKey, key_path, load_key, public_from_hex, sign, verify
 from .vocab import LivenessMode, LivenessReason, State, Step
 
 LIVENESS_MODES = tuple(LivenessMode)
@@ -416,7 +416,7 @@ def run_demo(video: Path, reference: Path, workdir: Path, liveness: str, challen
     workdir.mkdir(parents=True, exist_ok=True)
     tap = _StateTap()
     d = daemon_mod.build(cfg, on_state=tap, service=False)
-    device_public = load_key(daemon_mod.key_path(cfg)).public  # as a backend would hold it: from the key file
+    device_public = load_key(key_path(cfg)).public  # as a backend would hold it: from the key file
     topics = d.topics
     t_built = time.monotonic()
     on_progress(f"daemon built (models verified): device {cfg.device_id}, signing kid {d.key.kid.hex()}, "

@@ -29,9 +29,9 @@ import numpy as np
 
 from . import kat, modelstore
 from .config import Config
-from .daemon import key_path
 from .errors import FacegateError
 from .pipeline import model_plan
+from .signing import key_path
 
 GPIO_STEP_S = 0.4  # how long each LED stays lit while cycling
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from enum import StrEnum
@@ -59,7 +59,7 @@ class LatestFrame(Protocol):
     def next(self, after: Frame | None, timeout_s: float) -> Frame | None: ...
 
 
-def live(feed: LatestFrame, frame_timeout_s: float) -> Iterator[Frame]:
+def live(feed: LatestFrame, frame_timeout_s: float) -> Generator[Frame, None, None]:
     """Every new frame of the live feed; CameraError when none comes in frame_timeout_s."""
     last = None
     while True:
@@ -70,7 +70,7 @@ def live(feed: LatestFrame, frame_timeout_s: float) -> Iterator[Frame]:
         yield f
 
 
-def replay(open_camera: Callable[[], Camera]) -> Iterator[Frame]:
+def replay(open_camera: Callable[[], Camera]) -> Generator[Frame, None, None]:
     """A fresh camera's frames (a file played from its start), closed when they end."""
     camera = open_camera()
     try:
@@ -108,7 +108,7 @@ class Session:
         check = plan.check(steps, verifier.embedder.embed) if plan is not None else None
         return cls(verifier, check, **kw)
 
-    def _frames(self, frames: Iterable[Frame]) -> Iterator[Frame]:
+    def _frames(self, frames: Iterable[Frame]) -> Generator[Frame, None, None]:
         t0 = None
         for frame in frames:
             if self.stopped():

@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
@@ -22,6 +23,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import FacegateError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 COSE_SIGN1_TAG = 18
 ALG_EDDSA = -8
@@ -70,7 +74,7 @@ class SigningKey:
         return kid_of(self.public)
 
     @classmethod
-    def generate(cls) -> "SigningKey":
+    def generate(cls) -> SigningKey:
         return cls(Ed25519PrivateKey.generate())
 
 
@@ -199,3 +203,19 @@ def verify(message: bytes, keys: dict[bytes, Ed25519PublicKey] | Ed25519PublicKe
     if not isinstance(payload, dict):
         raise SignatureError("bad_payload")
     return Verified(kid, payload)
+
+
+def key_source(cfg: Config) -> tuple[Path, str]:
+    """Where the terminal's signing key lives and why: (path, "config" | "credential" |
+    "state_dir"): daemon.key_file, else the systemd credential signing.key, else the state dir."""
+    if cfg.daemon.key_file:
+        return Path(cfg.daemon.key_file), "config"
+    cred = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred and (Path(cred) / "signing.key").exists():
+        return Path(cred) / "signing.key", "credential"
+    return Path(cfg.daemon.state_dir) / "signing.key", "state_dir"
+
+
+def key_path(cfg: Config) -> Path:
+    """Where the terminal's signing key lives (key_source without the why)."""
+    return key_source(cfg)[0]

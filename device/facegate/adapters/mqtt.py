@@ -11,8 +11,8 @@ import logging
 import socket
 import ssl
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -185,7 +185,7 @@ class PahoPublisher:
             on_ack()
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
-    def stop(self, last: list[tuple[str, bytes]] = (), timeout_s: float = 3.0) -> None:
+    def stop(self, last: Sequence[tuple[str, bytes]] = (), timeout_s: float = 3.0) -> None:
         """Publish `last` (retained, QoS 1), wait for them up to timeout_s, disconnect."""
         infos = []
         if self.connected:
