@@ -46,12 +46,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from broker import Mosquitto, password  # noqa: E402
-from postgres import Postgres  # noqa: E402
-from terminals import PREFIX, Links, Terminal, add_users  # noqa: E402
-
+from facegate.backend.config import StoreConfig  # noqa: E402
 from facegate.backend.registry import Registry  # noqa: E402
 from facegate.backend.store import Store  # noqa: E402
-from facegate.backend.config import StoreConfig  # noqa: E402
+from postgres import Postgres  # noqa: E402
+from terminals import PREFIX, Links, Terminal, add_users  # noqa: E402
 
 
 def log(msg: str) -> None:

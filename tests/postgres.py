@@ -42,7 +42,7 @@ class Postgres:
         full = (["runuser", "-u", self.user, "--"] if self.as_root else []) + list(cmd)
         return subprocess.run(full, check=check, capture_output=True, text=True, cwd=self.dir, timeout=120)
 
-    def start(self) -> "Postgres":
+    def start(self) -> Postgres:
         if not (self.data / "PG_VERSION").exists():
             self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
                       "--no-sync", "-E", "UTF8")

@@ -19,7 +19,7 @@ from facegate.backend.client import BackendClient, DeviceNotTrusted, VerifyRejec
 from facegate.backend.config import StoreConfig
 from facegate.backend.registry import Registry
 from facegate.backend.store import Store
-from terminals import PREFIX, Terminal
+from terminals import Terminal
 from test_backend import backend_config, write_toml
 
 

@@ -110,12 +110,12 @@ class GpioConfig(_Section):
         return self
 
 
-class MqttConfig(_Section):
-    enabled: bool = Field(True, description="Connect to the broker (false = results stay in the outbox)")
+class BrokerConnection(_Section):
+    """How to reach and log in to the broker: shared by the daemon's [mqtt] and the
+    backend's (backend/config.py)."""
+
     host: str = Field("localhost", description="Broker host name or address")
     port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS)")
-    prefix: str = Field("facegate/v1", pattern=r"^[^#+]+$", description="Topic prefix; topics are {prefix}/{device_id}/...")
-    client_id: str = Field("", description="MQTT client id; empty = facegate-{device_id}")
     username: str = Field("", description="User name (empty = anonymous)")
     password_file: str = Field("", description="File holding the password (first line); keeps secrets out of the config")
     tls: bool = Field(False, description="Connect with TLS")
@@ -123,6 +123,22 @@ class MqttConfig(_Section):
     cert_file: str = Field("", description="Client certificate, PEM (optional)")
     key_file: str = Field("", description="Client certificate's private key, PEM (optional)")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive, seconds")
+
+    def read_password(self) -> str | None:
+        """The password from password_file (first line), or None without a file."""
+        if not self.password_file:
+            return None
+        p = Path(self.password_file)
+        try:
+            return p.read_text().splitlines()[0] if p.stat().st_size else ""
+        except OSError as exc:
+            raise ConfigError(f"mqtt.password_file {p}: {exc.strerror}") from None
+
+
+class MqttConfig(BrokerConnection):
+    enabled: bool = Field(True, description="Connect to the broker (false = results stay in the outbox)")
+    prefix: str = Field("facegate/v1", pattern=r"^[^#+]+$", description="Topic prefix; topics are {prefix}/{device_id}/...")
+    client_id: str = Field("", description="MQTT client id; empty = facegate-{device_id}")
     reconnect_min_s: float = Field(1.0, gt=0, description="First reconnect back-off, seconds")
     reconnect_max_s: float = Field(60.0, gt=0, description="Largest reconnect back-off, seconds")
     max_inflight: int = Field(20, ge=1, le=1000, description="Results published and not yet acknowledged at once")

@@ -28,16 +28,6 @@ SESSION_EXPIRY_S = 3600
 PACKET_HEADROOM_BYTES = 64 * 1024  # fixed and variable header, topic, properties, beyond the payload
 
 
-def read_password(cfg: MqttConfig) -> str | None:
-    """The password from cfg.password_file (first line), or None without a file."""
-    if not cfg.password_file:
-        return None
-    try:
-        return Path(cfg.password_file).read_text().splitlines()[0] if Path(cfg.password_file).stat().st_size else ""
-    except OSError as exc:
-        raise ConfigError(f"mqtt.password_file {cfg.password_file}: {exc.strerror}") from None
-
-
 class PahoPublisher:
     """ports.Publisher over paho-mqtt. will: (topic, payload) published retained, QoS 1,
     by the broker when this client vanishes."""
@@ -63,7 +53,7 @@ class PahoPublisher:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         c.enable_logger(log)
         if cfg.username:
-            c.username_pw_set(cfg.username, read_password(cfg))
+            c.username_pw_set(cfg.username, cfg.read_password())
         if cfg.tls:
             for name in ("ca_file", "cert_file", "key_file"):
                 value = getattr(cfg, name)

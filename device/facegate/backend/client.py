@@ -87,7 +87,7 @@ class VerifyRejected(ClientError):
 class _Wait:
     device: str
     request_id: str
-    inbox: "queue.Queue[Message]"
+    inbox: queue.Queue[Message]
 
 
 class BackendClient:
@@ -106,7 +106,7 @@ class BackendClient:
         self._watched: set[str] = set()
         self._broker: BrokerClient | None = None
 
-    def __enter__(self) -> "BackendClient":
+    def __enter__(self) -> BackendClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -6,23 +6,14 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ..config import _Section
+from ..config import BrokerConnection, _Section
 from ..config import load as _load
 
 
-class BrokerConfig(_Section):
-    host: str = Field("localhost", description="Broker host name or address")
-    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS)")
+class BrokerConfig(BrokerConnection):
     prefix: str = Field("facegate/v1", pattern=r"^[^#+$][^#+]*$", description="The terminals' topic prefix; their topics are {prefix}/{device_id}/...")
-    response_prefix: str = Field("", pattern=r"^([^#+$][^#+]*)?$", description="Where the terminals send answers to this backend's requests (MQTT 5 response topic {response_prefix}/{client_id}); must lie under the prefix the terminals honour; empty = {prefix}/replies")
-    client_id: str = Field("", pattern=r"^[A-Za-z0-9_.-]{0,64}$", description="MQTT client id of the request client; empty = facegate-backend-<random>. A serve worker uses {client_id}-w{worker} (see serve.worker)")
-    username: str = Field("", description="User name (empty = anonymous)")
-    password_file: str = Field("", description="File holding the password (first line)")
-    tls: bool = Field(False, description="Connect with TLS")
-    ca_file: str = Field("", description="CA certificate(s) for the broker, PEM (empty = the system store)")
-    cert_file: str = Field("", description="Client certificate, PEM (optional)")
-    key_file: str = Field("", description="Client certificate's private key, PEM (optional)")
-    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive, seconds")
+    response_prefix: str = Field("", pattern=r"^([^#+$][^#+]*)?$", description="Where the terminals send answers to this backend's requests (MQTT 5 response topic {response_prefix}/{client_id}); must lie under the prefix the terminals honour (their mqtt.response_prefix); empty = {prefix}/replies")
+    client_id: str = Field("", pattern=r"^[A-Za-z0-9_.-]{0,64}$", description="MQTT client id of the request client; empty = facegate-backend-<random>. A serve worker uses {client_id or 'facegate-backend'}-w{worker}")
     connect_timeout_s: float = Field(10.0, gt=0, description="Longest wait for the first CONNACK, seconds")
 
     @property

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -64,13 +63,7 @@ class BrokerClient:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                         manual_ack=manual_ack)
         if cfg.username:
-            password = None
-            if cfg.password_file:
-                try:
-                    password = Path(cfg.password_file).read_text().splitlines()[0]
-                except (OSError, IndexError) as exc:
-                    raise BrokerError(f"cannot read mqtt.password_file {cfg.password_file}: {exc}") from None
-            c.username_pw_set(cfg.username, password)
+            c.username_pw_set(cfg.username, cfg.read_password())
         if cfg.tls:
             try:
                 c.tls_set(ca_certs=cfg.ca_file or None, certfile=cfg.cert_file or None, keyfile=cfg.key_file or None,
@@ -119,7 +112,7 @@ class BrokerClient:
                                  corr, self.generation, self._journal))
 
     # -- the backend's side ------------------------------------------------------------
-    def start(self, wait: bool = True) -> "BrokerClient":
+    def start(self, wait: bool = True) -> BrokerClient:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self._session_expiry_s
         if self._receive_max:
@@ -142,11 +135,12 @@ class BrokerClient:
 
     def subscribe(self, topic: str, qos: int = 1, timeout_s: float = 10.0) -> None:
         """Subscribe now (waiting for the SUBACK) and again after every reconnect."""
-        done, granted = threading.Event(), []
+        done, granted = threading.Event(), []  # type: tuple[threading.Event, list]
         self.subscriptions.append((topic, qos))
         with self._sub_lock:  # the SUBACK's handler waits until `mid` is registered
             rc, mid = self._client.subscribe(topic, qos=qos)
-            self._subacks[mid] = (done, granted)
+            if mid is not None:
+                self._subacks[mid] = (done, granted)
         if rc != mqtt.MQTT_ERR_SUCCESS or not done.wait(timeout_s):
             raise BrokerError(f"subscribing to {topic} failed (no SUBACK within {timeout_s:g} s)")
         if any(code.is_failure for code in granted):

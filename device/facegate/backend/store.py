@@ -112,7 +112,7 @@ class Store:
                     self.execute(stmt)
 
     @classmethod
-    def open(cls, cfg: StoreConfig) -> "Store":
+    def open(cls, cfg: StoreConfig) -> Store:
         if cfg.dsn:
             try:
                 import psycopg
@@ -126,7 +126,7 @@ class Store:
         return cls.sqlite(Path(cfg.sqlite))
 
     @classmethod
-    def sqlite(cls, path: Path) -> "Store":
+    def sqlite(cls, path: Path) -> Store:
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
@@ -143,7 +143,7 @@ class Store:
         return self.conn.execute(sql, tuple(params))
 
     @contextmanager
-    def transaction(self) -> Iterator["Store"]:
+    def transaction(self) -> Iterator[Store]:
         """Everything inside commits together or not at all (nested: joins the outer one)."""
         with self.lock:
             if self._depth:

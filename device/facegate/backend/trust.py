@@ -29,7 +29,7 @@ class Keyring:
     all_keys: dict = field(default_factory=dict)  # kid -> Ed25519PublicKey, any state
 
     @classmethod
-    def of(cls, rows: Iterable[KeyRow]) -> "Keyring":
+    def of(cls, rows: Iterable[KeyRow]) -> Keyring:
         rows = tuple(rows)
         by_kid: dict[bytes, list[KeyRow]] = {}
         for r in rows:
@@ -149,8 +149,7 @@ def check_attest(message: bytes, topic: str, prefix: str) -> Attestation | None:
     p = v.payload
     if p.get("dev") != dev or p.get("kid") != kid_of(pub):
         return None
-    sw, boot, iat = p.get("sw"), p.get("boot"), p.get("iat")
+    sw, boot, iat, models = p.get("sw"), p.get("boot"), p.get("iat"), p.get("models")
     return Attestation(dev, pub, kid_of(pub), sw if isinstance(sw, str) else None,
-                       boot if isinstance(boot, str) else None,
-                       p.get("models") if isinstance(p.get("models"), dict) else {},
+                       boot if isinstance(boot, str) else None, models if isinstance(models, dict) else {},
                        iat if isinstance(iat, (int, float)) else None)

@@ -59,7 +59,7 @@ class Worker:
         self.prefix = cfg.mqtt.prefix.rstrip("/")
         self.store = store
         self.stats = WorkerStats()
-        self._inbox: "queue.Queue[Message]" = queue.Queue()
+        self._inbox: queue.Queue[Message] = queue.Queue()
         self._ring, self._ring_at = Keyring(), 0.0
         self.subscriptions = ((f"$share/{s.group}/{self.prefix}/+/result", 1),
                               (f"$share/{s.group}/{self.prefix}/+/health", 0),
@@ -127,7 +127,8 @@ class Worker:
                 delay = min(delay * 2, 10.0)
                 self._reopen()
         for m in batch:
-            if not (self.journal if m.via_journal else self.broker).ack(m):
+            client = self.journal if m.via_journal and self.journal else self.broker
+            if not client.ack(m):
                 self.stats.not_acked += 1
 
     def _reopen(self) -> None:
@@ -138,18 +139,23 @@ class Worker:
         except Exception as exc:  # still down: the next retry tries again
             log.error("reopening the database failed: %s", exc)
 
+    @property
+    def _db(self) -> Store:
+        assert self.store is not None, "run() opens the store"
+        return self.store
+
     # -- one batch, one transaction ---------------------------------------------------
     def _keyring(self, force: bool = False) -> Keyring:
         now = time.monotonic()
         if force or now - self._ring_at >= self.cfg.serve.key_refresh_s:
-            self._ring, self._ring_at = Registry(self.store).keyring(), now
+            self._ring, self._ring_at = Registry(self._db).keyring(), now
         return self._ring
 
     def process(self, batch: list[Message]) -> None:
         """Check and store every message of `batch` in one transaction (no acks here)."""
         counts = WorkerStats()
         ring = self._keyring()
-        with self.store.transaction():
+        with self._db.transaction():
             now = time.time()
             for m in batch:
                 if m.topic.endswith("/result"):
@@ -171,7 +177,7 @@ class Worker:
 
     def _quarantine(self, m: Message, dev: str | None, reason: str, now: float, counts: WorkerStats) -> None:
         digest = hashlib.sha256(m.topic.encode() + b"\0" + m.payload).hexdigest()
-        self.store.quarantine(digest, m.topic, dev, reason, m.payload, m.t_received, self.name)
+        self._db.quarantine(digest, m.topic, dev, reason, m.payload, m.t_received, self.name)
         counts.quarantined += 1
 
     def _store_result(self, m: Message, v, now: float, counts: WorkerStats) -> None:
@@ -184,10 +190,10 @@ class Worker:
                         reason=p.get("reason"), liveness=_json(p.get("liveness")), quality=_json(p.get("quality")),
                         models=_json(p.get("models")), policy=p.get("policy"), topic=m.topic, message=m.payload,
                         received_at=m.t_received, stored_at=now, worker=self.name)
-        if self.store.insert_result(row):
+        if self._db.insert_result(row):
             counts.stored += 1
-            self.store.device_result(v.dev, p["seq"], p["decision"], now)
-        elif self.store.stored_message(v.dev, p["seq"]) == m.payload:
+            self._db.device_result(v.dev, p["seq"], p["decision"], now)
+        elif self._db.stored_message(v.dev, p["seq"]) == m.payload:
             counts.duplicates += 1  # at-least-once delivery: the same signed bytes again
         else:  # the device signed two different results with one seq: keep the first, show the second
             self._quarantine(m, v.dev, "conflicting_duplicate", now, counts)
@@ -200,7 +206,7 @@ class Worker:
         if leaf == "status":
             word = m.payload.decode("utf-8", "replace").strip()
             if word in STATUS_WORDS:
-                self.store.device_status(dev, word, now)
+                self._db.device_status(dev, word, now)
         elif leaf == "health":
             try:
                 h = json.loads(m.payload)
@@ -208,10 +214,10 @@ class Worker:
                 return
             if isinstance(h, dict):
                 depth = h.get("outbox_depth")
-                self.store.device_health(dev, _json(h), depth if isinstance(depth, int) else None, now)
+                self._db.device_health(dev, _json(h), depth if isinstance(depth, int) else None, now)
         elif leaf == "attest":
             att = check_attest(m.payload, m.topic, self.prefix)
-            if att is not None and Registry(self.store).observe_attest(att, now):
+            if att is not None and Registry(self._db).observe_attest(att, now):
                 log.warning("%s announced a key not yet approved (kid %s): 'facegate backend devices pending'",
                             att.dev, att.kid.hex())
 
@@ -234,7 +240,7 @@ def ingest(store: Store, prefix: str, topic: str, message: bytes, worker: str = 
 def scan_attestations(cfg: BackendConfig, store: Store, seconds: float) -> int:
     """Listen to the retained {prefix}/+/attest messages for `seconds` and record their keys
     (new ones as pending); returns how many attestations were seen."""
-    got: "queue.Queue[Message]" = queue.Queue()
+    got: queue.Queue[Message] = queue.Queue()
     prefix = cfg.mqtt.prefix.rstrip("/")
     b = BrokerClient(cfg.mqtt, f"{cfg.mqtt.client_id or 'facegate-backend'}-scan-{time.monotonic_ns() % 10**8}",
                      on_message=got.put, subscriptions=((f"{prefix}/+/attest", 1),))
