@@ -371,3 +371,47 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "facegate.cli", "backend", "devices", "enrol", str(tmp_path / "k.txt"),
                         "--device", "k1", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "no 'public_key' of 64 hex digits" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_database_outage_loses_nothing(broker, tmp_path):
+    """PostgreSQL stopped while results arrive: the worker keeps its batch unacknowledged,
+    retries with back-off, reconnects, and stores every result once."""
+    from postgres import Postgres
+
+    pg = Postgres().start()
+    try:
+        cfg = backend_config(broker, StoreConfig(dsn=pg.fresh_dsn()), tmp_path)
+        store = Store.open(cfg.store)
+        fleet = [Terminal(f"db-{i}") for i in range(3)]
+        for t in fleet:
+            Registry(store).enrol(t.dev, t.key.public, time.time())
+        store.close()
+        w = WorkerThread(cfg)
+        links = Links(broker, [t.dev for t in fleet])
+        sent = {}
+        try:
+            assert links.wait_connected()
+
+            def publish(n):
+                for i in range(n):
+                    t = fleet[i % 3]
+                    seq, m = t.result()
+                    sent[(t.dev, seq)] = m
+                    links.publish(t.dev, t.topics.result, m)
+
+            publish(30)
+            wait_until(lambda: w.worker.stats.stored == 30, 20, "the first results")
+            pg.stop("immediate")
+            publish(30)
+            wait_until(lambda: w.worker.stats.db_errors >= 1, 20, "a database error")
+            time.sleep(1.0)
+            pg.start()
+            wait_until(lambda: w.worker.stats.stored == 60, 60, "every result after the restart")
+            store = Store.open(cfg.store)
+            assert audit(store) == sent
+            store.close()
+        finally:
+            links.close()
+            w.close()
+    finally:
+        pg.remove()

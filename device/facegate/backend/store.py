@@ -236,11 +236,12 @@ class Store:
         self._upsert_device(dev, {"last_seen": now},
                             f"last_seen = {g}(COALESCE(devices.last_seen, 0), excluded.last_seen)")
 
-    def device_status(self, dev: str, status: str, now: float) -> None:
+    def device_status(self, dev: str, status: str, now: float, seen: bool = True) -> None:
+        """seen=False for a retained status (sent by the broker, maybe long after the device)."""
         g = self._greatest()
-        self._upsert_device(dev, {"status": status, "status_at": now, "last_seen": now},
+        self._upsert_device(dev, {"status": status, "status_at": now, "last_seen": now if seen else None},
                             "status = excluded.status, status_at = excluded.status_at, "
-                            f"last_seen = {g}(COALESCE(devices.last_seen, 0), excluded.last_seen)")
+                            f"last_seen = {g}(COALESCE(devices.last_seen, 0), COALESCE(excluded.last_seen, 0))")
 
     def device_health(self, dev: str, health_json: str, outbox_depth: int | None, now: float) -> None:
         g = self._greatest()

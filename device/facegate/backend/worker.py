@@ -206,7 +206,7 @@ class Worker:
         if leaf == "status":
             word = m.payload.decode("utf-8", "replace").strip()
             if word in STATUS_WORDS:
-                self._db.device_status(dev, word, now)
+                self._db.device_status(dev, word, now, seen=not m.retain)
         elif leaf == "health":
             try:
                 h = json.loads(m.payload)
