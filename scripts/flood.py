@@ -30,13 +30,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "tests"))  # the test Mosquitto (TLS, passwords, ACL)
-import soak_common as soak  # noqa: E402  (the soak's daemon, backend, commands and inputs)
-
 import cbor2  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
+import soak_common as soak  # noqa: E402  (the soak's daemon, backend, commands and inputs)
 from broker import USERS, Mosquitto  # noqa: E402
 from facegate import signing  # noqa: E402
 

@@ -61,7 +61,7 @@ def free_port() -> int:
 
 
 def _cert(subject: str, key, issuer_name, issuer_key, ca: bool, sans=()) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
          .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
@@ -136,7 +136,7 @@ class Mosquitto:
             self.proc.send_signal(signal.SIGHUP)
             time.sleep(0.2)
 
-    def start(self) -> "Mosquitto":
+    def start(self) -> Mosquitto:
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.dir / "mosquitto.conf")],
                                      stdout=subprocess.DEVNULL, stderr=open(self.dir / "mosquitto.log", "ab"))
         deadline = time.monotonic() + 10
@@ -146,7 +146,7 @@ class Mosquitto:
                 return self
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError((self.dir / "mosquitto.log").read_text())
+                    raise RuntimeError((self.dir / "mosquitto.log").read_text()) from None
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start")
 

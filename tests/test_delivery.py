@@ -17,7 +17,6 @@ from broker import Backend, Mosquitto
 from daemon_helpers import ROOT, DaemonProc, command, independent_verify, results, wait_online
 
 
-
 def quick_daemon(tmp_path, broker, faces, backend_key, realtime: bool = False) -> DaemonProc:
     """No liveness, two fused frames, room for a burst of commands: fast sessions
     (realtime: the video plays at its own 15 fps, so a session lasts a fraction of a second)."""

@@ -12,6 +12,7 @@ import sys
 import threading
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 
 from daemon_helpers import independent_verify
 from facegate import demo
@@ -45,7 +46,7 @@ def test_builtin_demo_match_without_liveness_spoof_with_it(model_dir, tmp_path):
     payloads = {}
     for mode in ("none", "both"):
         p = independent_verify((tmp_path / f"result-{mode}.cose").read_bytes(), bytes.fromhex(pub), TOPIC)
-        with pytest.raises(Exception):  # signed for the result topic only
+        with pytest.raises(InvalidSignature):  # signed for the result topic only
             independent_verify((tmp_path / f"result-{mode}.cose").read_bytes(), bytes.fromhex(pub),
                                f"facegate/v1/{demo.DEMO_DEVICE_ID}/event")
         assert p["dev"] == demo.DEMO_DEVICE_ID and f"request_id {p['request_id']}" in out

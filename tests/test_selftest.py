@@ -14,10 +14,10 @@ import pytest
 
 from broker import Mosquitto, make_tls
 from daemon_helpers import DEV, DaemonProc
-from timeouts import timeout_s
 from facegate import config as config_mod
-from facegate.adapters.clock import SystemClock
 from facegate import selftest, signing
+from facegate.adapters.clock import SystemClock
+from timeouts import timeout_s
 
 READY, BUSY, PASS, FAIL, RELAY = 5, 6, 13, 19, 17
 PULSE_MS = 80

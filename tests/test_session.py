@@ -12,7 +12,7 @@ from facegate.errors import CameraError
 from facegate.liveness.check import LivenessPlan
 from facegate.session import Ended, Session
 from facegate.types import Frame
-from facegate.vocab import Failure, FaceReason, LivenessMode, LivenessReason, State, Step, Verdict
+from facegate.vocab import FaceReason, Failure, LivenessMode, LivenessReason, State, Step, Verdict
 
 
 @pytest.fixture(scope="module")

@@ -109,7 +109,7 @@ class NotifySocket:
         while not self._stop.is_set():
             try:
                 data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(ucred))
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

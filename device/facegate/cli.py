@@ -6,6 +6,7 @@ configuration.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -395,7 +396,7 @@ def cmd_status(args) -> int:
         print(json.dumps(doc))
         return EXIT_OK if running else EXIT_NEGATIVE
     h: HealthDoc = doc.get("health") or HealthDoc()
-    st = doc.get("state") or {}
+    st: dict = dict(doc.get("state") or {})
     last: dict = dict(doc.get("last_decision") or {})
     synced = h.get("clock_synchronized")
     lines = [
@@ -498,6 +499,10 @@ def _show_value(key: str, value) -> str:
     return "null" if value is None else str(value)
 
 
+def _timed_say(say, t0: float, msg: str) -> None:
+    say(f"[{time.monotonic() - t0:5.2f} s] {msg}")
+
+
 def cmd_demo(args) -> int:
     """The whole terminal on this machine: the real daemon with a video file as its camera
     and no broker, a signed command in, the signed result out and verified."""
@@ -520,7 +525,7 @@ def cmd_demo(args) -> int:
         t0 = time.monotonic()
         try:
             res = demo.run_demo(run.video, run.reference, workdir, run.liveness, run.challenge,
-                                lambda msg, t0=t0: say(f"[{time.monotonic() - t0:5.2f} s] {msg}"),
+                                functools.partial(_timed_say, say, t0),
                                 step_timeout_s=run.step_timeout_s,
                                 timeout_s=args.deadline_s or demo.DEFAULT_TIMEOUT_S)
         except InputError as exc:
@@ -630,7 +635,8 @@ def cmd_snapshot(args) -> int:
     cam = open_camera(cam_cfg, args.path)
     frame = None
     try:
-        for i, frame in enumerate(cam.frames()):  # live cameras: let exposure settle first
+        for i, got in enumerate(cam.frames()):  # live cameras: let exposure settle first
+            frame = got
             if i >= warmup:
                 break
     finally:

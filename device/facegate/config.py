@@ -230,7 +230,7 @@ def example() -> str:
     """A full config in TOML with every field's description as a comment."""
     out = ["# facegate configuration (every key optional; shown with its default)",
            f'device_id = "{Config().device_id}"', ""]
-    for name, field in Config.model_fields.items():
+    for name in Config.model_fields:
         sub = getattr(Config(), name)
         if not isinstance(sub, BaseModel):
             continue
@@ -243,7 +243,7 @@ def example() -> str:
     return "\n".join(out)
 
 
-def _toml_value(v) -> str:
+def _toml_value(v) -> str | None:  # None: no value (left out)
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
@@ -251,5 +251,5 @@ def _toml_value(v) -> str:
     if v is None:
         return None
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(str(_toml_value(x)) for x in v) + "]"
     return repr(v)

@@ -23,7 +23,7 @@ class FrameFeed:
         self._times: deque = deque(maxlen=60)
         self._thread = threading.Thread(target=self._run, name="facegate-camera", daemon=True)
 
-    def start(self) -> "FrameFeed":
+    def start(self) -> FrameFeed:
         self._thread.start()
         return self
 

@@ -19,6 +19,7 @@ import json
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
 import cv2
 import numpy as np
@@ -27,13 +28,14 @@ from .errors import ModelError
 from .liveness.challenge import LEFT_EYE, RIGHT_EYE, eye_crop
 from .liveness.passive import V1SE_SCALE, V2_SCALE
 from .modelstore import Choice, ModelEntry, ModelStore, resource
-from .ports import Runner, TensorSpec
+from .ports import DelegateReport, Runner, TensorSpec
 from .types import Detection
 from .vision.align import CROP_PX, align
 from .vision.detect import FULL_RANGE, SHORT_RANGE, FaceDetector
 from .vision.embed import Embedder
 from .vision.mesh import FaceMesh, roi_from_detection
-from .vision.pad import INPUT_PX as PAD_PX, crop_for_pad
+from .vision.pad import INPUT_PX as PAD_PX
+from .vision.pad import crop_for_pad
 from .vision.tensors import to_input
 
 KAT_DIR = "kat"
@@ -103,7 +105,7 @@ class KatInputs:
     def width(self) -> int:
         return self.face.shape[1]
 
-    def flipped(self) -> "KatInputs":
+    def flipped(self) -> KatInputs:
         """The mirror image with its geometry mirrored (x -> W - 1 - x), left and right
         points swapped so that every list keeps its order (subject's right first)."""
         w1 = self.width - 1
@@ -134,8 +136,8 @@ def read_inputs(meta: dict, image_bytes: bytes) -> KatInputs:
     face = cv2.imdecode(np.frombuffer(image_bytes, np.uint8), cv2.IMREAD_COLOR)
     if face is None:
         raise ModelError("the known-answer image in the package cannot be decoded")
-    return KatInputs(face, tuple(float(v) for v in meta["box"]), np.float32(meta["keypoints"]),
-                     np.float32(meta["five"]), {int(k): tuple(v) for k, v in meta["eye_corners"].items()})
+    return KatInputs(face, cast("tuple[float, float, float, float]", tuple(float(v) for v in meta["box"])), np.asarray(meta["keypoints"], np.float32),
+                     np.asarray(meta["five"], np.float32), {int(k): tuple(v) for k, v in meta["eye_corners"].items()})
 
 
 @lru_cache(maxsize=1)
@@ -159,6 +161,9 @@ class _Finite:
 
     def __init__(self, runner: Runner):
         self.runner, self.inputs, self.outputs = runner, runner.inputs, runner.outputs
+
+    def delegate_report(self) -> DelegateReport:
+        return self.runner.delegate_report()
 
     def run(self, *arrays: np.ndarray) -> list[np.ndarray]:
         outs = self.runner.run(*arrays)
@@ -218,7 +223,7 @@ def embed_crops(ins: KatInputs) -> dict[str, np.ndarray]:
     mirror image, the face misaligned by (6, 4) px, and the generated pattern."""
     flip = ins.flipped()
     return {"face": align(ins.face, ins.five), "face_flip": align(flip.face, flip.five),
-            "face_shifted": align(ins.face, ins.five + np.float32([6, 4])),
+            "face_shifted": align(ins.face, ins.five + np.asarray([6, 4], np.float32)),
             "pattern": pattern(CROP_PX, CROP_PX)}
 
 

@@ -14,7 +14,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class Topics:
     root: str
 
     @classmethod
-    def of(cls, prefix: str, device_id: str) -> "Topics":
+    def of(cls, prefix: str, device_id: str) -> Topics:
         return cls(f"{prefix.rstrip('/')}/{device_id}")
 
     @property
@@ -153,7 +153,7 @@ def identify(v: Verified, *, skew_s: float) -> Identified:
         if not ok:
             raise CommandRejected(f"{'missing' if name not in p else 'bad'}_{name}")
     exp = p.get("exp")
-    return Identified(rid, nonce, float(exp) + skew_s if _finite_number(exp) else math.inf)
+    return Identified(cast(str, rid), cast(bytes, nonce), float(cast(float, exp)) + skew_s if _finite_number(exp) else math.inf)
 
 
 def check_command(v: Verified, now: float, *, max_bytes: int, max_age_s: float, skew_s: float,
@@ -195,7 +195,7 @@ def check_command(v: Verified, now: float, *, max_bytes: int, max_age_s: float, 
         image = decode_image(ref, max_bytes, max_pixels)
     except InputError:
         raise CommandRejected("bad_reference", rid, nonce) from None
-    return VerifyCommand(rid, nonce, float(iat), float(exp), image, None if challenge is None else list(challenge), v.kid)
+    return VerifyCommand(cast(str, rid), cast(bytes, nonce), float(iat), float(exp), image, None if challenge is None else list(challenge), v.kid)
 
 
 def parse_verify(message: bytes, topic: str, keys: dict, now: float, *, max_bytes: int,

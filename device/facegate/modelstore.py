@@ -23,6 +23,7 @@ import zipfile
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelError
 
@@ -245,7 +246,7 @@ class ModelStore:
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
         self.manifest = manifest if manifest is not None else load_manifest()
         self._verified: dict[str, str] = {}
-        self.self_tests: dict[tuple[str, int], object] = {}
+        self.self_tests: dict[tuple[str, int], Any] = {}  # kat.KatResult
         self.chosen: dict[str, Choice] = {}
 
     @staticmethod

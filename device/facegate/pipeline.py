@@ -127,9 +127,10 @@ class Probe:
     reason: str | None
 
 
-def pad_portrait(image: np.ndarray, ratio: float) -> np.ndarray:
+def pad_portrait(image: np.ndarray, ratio: float) -> tuple[np.ndarray, tuple[int, int]]:
     """Pad a tightly cropped portrait by `ratio` of its size on every side (replicated
-    border), so that detectors trained on wider views find the face."""
+    border), so that detectors trained on wider views find the face; also the (x, y) padding
+    in pixels."""
     h, w = image.shape[:2]
     py, px = int(h * ratio), int(w * ratio)
     return cv2.copyMakeBorder(image, py, py, px, px, cv2.BORDER_REPLICATE), (px, py)
@@ -160,6 +161,7 @@ class Verifier:
         if self._pool is None:
             probe = self.analyze(reference, reference=True, t=t)
             return lambda: (probe, t)
+        assert self.peer is not None  # with_peer() sets both
         fut = self._pool.submit(self.peer.analyze, reference, True, t)
         return lambda: (fut.result(), t)
 
@@ -192,7 +194,7 @@ class Verifier:
             padded, (px, py) = pad_portrait(image, self.cfg.reference_pad_ratio)
             dets = self.short.detect(padded) or self.full.detect(padded)
             dets = [Detection((d.box[0] - px, d.box[1] - py, d.box[2] - px, d.box[3] - py),
-                              d.keypoints - np.float32([px, py]), d.score) for d in dets]
+                              d.keypoints - np.asarray([px, py], np.float32), d.score) for d in dets]
         elif not dets:
             dets = self.full.detect(image)
         t.add("detect", t0)
@@ -206,7 +208,7 @@ class Verifier:
         sy = frame.image.shape[0] / frame.lores.shape[0]
         sx = frame.image.shape[1] / frame.lores.shape[1]
         return [Detection((d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy),
-                          (d.keypoints * np.float32([sx, sy])).astype(np.float32), d.score)
+                          (d.keypoints * np.asarray([sx, sy], np.float32)).astype(np.float32), d.score)
                 for d in self.find_faces(frame.lores, False, t)]
 
     def examine(self, image: np.ndarray, det: Detection, t: Timings, n_faces: int = 1,
@@ -285,6 +287,7 @@ class Verifier:
                 if liveness:
                     liveness.face_changed()
             if det is None:
+                reason = reason or FaceReason.NO_FACE
                 reasons[reason] = reasons.get(reason, 0) + 1
                 if liveness:
                     liveness.observe(frame.t_mono_s, None, frame.image)
@@ -319,7 +322,7 @@ class Verifier:
             return Decision(decide.NO_FACE, f"reference_{ref.reason}"), t.rounded()
         quality = {"reference": ref.face.quality.as_dict(), "frames": seen}
         if not best:
-            reason = max(reasons, key=reasons.get) if reasons else "no_frames"
+            reason = max(reasons, key=lambda r: reasons[r]) if reasons else FaceReason.NO_FRAMES
             t.add("total", t_start)
             return Decision(decide.NO_FACE, reason, None, quality), t.rounded()
         t0 = time.perf_counter()

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-from ..quiet import quiet_stderr
 from ..ports import DelegateReport, TensorSpec
+from ..quiet import quiet_stderr
 
 try:  # pragma: no cover - which one is present depends on the machine
     from ai_edge_litert.interpreter import Interpreter as _Interpreter

@@ -50,7 +50,7 @@ def crop_for_pad(image_bgr: np.ndarray, box: tuple, scale: float) -> np.ndarray:
     h, w = image_bgr.shape[:2]
     x0, y0, x1, y1 = pad_box(w, h, box, scale)
     sx, sy = INPUT_PX / (x1 + 1 - x0), INPUT_PX / (y1 + 1 - y0)
-    m = np.float64([[sx, 0.0, -x0 * sx], [0.0, sy, -y0 * sy]])
+    m = np.array([[sx, 0.0, -x0 * sx], [0.0, sy, -y0 * sy]], np.float64)
     return cv2.warpAffine(image_bgr, m, (INPUT_PX, INPUT_PX), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
 
