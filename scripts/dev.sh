@@ -2,6 +2,7 @@
 # facegate developer entry point for a Debian 12 / Raspberry Pi OS machine.
 #   scripts/dev.sh demo   - install what is missing, then run the demo
 #   scripts/dev.sh test   - install what is missing, then run the test suite
+#   scripts/dev.sh check  - install what is missing, then the static checks (ruff, mypy)
 #   scripts/dev.sh setup  - only install (apt packages, .venv, package, models)
 # Every step is idempotent: a second run installs nothing new.
 set -euo pipefail
@@ -76,5 +77,11 @@ case "$cmd" in
     shift
     "$VENV/bin/python" -m pytest "$@"
     ;;
-  *) echo "usage: scripts/dev.sh setup|demo|test [pytest args]" >&2; exit 2 ;;
+  check)
+    setup
+    log "ruff check (rules in pyproject.toml: E W F I B UP) and mypy on device/facegate: zero errors"
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/mypy"
+    ;;
+  *) echo "usage: scripts/dev.sh setup|demo|test [pytest args]|check" >&2; exit 2 ;;
 esac
