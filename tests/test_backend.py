@@ -5,6 +5,7 @@ Terminals are simulated (tests/terminals.py: real keys, the package's contract c
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from facegate.backend.config import BackendConfig, BrokerConfig, ServeConfig, St
 from facegate.backend.registry import Registry, RegistryError, parse_key_show
 from facegate.backend.store import Store
 from facegate.backend.trust import Keyring, check_result
-from facegate.backend.worker import Worker
+from facegate.backend.worker import Worker, recheck_quarantine
 from terminals import PREFIX, Links, Terminal
 
 
@@ -330,7 +331,8 @@ def test_devices_cli_lists_status_health_last_decision_and_pending_keys(broker, 
         links.publish(known.dev, known.topics.health, json.dumps({"outbox_depth": 2}).encode())
         links.publish(known.dev, known.topics.result, known.result(decision="spoof", reason="presentation_attack")[1])
         links.publish(newcomer.dev, newcomer.topics.attest, newcomer.attest(), retain=True)
-        wait_until(lambda: audit(store), 20, "the result stored")
+        links.publish(newcomer.dev, newcomer.topics.result, newcomer.result()[1])  # before any approval
+        wait_until(lambda: audit(store) and quarantined(store), 20, "the results stored / quarantined")
         wait_until(lambda: any(d["outbox_depth"] == 2 for d in store.devices()), 20, "health")
     finally:
         w.close()
@@ -352,6 +354,8 @@ def test_devices_cli_lists_status_health_last_decision_and_pending_keys(broker, 
     assert [(p["device"], p["kid"], p["rotation"]) for p in pend] == [("cli-new", newcomer.key.kid.hex(), False)]
     ok = cli("approve", "cli-new")
     assert ok.returncode == 0 and f"approved cli-new: kid {newcomer.key.kid.hex()}" in ok.stdout
+    assert "1 quarantined result(s) of cli-new verify now: stored" in ok.stdout
+    assert ("cli-new", 1) in audit(store) and quarantined(store) == []
     again = cli("approve", "cli-new")
     assert again.returncode == 2 and "no pending key for cli-new" in again.stderr
     assert [k.state for k in store.keys("cli-new")] == ["active"]
@@ -415,3 +419,48 @@ def test_a_database_outage_loses_nothing(broker, tmp_path):
             w.close()
     finally:
         pg.remove()
+
+
+def test_key_rotation_through_the_worker_needs_approval(broker, store, store_cfg, tmp_path):
+    """A terminal rotates its key and re-publishes R/attest: the worker records a pending
+    rotation; results under the new key are quarantined until it is approved, then stored;
+    a result the old key signed before the rotation still counts; after a revocation
+    nothing does."""
+    from facegate import signing
+
+    cfg = backend_config(broker, store_cfg, tmp_path, key_refresh_s=0.2)
+    t = Terminal(f"rot-{os.urandom(3).hex()}")  # the broker keeps the last run's retained attest
+    reg = Registry(store)
+    reg.enrol(t.dev, t.key.public, time.time())
+    w = WorkerThread(cfg)
+    links = Links(broker, [t.dev])
+    try:
+        assert links.wait_connected()
+        links.publish(t.dev, t.topics.attest, t.attest(), retain=True)
+        links.publish(t.dev, t.topics.result, t.result()[1])
+        _, signed_before = t.result()  # made before the rotation, delivered after it
+        t.key = signing.SigningKey.generate()
+        links.publish(t.dev, t.topics.attest, t.attest(), retain=True)
+        mine = lambda: [(p.key.kid, p.rotation) for p in reg.pending() if p.key.dev == t.dev]  # noqa: E731
+        wait_until(mine, 20, "the rotation pending")  # (other tests' retained attestations come too)
+        assert mine() == [(t.key.kid.hex(), True)]
+        links.publish(t.dev, t.topics.result, t.result()[1])
+        wait_until(lambda: quarantined(store), 20, "the unapproved result")
+        assert quarantined(store) == [(t.dev, "unapproved_key")] and sorted(audit(store)) == [(t.dev, 1)]
+        reg.approve(t.dev, time.time())
+        # what waited in quarantine for the approval is stored now, and leaves the quarantine
+        assert recheck_quarantine(store, PREFIX, t.dev) == 1 and quarantined(store) == []
+        time.sleep(0.5)  # the worker re-reads the keys every key_refresh_s
+        links.publish(t.dev, t.topics.result, t.result()[1])
+        links.publish(t.dev, t.topics.result, signed_before)
+        wait_until(lambda: len(audit(store)) == 4, 20, "the approved and the retired key's results")
+        assert sorted(audit(store)) == [(t.dev, 1), (t.dev, 2), (t.dev, 3), (t.dev, 4)]
+        reg.revoke(t.dev, time.time())
+        time.sleep(0.5)
+        links.publish(t.dev, t.topics.result, t.result()[1])
+        wait_until(lambda: (t.dev, "revoked_key") in quarantined(store), 20, "the revoked key's result")
+        assert len(audit(store)) == 4
+        assert recheck_quarantine(store, PREFIX, t.dev) == 0  # a revoked key's results stay out
+    finally:
+        links.close()
+        w.close()

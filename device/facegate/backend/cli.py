@@ -102,12 +102,22 @@ def _show_key(verb: str, row) -> None:
     print(f"{verb} {row.dev}: kid {row.kid} public_key {row.pub.hex()} ({row.state})")
 
 
+def _recheck(store, cfg, dev: str) -> None:
+    from .worker import recheck_quarantine
+
+    n = recheck_quarantine(store, cfg.mqtt.prefix, dev)
+    if n:
+        print(f"{n} quarantined result(s) of {dev} verify now: stored")
+
+
 def cmd_approve(args) -> int:
     from .registry import Registry
 
-    store = _store(_config(args))
+    cfg = _config(args)
+    store = _store(cfg)
     try:
         _show_key("approved", Registry(store).approve(args.device, time.time(), args.kid))
+        _recheck(store, cfg, args.device)
     finally:
         store.close()
     return EXIT_OK
@@ -136,9 +146,11 @@ def cmd_enrol(args) -> int:
     dev = args.device or dev
     if not dev:
         raise RegistryError("which device? give --device DEV ('facegate keys show' does not print it)")
-    store = _store(_config(args))
+    cfg = _config(args)
+    store = _store(cfg)
     try:
         _show_key("enrolled", Registry(store).enrol(dev, pub, time.time(), replace=args.replace))
+        _recheck(store, cfg, dev)
     finally:
         store.close()
     return EXIT_OK

@@ -60,7 +60,7 @@ class Worker:
         self.store = store
         self.stats = WorkerStats()
         self._inbox: queue.Queue[Message] = queue.Queue()
-        self._ring, self._ring_at = Keyring(), 0.0
+        self._ring, self._ring_at, self._ring_stale = Keyring(), 0.0, False
         self.subscriptions = ((f"$share/{s.group}/{self.prefix}/+/result", 1),
                               (f"$share/{s.group}/{self.prefix}/+/health", 0),
                               (f"{self.prefix}/+/status", 1), (f"{self.prefix}/+/attest", 1))
@@ -159,6 +159,8 @@ class Worker:
             now = time.time()
             for m in batch:
                 if m.topic.endswith("/result"):
+                    if self._ring_stale:  # an attestation in this batch added a key
+                        ring, self._ring_stale = self._keyring(force=True), False
                     v = check_result(m.payload, m.topic, self.prefix, ring)
                     if not v.accepted and v.reason in ("unknown_key", "unknown_device") and \
                             time.monotonic() - self._ring_at > 0.5:  # enrolled a moment ago?
@@ -218,15 +220,20 @@ class Worker:
         elif leaf == "attest":
             att = check_attest(m.payload, m.topic, self.prefix)
             if att is not None and Registry(self._db).observe_attest(att, now):
+                self._ring_stale = True
                 log.warning("%s announced a key not yet approved (kid %s): 'facegate backend devices pending'",
                             att.dev, att.kid.hex())
+
+
+def _local_worker(store: Store, prefix: str, name: str) -> Worker:
+    """A worker for results that come some other way than the broker (never started)."""
+    return Worker(BackendConfig.model_validate({"mqtt": {"prefix": prefix}, "serve": {"worker": name}}), store)
 
 
 def ingest(store: Store, prefix: str, topic: str, message: bytes, worker: str = "local") -> str:
     """Store one result received some other way (a file, the demo's outbox) exactly as a
     serve worker would; returns 'stored', 'duplicate' or 'quarantined: <reason>'."""
-    cfg = BackendConfig.model_validate({"mqtt": {"prefix": prefix}, "serve": {"worker": worker}})
-    w = Worker(cfg, store)
+    w = _local_worker(store, prefix, worker)
     w.process([Message(topic, message, 1, 0, False, False, None, 0)])
     if w.stats.stored:
         return "stored"
@@ -235,6 +242,26 @@ def ingest(store: Store, prefix: str, topic: str, message: bytes, worker: str = 
     reason = store.query("SELECT reason FROM quarantine WHERE digest = ?",
                          (hashlib.sha256(topic.encode() + b"\0" + message).hexdigest(),))
     return f"quarantined: {reason[0][0] if reason else '?'}"
+
+
+KEY_REASONS = ("unknown_device", "unknown_key", "unapproved_key")
+
+
+def recheck_quarantine(store: Store, prefix: str, dev: str) -> int:
+    """After an enrolment or approval: `dev`'s results quarantined for want of a trusted key
+    are checked again; those that verify now are stored (with their received_at) and leave
+    the quarantine. Returns how many."""
+    rows = store.query(f"SELECT digest, topic, message, received_at FROM quarantine WHERE dev = ? AND reason IN "
+                       f"({', '.join('?' for _ in KEY_REASONS)}) ORDER BY received_at", (dev, *KEY_REASONS))
+    w, moved = _local_worker(store, prefix, "recheck"), 0
+    for digest, topic, message, received_at in rows:
+        before = w.stats.stored + w.stats.duplicates
+        w.process([Message(topic, bytes(message), 1, 0, False, False, None, 0, t_received=received_at)])
+        if w.stats.stored + w.stats.duplicates > before:
+            with store.transaction():
+                store.execute("DELETE FROM quarantine WHERE digest = ?", (digest,))
+            moved += 1
+    return moved
 
 
 def scan_attestations(cfg: BackendConfig, store: Store, seconds: float) -> int:
