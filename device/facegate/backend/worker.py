@@ -32,6 +32,7 @@ from .trust import Keyring, check_attest, check_result, topic_device
 
 log = logging.getLogger(__name__)
 STATUS_WORDS = ("online", "offline", "stopped")
+STATS_EVERY_S = 60.0  # the worker's counters in its log
 
 
 @dataclass
@@ -94,7 +95,11 @@ class Worker:
                      ", ".join(t for t, _ in self.subscriptions))
             if ready:
                 ready.set()
+            next_log = time.monotonic() + STATS_EVERY_S
             while not stop.is_set():
+                if time.monotonic() >= next_log:
+                    log.info("worker %s: %s", self.name, self.stats)
+                    next_log += STATS_EVERY_S
                 try:
                     batch = [self._inbox.get(timeout=0.2)]
                 except queue.Empty:
