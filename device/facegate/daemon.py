@@ -45,8 +45,7 @@ log = logging.getLogger("facegate.daemon")
 
 
 class Daemon:
-    """One terminal. Every collaborator comes in from outside (build() makes the real
-    ones): models, camera and its opener, publisher, indicators, notifier, clock."""
+    """One terminal; every collaborator comes in from outside (build() makes the real ones)."""
 
     def __init__(self, cfg: Config, *, verifier: Verifier, liveness: LivenessPlan | None, camera,
                  open_camera: Callable[[], Camera], publisher: Publisher, indicators: Indicators, notifier,
