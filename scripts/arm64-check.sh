@@ -79,6 +79,13 @@ finish() {
     exit 1
 }
 
+# shellcheck disable=SC2317  # invoked by the INT / TERM trap
+interrupted() {  # INT / TERM: a failure, and the same cleanup and summary
+    printf 'FAIL  %-22s %s\n' interrupted "by a signal (emulated processes stopped, mounts removed)" >&3
+    FAILED+=(interrupted)
+    finish
+}
+
 cleanup() {
     local i pid
     for pid in "${JOBS[@]}"; do  # emulated processes still running (interrupted)
@@ -420,7 +427,7 @@ main() {
     exec 3>&1
     parse_args "$@"
     trap finish EXIT
-    trap 'exit 130' INT TERM
+    trap interrupted INT TERM
     host_tools
     binfmt
     base_root
