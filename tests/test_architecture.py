@@ -77,7 +77,11 @@ def _imports(path: Path):
             for a in node.names:
                 yield a.name, 0
         elif isinstance(node, ast.ImportFrom):
-            yield (node.module or ""), node.level
+            if node.module is None:  # `from . import x` / `from .. import x`: the names are the modules
+                for a in node.names:
+                    yield a.name, node.level
+            else:
+                yield node.module, node.level
 
 
 def _room(path: Path) -> str:
@@ -121,3 +125,35 @@ def test_backend_is_its_own_room():
             if target == "backend" and room not in ("backend", "cli"):
                 problems.append(f"{rel} ({room}) imports the backend")
     assert not problems, problems
+
+
+def test_nothing_imports_the_cli():
+    """The CLI (the package device/facegate/cli/) is the top: no other room imports it, by
+    any spelling (`from .cli`, `from .. import cli`, `facegate.cli`)."""
+    problems = []
+    for f in PKG.rglob("*.py"):
+        room, rel = _room(f), f.relative_to(PKG)
+        if room == "cli":
+            continue
+        for mod, level in _imports(f):
+            parts = rel.parts
+            target = ((list(parts[: len(parts) - level]) + mod.split("."))[0] if level
+                      else mod.split(".")[1] if mod.split(".")[0] == "facegate" and "." in mod else None)
+            if target == "cli":
+                problems.append(f"{rel} ({room}) imports the CLI")
+    assert (PKG / "cli" / "__init__.py").is_file() and (PKG / "cli" / "__main__.py").is_file()
+    assert not problems, problems
+
+
+def _prints(path: Path) -> bool:
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"
+               for n in ast.walk(ast.parse(path.read_text())))
+
+
+def test_only_the_cli_prints():
+    """Everything else reports through return values, exceptions, callbacks and logging;
+    the CLI (and the backend's command group, backend/cli.py) prints."""
+    printing = {str(f.relative_to(PKG)) for f in PKG.rglob("*.py") if _prints(f)}
+    allowed = {p for p in printing if p.startswith("cli/") or p == "backend/cli.py"}
+    assert printing - allowed == set(), sorted(printing - allowed)
+    assert any(p.startswith("cli/") for p in printing)  # the check sees the CLI's prints

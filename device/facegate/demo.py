@@ -5,7 +5,7 @@ file as its camera, runs it on a thread, signs a verify command with a throw-awa
 key and hands it in as if the broker had delivered it (Daemon.handle_inbound), reports
 the daemon's state changes (its state observer), takes the signed result out of the outbox, verifies it against
 the device's public key and the result topic, and stops the daemon. Nothing is printed
-here: progress goes to a callback, the caller (cli.py) prints.
+here: progress goes to a callback, the caller (the CLI) prints.
 
 Inputs every install has (`sample_inputs`): the public-domain photograph of Grace Hopper
 (US Navy, 1984), shipped in the package (models/samples/, the copy matplotlib ships), cut to an ID-chip-sized portrait, and a 6 s clip
