@@ -184,3 +184,34 @@ def test_an_outbox_made_without_auto_vacuum_is_converted_on_open(tmp_path):
     ob = Outbox(path)
     assert ob._db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2 and ob.last_seq == 41
     ob.close()
+
+
+def test_a_full_disk_keeps_command_records_in_memory_until_there_is_room(tmp_path):
+    """With the disk full, an authentic command's record cannot be written; it used to be
+    dropped unanswered (OutboxError). The record is held in memory, refuses replays like the
+    table does, and is written once there is room (a new outbox on the file sees it)."""
+    clock = Clock()
+    path = tmp_path / "o.sqlite"
+    ob = Outbox(path, clock=clock)
+    ob._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = ob._db.execute("PRAGMA page_count").fetchone()[0]
+    ob._db.execute(f"PRAGMA max_page_count = {pages}")  # the file may not grow: a full disk
+    exp = clock.t + 300
+    n = 0
+    while ob.unstored_seen == 0:
+        assert ob.remember(f"req-{n}", os.urandom(16) + bytes([n % 256]), exp) is None
+        n += 1
+        assert n < 10_000, "the page limit never filled"
+    held = f"req-{n - 1}"
+    nonce = os.urandom(16)
+    assert ob.remember("held-2", nonce, exp) is None and ob.unstored_seen >= 1  # table or memory
+    assert ob.remember("held-2", nonce, exp) == "same_command"
+    assert ob.remember("held-2", os.urandom(16), exp) == "replayed_request_id"
+    assert ob.remember("other", nonce, exp) == "replayed_nonce"
+    ob._db.execute("PRAGMA max_page_count = 1073741823")  # room again
+    assert ob.remember("after", os.urandom(16), exp) is None and ob.unstored_seen == 0
+    ob.close()
+    again = Outbox(path, clock=clock)
+    assert again.remember(held, os.urandom(16), exp) == "replayed_request_id"
+    assert again.remember("held-2", os.urandom(16), exp) == "replayed_request_id"
+    again.close()

@@ -67,6 +67,9 @@ class Outbox:
         self.max_age_s, self.max_rows, self.clock = max_age_s, max_rows, clock
         self.keep_acked_s = keep_acked_s
         self._lock = threading.RLock()
+        # command records the full disk could not take: request_id -> (nonce, exp), checked
+        # like the table and written to it as soon as there is room (_flush_seen)
+        self._unstored_seen: dict[str, tuple[bytes, float]] = {}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
@@ -189,6 +192,7 @@ class Outbox:
                         "SELECT DISTINCT seq FROM results WHERE acked IS NULL ORDER BY seq LIMIT ?", (over,))}
                 for s in seqs:
                     self._db.execute("DELETE FROM results WHERE seq = ? AND acked IS NULL", (s,))
+                self._flush_seen()
                 self._forget_seen(self.clock())
                 if seqs:
                     self._set_meta("expired", self._meta("expired") + len(seqs))
@@ -241,22 +245,60 @@ class Outbox:
                              "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (float(gone),))
         self._db.execute("DELETE FROM seen WHERE exp < ?", (now,))
 
+    @property
+    def unstored_seen(self) -> int:
+        """Command records held in memory because the disk was full."""
+        with self._lock:
+            return len(self._unstored_seen)
+
+    def _flush_seen(self) -> None:
+        """Write the records held in memory to the table (all or none); they stay in
+        memory while the disk is still full."""
+        if not self._unstored_seen:
+            return
+        try:
+            self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?, ?)",
+                                 [(rid, nonce, exp) for rid, (nonce, exp) in self._unstored_seen.items()])
+        except sqlite3.Error as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            return
+        self._unstored_seen.clear()
+
+    def _seen_before(self, request_id: str, nonce: bytes) -> str | None:
+        row = self._db.execute("SELECT nonce FROM seen WHERE request_id = ?", (request_id,)).fetchone()
+        held = self._unstored_seen.get(request_id)
+        known = bytes(row[0]) if row else held[0] if held else None
+        if known is not None:
+            return "same_command" if known == nonce else "replayed_request_id"
+        if (self._db.execute("SELECT 1 FROM seen WHERE nonce = ?", (nonce,)).fetchone()
+                or any(n == nonce for n, _ in self._unstored_seen.values())):
+            return "replayed_nonce"
+        return None
+
     def remember(self, request_id: str, nonce: bytes, exp: float) -> str | None:
         """Record an accepted command (kept until `exp` passes); returns None, or
         'replayed_request_id' / 'replayed_nonce' when either was seen before (and is not
         yet expired), 'same_command' when this request id came before with this very nonce,
         or 'replay_floor' when `exp` is at or below replay_floor: such a command's record
-        may be gone already, so whether it ran cannot be told, and it is refused."""
+        may be gone already, so whether it ran cannot be told, and it is refused.
+        A full disk does not lose the record: it is held in memory, checked like the
+        table, and written as soon as there is room (so the command can still be answered
+        `storage_full`, once). Any other database error raises OutboxError."""
         with self._lock:
             try:
                 if exp <= self.replay_floor:
                     return "replay_floor"
-                row = self._db.execute("SELECT nonce FROM seen WHERE request_id = ?", (request_id,)).fetchone()
-                if row:
-                    return "same_command" if bytes(row[0]) == nonce else "replayed_request_id"
-                if self._db.execute("SELECT 1 FROM seen WHERE nonce = ?", (nonce,)).fetchone():
-                    return "replayed_nonce"
-                self._db.execute("INSERT INTO seen VALUES (?, ?, ?)", (request_id, nonce, exp))
+                self._flush_seen()
+                seen = self._seen_before(request_id, nonce)
+                if seen:
+                    return seen
+                try:
+                    self._db.execute("INSERT INTO seen VALUES (?, ?, ?)", (request_id, nonce, exp))
+                except sqlite3.Error as exc:
+                    if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                        raise
+                    self._unstored_seen[request_id] = (nonce, exp)
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox: {exc}") from None
         return None
