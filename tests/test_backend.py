@@ -464,3 +464,36 @@ def test_key_rotation_through_the_worker_needs_approval(broker, store, store_cfg
     finally:
         links.close()
         w.close()
+
+
+def test_a_subscription_cut_short_by_a_broker_crash_is_renewed_not_fatal(tmp_path):
+    """CI caught it: a worker restarted just before the broker was SIGKILLed waited for a
+    SUBACK that never came and exited (status 2), so its results went unstored. A
+    subscription the lost connection interrupted is renewed on the reconnect instead."""
+    from facegate.backend.mqtt import BrokerClient
+
+    (tmp_path / "broker").mkdir()
+    b = Mosquitto(tmp_path / "broker", persist=True).start()
+    got: list = []
+    client = None
+    try:
+        cfg = backend_config(b, StoreConfig(sqlite=str(tmp_path / "unused.db")), tmp_path).mqtt
+        client = BrokerClient(cfg, "sub-crash", on_message=got.append, session_expiry_s=60).start()
+        b.stop(kill=True)
+        wait_until(lambda: not client.connected, 10, "the client to see the broker gone")
+        t0 = time.monotonic()
+        client.subscribe(f"{PREFIX}/+/result", 1, timeout_s=2.0)  # raised BrokerError before
+        assert time.monotonic() - t0 < 5
+        b.start()
+        wait_until(lambda: client.connected, 30, "a reconnect")
+        pub = BrokerClient(cfg.model_copy(update={"client_id": "pub"}), "sub-crash-pub",
+                           on_message=lambda m: None).start()
+        try:
+            wait_until(lambda: (pub.publish(f"{PREFIX}/kiosk-1/result", b"x") or True) and got, 20,
+                       "a message on the renewed subscription")
+        finally:
+            pub.close()
+    finally:
+        if client:
+            client.close()
+        b.stop()

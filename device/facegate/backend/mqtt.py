@@ -142,6 +142,9 @@ class BrokerClient:
             if mid is not None:
                 self._subacks[mid] = (done, granted)
         if rc != mqtt.MQTT_ERR_SUCCESS or not done.wait(timeout_s):
+            if not self.connected:  # the broker went away meanwhile: _handle_connect renews it
+                log.warning("no SUBACK for %s: the connection was lost; subscribing again on reconnect", topic)
+                return
             raise BrokerError(f"subscribing to {topic} failed (no SUBACK within {timeout_s:g} s)")
         if any(code.is_failure for code in granted):
             raise BrokerError(f"the broker refused the subscription to {topic}: {granted[0]}")
