@@ -176,7 +176,8 @@ def test_broker_killed_during_a_stream_loses_and_reorders_nothing(tmp_path, brok
         st = d.wait_status(lambda s: s["health"]["outbox_depth"] == 0)
         chk = soak.stream_checks(be.results)
         assert chk["seqs"] >= set(range(1, st["last_seq"] + 1))  # every seq ever allocated arrived
-        assert chk["reordered"] == 0 and chk["dup_mismatch"] == 0, chk
+        assert chk["reordered"] == 0 and chk["dup_mismatch"] == 0, \
+            (chk, [r.seq for r in be.results], d.logtail(6000))
         assert all(r.session for r in be.results) and be.bad == 0
     finally:
         be.close()

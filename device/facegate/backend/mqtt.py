@@ -136,14 +136,21 @@ class BrokerClient:
     def subscribe(self, topic: str, qos: int = 1, timeout_s: float = 10.0) -> None:
         """Subscribe now (waiting for the SUBACK) and again after every reconnect."""
         done, granted = threading.Event(), []  # type: tuple[threading.Event, list]
-        self.subscriptions.append((topic, qos))
+        with self._lock:
+            self.subscriptions.append((topic, qos))
+            generation = self.generation
         with self._sub_lock:  # the SUBACK's handler waits until `mid` is registered
             rc, mid = self._client.subscribe(topic, qos=qos)
             if mid is not None:
                 self._subacks[mid] = (done, granted)
         if rc != mqtt.MQTT_ERR_SUCCESS or not done.wait(timeout_s):
-            if not self.connected:  # the broker went away meanwhile: _handle_connect renews it
-                log.warning("no SUBACK for %s: the connection was lost; subscribing again on reconnect", topic)
+            if mid is not None:
+                with self._sub_lock:
+                    self._subacks.pop(mid, None)
+            if not self.connected or self.generation != generation:
+                # the connection was lost meanwhile (and perhaps already made again):
+                # _handle_connect subscribes on every connect, so it is (or will be) renewed
+                log.warning("no SUBACK for %s: the connection was lost; subscribed again on reconnect", topic)
                 return
             raise BrokerError(f"subscribing to {topic} failed (no SUBACK within {timeout_s:g} s)")
         if any(code.is_failure for code in granted):

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from .config import BackendConfig
-from .mqtt import BrokerClient, Message
+from .mqtt import BrokerClient, BrokerError, Message
 from .registry import Registry
 from .store import ResultRow, Store
 from .trust import Keyring, check_attest, check_result, topic_device
@@ -85,11 +85,13 @@ class Worker:
         if self.journal:
             self.journal.start(wait=False)
         try:
-            self.broker.wait_connected(self.cfg.mqtt.connect_timeout_s)
+            if not self._wait_for_broker(self.broker, stop):
+                return self.stats
             for topic, qos in self.subscriptions:  # each SUBACK awaited; renewed on every reconnect
                 self.broker.subscribe(topic, qos)
             if self.journal:
-                self.journal.wait_connected(self.cfg.mqtt.connect_timeout_s)
+                if not self._wait_for_broker(self.journal, stop):
+                    return self.stats
                 self.journal.subscribe(f"{self.prefix}/+/result", 1)
             log.info("worker %s (client id %s) subscribed: %s", self.name, self.client_id,
                      ", ".join(t for t, _ in self.subscriptions))
@@ -117,6 +119,22 @@ class Worker:
             if self.store:
                 self.store.close()
         return self.stats
+
+    def _wait_for_broker(self, client: BrokerClient, stop: threading.Event) -> bool:
+        """Wait for the first connection until `stop` (a broker down at start, or restarting,
+        is waited for, and said so in the log every connect_timeout_s); False when stopped."""
+        waited, every = 0.0, self.cfg.mqtt.connect_timeout_s
+        while not stop.is_set():
+            try:
+                client.wait_connected(0.5)
+                return True
+            except BrokerError:
+                waited += 0.5
+                if waited >= every:
+                    log.warning("worker %s: no connection to the broker for %g s (%s); still trying", self.name,
+                                every, client.last_error or "no answer")
+                    waited = 0.0
+        return False
 
     def _commit_with_retry(self, batch: list[Message], stop: threading.Event) -> None:
         delay = 0.5
