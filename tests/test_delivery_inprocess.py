@@ -131,6 +131,38 @@ def test_a_reconnect_in_the_middle_of_a_pass_starts_again_from_the_oldest(rig):
     assert r.outbox.depth() == 0 and seqs(r.pub.acked) == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_pass_held_up_across_a_reconnect_does_not_put_its_row_on_the_new_connection(rig):
+    """The delivery thread checked its pass was current, then was held up (descheduled on
+    its way into paho) while the connection dropped and came back: its seq 4 went out on
+    the new connection ahead of the re-sent 1-3 (a backend saw 4 before 1-3). Now the
+    publisher asks the pass again in the step that takes the message, and the new
+    connection starts from the oldest row."""
+    r = rig(ack_delay_s=None, max_inflight=8)
+    held, release, bounced = threading.Event(), threading.Event(), threading.Event()
+
+    def hold(topic, payload) -> None:
+        if payload == b"result 4" and not held.is_set():
+            held.set()
+            release.wait(10)
+
+    def bounce() -> None:
+        held.wait(10)
+        r.pub.disconnect()
+        r.pub.connect()
+        bounced.set()
+    r.pub.before_publish = hold
+    threading.Thread(target=bounce, daemon=True).start()
+    r.store(6)
+    assert bounced.wait(10), "the reconnect waited for the held-up publish"
+    release.set()
+    r.pub.wait_for(lambda p: len(p.published) >= 9)
+    time.sleep(0.2)
+    kinds = [e.kind for e in r.pub.events]
+    since_connect = [e.sent for e in r.pub.events[len(kinds) - kinds[::-1].index("connect"):] if e.kind == "publish"]
+    assert seqs(since_connect) == [1, 2, 3, 4, 5, 6]
+    assert seqs(r.pub.published) == [1, 2, 3, 1, 2, 3, 4, 5, 6]
+
+
 def test_a_result_stored_during_a_publishing_pass_goes_out_at_once(rig):
     """The wake-up for a result stored while the delivery thread is publishing another one
     is kept: it used to be lost, and the result waited for the thread's 1 s poll."""

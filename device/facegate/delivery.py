@@ -168,7 +168,8 @@ class Delivery:
                 self._inflight[key] = now
             try:
                 sent = p.publish(r.topic, r.message, qos=1, correlation=r.correlation,
-                                 on_ack=functools.partial(self._acked, key))
+                                 on_ack=functools.partial(self._acked, key),
+                                 only_if=functools.partial(self._current, generation))
             except ValueError as exc:  # a topic no broker takes: drop it, counted, never block
                 log.error("result %d cannot be published on %r (%s): dropped", r.seq, r.topic, exc)
                 self.undeliverable += 1
@@ -179,6 +180,14 @@ class Delivery:
                     self._inflight.pop(key, None)
                 return True
         return True
+
+    def _current(self, generation: int) -> bool:
+        """Asked by the publisher in the same step as the message is taken: is the pass that
+        decided to publish it still the pass of this connection? A thread held up between
+        its check above and the publish would otherwise put a newer row onto the next
+        connection ahead of the rows connected() puts back in line."""
+        with self._cv:
+            return self._generation == generation and self._online
 
     def _acked(self, key: tuple[int, str]) -> None:
         try:

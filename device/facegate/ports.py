@@ -100,7 +100,13 @@ class Inbound:
 
 class Publisher(Protocol):
     """The one MQTT communicator. `publish` returns False when not connected; `on_ack` is
-    called (on a network thread) once the broker acknowledged a QoS 1 message."""
+    called (on a network thread) once the broker acknowledged a QoS 1 message.
+
+    A connection is made in one step with its `on_connect`: nothing another thread
+    publishes goes out on a new connection before `on_connect` has returned. `only_if`,
+    when given, is asked inside that same step, just before the message is taken (False:
+    nothing is sent, publish returns False): a caller whose decision to publish belongs to
+    an older connection finds out there, never after its message went out on the new one."""
 
     connected: bool
 
@@ -110,6 +116,7 @@ class Publisher(Protocol):
     def subscribe(self, topic: str) -> None: ...
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-                correlation: bytes | None = None, on_ack: Callable[[], None] | None = None) -> bool: ...
+                correlation: bytes | None = None, on_ack: Callable[[], None] | None = None,
+                only_if: Callable[[], bool] | None = None) -> bool: ...
 
     def stop(self, last: Sequence[tuple[str, bytes]] = ()) -> None: ...

@@ -81,11 +81,15 @@ class FakePublisher:
         self.subscriptions: list[str] = []
         self.retained: dict[str, bytes] = {}
         self.after_publish: Callable[[Sent], None] | None = None  # called after each taken publish
+        # called on entering publish(), before the connection is looked at: a test holds a
+        # publisher's caller here (as a thread descheduled on its way into paho)
+        self.before_publish: Callable[[str, bytes], None] | None = None
         self._refuse_publish: str | None = None
         self._refuse_connect: str | None = None
         self._unacked: dict[int, tuple[Sent, Callable[[], None] | None]] = {}
         self._mid = 0
         self._cv = threading.Condition()
+        self._gate = threading.RLock()  # connect() + on_connect vs. publish(), as in PahoPublisher
         self._on_message: Callable[[Inbound], None] | None = None
         self._on_connect: Callable[[], None] | None = None
         self._on_disconnect: Callable[[], None] | None = None
@@ -145,19 +149,20 @@ class FakePublisher:
     def connect(self) -> bool:
         """The connection is up (again): calls on_connect. False if refused (see
         refuse_connection) or already connected."""
-        with self._cv:
-            if self.connected:
-                return False
-            if self._refuse_connect is not None:
-                self.last_error = f"connection refused: {self._refuse_connect}"
-                self._record("connect_refused", detail=self._refuse_connect)
-                return False
-            self.connected = True
-            self.last_error = ""
-            self._record("connect")
-            cb = self._on_connect
-        if cb:
-            cb()
+        with self._gate:  # as PahoPublisher: no publish between the connect and its on_connect
+            with self._cv:
+                if self.connected:
+                    return False
+                if self._refuse_connect is not None:
+                    self.last_error = f"connection refused: {self._refuse_connect}"
+                    self._record("connect_refused", detail=self._refuse_connect)
+                    return False
+                self.connected = True
+                self.last_error = ""
+                self._record("connect")
+                cb = self._on_connect
+            if cb:
+                cb()
         return True
 
     def disconnect(self, reason: str = "connection lost") -> list[Sent]:
@@ -257,15 +262,18 @@ class FakePublisher:
             self._record("subscribe", detail=topic)
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-                correlation: bytes | None = None, on_ack: Callable[[], None] | None = None) -> bool:
+                correlation: bytes | None = None, on_ack: Callable[[], None] | None = None,
+                only_if: Callable[[], bool] | None = None) -> bool:
+        if self.before_publish:
+            self.before_publish(topic, payload)
         if "+" in topic or "#" in topic:
             raise ValueError("Publish topic cannot contain wildcards.")
         if len(topic.encode()) > 65535:
             raise ValueError("Publish topic is too long.")
         if qos not in (0, 1, 2):
             raise ValueError("Invalid QoS level.")
-        with self._cv:
-            if not self.connected:
+        with self._gate, self._cv:
+            if not self.connected or (only_if is not None and not only_if()):
                 return False
             self._mid += 1
             sent = Sent(self._mid, topic, bytes(payload), qos, retain, correlation, self.clock())

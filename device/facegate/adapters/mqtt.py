@@ -49,6 +49,10 @@ class PahoPublisher:
         self._acks: dict[int, Callable[[], None] | None] = {}
         self._early: set[int] = set()
         self._lock = threading.Lock()  # never held while calling into paho
+        # held by publish() and by _handle_connect() with its on_connect callback (re-entered
+        # by what that callback publishes); never by a callback that paho may run under its
+        # own message lock (on_publish, on_disconnect), so the order is always gate -> paho
+        self._gate = threading.RLock()
         self._on_message = self._on_connect = self._on_disconnect = None
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         c.enable_logger(log)
@@ -81,17 +85,20 @@ class PahoPublisher:
             log.warning("broker refused the connection: %s", reason_code)
             return
         # paho would now re-send what it still holds, ahead of anything newer; the outbox
-        # re-sends all of it in seq order instead (and the daemon re-publishes its state)
-        dropped = self._client.drop_out_messages()
-        with self._lock:
-            for m in dropped:
-                self._acks.pop(m.mid, None)
-            self._early.clear()
-        self.connected = True
-        self.last_error = ""
-        log.info("connected to %s:%d", self.cfg.host, self.cfg.port)
-        if self._on_connect:
-            self._on_connect()
+        # re-sends all of it in seq order instead (and the daemon re-publishes its state).
+        # The gate: no other thread's publish goes out on this connection before the
+        # daemon's on_connect has put the outbox back in line (see ports.Publisher)
+        with self._gate:
+            dropped = self._client.drop_out_messages()
+            with self._lock:
+                for m in dropped:
+                    self._acks.pop(m.mid, None)
+                self._early.clear()
+            self.connected = True
+            self.last_error = ""
+            log.info("connected to %s:%d", self.cfg.host, self.cfg.port)
+            if self._on_connect:
+                self._on_connect()
 
     @staticmethod
     def _handle_socket_open(client, userdata, sock) -> None:
@@ -151,26 +158,28 @@ class PahoPublisher:
         self._client.subscribe(topic, qos=1)
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-                correlation: bytes | None = None, on_ack: Callable[[], None] | None = None) -> bool:
-        if not self.connected:
-            return False
+                correlation: bytes | None = None, on_ack: Callable[[], None] | None = None,
+                only_if: Callable[[], bool] | None = None) -> bool:
         props = None
         if correlation is not None:
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = correlation
-        try:
-            info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        except OSError as exc:
-            log.error("publish to %s failed: %s", topic, exc)
-            return False
-        # ValueError (a topic or payload no broker takes) propagates: retrying cannot help
-        with self._lock:  # every mid is registered, so an early PUBACK is never mistaken
-            if info.mid in self._early:
-                self._early.discard(info.mid)
-                fire = True
-            else:
-                self._acks[info.mid] = on_ack
-                fire = False
+        with self._gate:
+            if not self.connected or (only_if is not None and not only_if()):
+                return False
+            try:
+                info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+            except OSError as exc:
+                log.error("publish to %s failed: %s", topic, exc)
+                return False
+            # ValueError (a topic or payload no broker takes) propagates: retrying cannot help
+            with self._lock:  # every mid is registered, so an early PUBACK is never mistaken
+                if info.mid in self._early:
+                    self._early.discard(info.mid)
+                    fire = True
+                else:
+                    self._acks[info.mid] = on_ack
+                    fire = False
         if fire and on_ack:
             on_ack()
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS

@@ -24,7 +24,8 @@ class NullPublisher:
         pass
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-                correlation: bytes | None = None, on_ack: Callable[[], None] | None = None) -> bool:
+                correlation: bytes | None = None, on_ack: Callable[[], None] | None = None,
+                only_if: Callable[[], bool] | None = None) -> bool:
         return False
 
     def stop(self, last: Sequence[tuple[str, bytes]] = ()) -> None:
