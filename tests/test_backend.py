@@ -466,10 +466,15 @@ def test_key_rotation_through_the_worker_needs_approval(broker, store, store_cfg
         w.close()
 
 
-def test_a_subscription_cut_short_by_a_broker_crash_is_renewed_not_fatal(tmp_path):
-    """CI caught it: a worker restarted just before the broker was SIGKILLed waited for a
-    SUBACK that never came and exited (status 2), so its results went unstored. A
-    subscription the lost connection interrupted is renewed on the reconnect instead."""
+@pytest.mark.parametrize("how", ["broker_down", "back_before_the_wait_ends"])
+def test_a_subscription_cut_short_by_a_broker_crash_is_renewed_not_fatal(tmp_path, how):
+    """CI caught it twice: a worker restarted just before the broker was SIGKILLed waited
+    for a SUBACK that never came and exited (status 2), so its results went unstored.
+    broker_down: the broker is gone when the client subscribes. back_before_the_wait_ends:
+    the broker dies holding the SUBSCRIBE (frozen with SIGSTOP so the SUBACK cannot come)
+    and is back, the client reconnected, before the wait for the SUBACK ran out; the
+    worker then saw a live connection and took the missing SUBACK for a refusal. Either
+    way the subscription is renewed on the reconnect instead, and delivers."""
     from facegate.backend.mqtt import BrokerClient
 
     (tmp_path / "broker").mkdir()
@@ -478,62 +483,36 @@ def test_a_subscription_cut_short_by_a_broker_crash_is_renewed_not_fatal(tmp_pat
     client = None
     try:
         cfg = backend_config(b, StoreConfig(sqlite=str(tmp_path / "unused.db")), tmp_path).mqtt
-        client = BrokerClient(cfg, "sub-crash", on_message=got.append, session_expiry_s=60).start()
-        b.stop(kill=True)
-        wait_until(lambda: not client.connected, 10, "the client to see the broker gone")
-        t0 = time.monotonic()
-        client.subscribe(f"{PREFIX}/+/result", 1, timeout_s=2.0)  # raised BrokerError before
-        assert time.monotonic() - t0 < 5
-        b.start()
+        client = BrokerClient(cfg, f"sub-{how}", on_message=got.append, session_expiry_s=60).start()
+        if how == "broker_down":
+            b.stop(kill=True)
+            wait_until(lambda: not client.connected, 10, "the client to see the broker gone")
+            t0 = time.monotonic()
+            client.subscribe(f"{PREFIX}/+/result", 1, timeout_s=2.0)  # raised BrokerError before
+            assert time.monotonic() - t0 < 5
+            b.start()
+        else:
+            assert b.proc is not None
+            b.proc.send_signal(signal.SIGSTOP)
+            result: list = []
+
+            def sub():
+                try:
+                    client.subscribe(f"{PREFIX}/+/result", 1, timeout_s=8.0)
+                    result.append("ok")
+                except Exception as exc:  # BrokerError before the fix
+                    result.append(exc)
+
+            t = threading.Thread(target=sub)
+            t.start()
+            time.sleep(0.5)  # the SUBSCRIBE is in the frozen broker's socket
+            b.stop(kill=True)
+            b.start()
+            wait_until(lambda: client.connected, 30, "a reconnect")
+            t.join(30)
+            assert result == ["ok"], result
         wait_until(lambda: client.connected, 30, "a reconnect")
-        pub = BrokerClient(cfg.model_copy(update={"client_id": "pub"}), "sub-crash-pub",
-                           on_message=lambda m: None).start()
-        try:
-            wait_until(lambda: (pub.publish(f"{PREFIX}/kiosk-1/result", b"x") or True) and got, 20,
-                       "a message on the renewed subscription")
-        finally:
-            pub.close()
-    finally:
-        if client:
-            client.close()
-        b.stop()
-
-
-def test_a_suback_lost_with_a_connection_already_made_again_is_not_fatal(tmp_path):
-    """CI caught it again: the broker died holding the SUBSCRIBE and was back (the client
-    reconnected and renewed the subscription) before the wait for its SUBACK ran out; the
-    worker then saw a live connection, took the missing SUBACK for a refusal and exited 2.
-    Here the broker is frozen (SIGSTOP) so the SUBACK cannot come, killed, and restarted
-    well inside the wait."""
-    from facegate.backend.mqtt import BrokerClient
-
-    (tmp_path / "broker").mkdir()
-    b = Mosquitto(tmp_path / "broker", persist=True).start()
-    got: list = []
-    client = None
-    try:
-        cfg = backend_config(b, StoreConfig(sqlite=str(tmp_path / "unused.db")), tmp_path).mqtt
-        client = BrokerClient(cfg, "suback-lost", on_message=got.append, session_expiry_s=60).start()
-        assert b.proc is not None
-        b.proc.send_signal(signal.SIGSTOP)
-        result: list = []
-
-        def sub():
-            try:
-                client.subscribe(f"{PREFIX}/+/result", 1, timeout_s=8.0)
-                result.append("ok")
-            except Exception as exc:  # BrokerError before the fix
-                result.append(exc)
-
-        t = threading.Thread(target=sub)
-        t.start()
-        time.sleep(0.5)  # the SUBSCRIBE is in the frozen broker's socket
-        b.stop(kill=True)
-        b.start()
-        wait_until(lambda: client.connected, 30, "a reconnect")
-        t.join(30)
-        assert result == ["ok"], result
-        pub = BrokerClient(cfg.model_copy(update={"client_id": "pub"}), "suback-lost-pub",
+        pub = BrokerClient(cfg.model_copy(update={"client_id": "pub"}), f"sub-{how}-pub",
                            on_message=lambda m: None).start()
         try:
             wait_until(lambda: (pub.publish(f"{PREFIX}/kiosk-1/result", b"x") or True) and got, 20,
