@@ -233,3 +233,21 @@ def test_a_result_a_crashed_broker_forgot_is_published_again(tmp_path, faces, ba
             kiosk.close()
         d.stop()
         broker.stop()
+
+
+def test_the_test_broker_survives_a_password_reload_right_after_it_starts(tmp_path):
+    """The harness itself: Mosquitto opens its listener before it installs its signal
+    handlers, and add_user() reloads the password file with SIGHUP, whose default action
+    ends the process. Under load one start in ~20 died that way and the daemon under test
+    found no broker (soak: 'cannot reach 127.0.0.1:…' for 60 s). start() now returns only
+    once SIGHUP is caught."""
+    for i in range(15):
+        d = tmp_path / f"b{i}"
+        d.mkdir()
+        b = Mosquitto(d).start()
+        try:
+            b.add_user(f"kiosk-{i}")  # SIGHUP at once
+            assert b.proc is not None and b.proc.poll() is None, (b.proc and b.proc.returncode,
+                                                                   (d / "mosquitto.log").read_text())
+        finally:
+            b.stop()
