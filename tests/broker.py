@@ -152,6 +152,25 @@ class Mosquitto:
             time.sleep(0.05)
         raise RuntimeError("mosquitto did not start")
 
+    def wait_saved(self, timeout_s: float = 15.0) -> None:
+        """Block until the broker has written its persistence file (its next autosave) after
+        this call, so what it holds now (a backend's session and subscriptions, queued
+        messages) survives a SIGKILL. A backend that subscribed less than autosave_interval
+        before the first kill was forgotten with it, missed what the daemon re-sent before
+        it subscribed again, and saw those results only at the next kill's re-send, after
+        newer ones (the soak's 'reordered' failures)."""
+        t = time.time() + 0.1  # a save already under way may predate what we want kept
+        db = self.dir / "mosquitto.db"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if db.stat().st_mtime > t:
+                    return
+            except FileNotFoundError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not save its state within {timeout_s:g} s")
+
     def _handles_sighup(self) -> bool:
         """Mosquitto opens its listeners before it installs its signal handlers: a SIGHUP
         (add_user) in between kills it (the default action), which under load happened

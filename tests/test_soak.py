@@ -157,6 +157,7 @@ def test_broker_killed_during_a_stream_loses_and_reorders_nothing(tmp_path, brok
     be = soak.Collector(broker, d.public)
     try:
         assert be.wait(lambda: be.online_after(0), 60), d.logtail()
+        broker.wait_saved()  # the backend's session is one the broker keeps over a crash
         sent = []
         for _ in range(3):
             sent += _burst(be, backend_key, inputs, 8)
