@@ -22,6 +22,7 @@ from facegate.backend.store import Store
 from facegate.backend.trust import Keyring, check_result
 from facegate.backend.worker import Worker, recheck_quarantine
 from terminals import PREFIX, Links, Terminal
+from timeouts import wait_until
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -91,16 +92,6 @@ class WorkerThread:
     def close(self):
         self.stop.set()
         self.thread.join(15)
-
-
-def wait_until(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def audit(store: Store) -> dict[tuple[str, int], bytes]:

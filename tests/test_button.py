@@ -11,6 +11,7 @@ import pytest
 from daemon_helpers import ask, in_process, local_config, outbox_payloads
 from facegate import status
 from facegate.vocab import Failure, Verdict
+from timeouts import wait_until
 
 BUTTON, RELAY, PASS, FAIL = 27, 17, 13, 19
 
@@ -30,16 +31,6 @@ def results(d) -> dict:
     return {rid: (p["decision"], p["reason"]) for rid, p in outbox_payloads(d).items()}
 
 
-def wait(pred, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise TimeoutError
-
-
 def press(d) -> None:
     pin = d.indicators.factory.pin(BUTTON)
     pin.drive_low()  # pulled up: pressed = low
@@ -55,17 +46,17 @@ def test_the_button_cancels_the_running_session_and_nothing_else(terminal, faces
     assert results(d) == {} and d.state[0] == "idle"
     # a step the clip never shows: without the press this session would run ~13 s (the clip's end)
     rid = ask(d, backend_key, faces["ref"], ["blink"])
-    wait(lambda: d.state[0] == "challenge", 30)
+    wait_until(lambda: d.state[0] == "challenge", 30, interval_s=0.05)
     t = time.monotonic()
     press(d)
-    got = wait(lambda: results(d).get(rid), 10)
+    got = wait_until(lambda: results(d).get(rid), 10, interval_s=0.05)
     assert got == (Verdict.ERROR, Failure.CANCELLED) and time.monotonic() - t < 3.0
-    wait(lambda: d.indicators.factory.pin(FAIL).state, 5)  # shown just after the result is stored
+    wait_until(lambda: d.indicators.factory.pin(FAIL).state, 5, interval_s=0.05)  # shown just after the result is stored
     assert not any(s.state for s in d.indicators.factory.pin(RELAY).states)
-    wait(lambda: d.state[0] == "idle", 10)
+    wait_until(lambda: d.state[0] == "idle", 10, interval_s=0.05)
     # the next session runs to its own end: the earlier press does not carry over
     rid2 = ask(d, backend_key, faces["ref"], ["turn_right", "turn_left"])
-    assert wait(lambda: results(d).get(rid2), 60) == (Verdict.MATCH, None)
+    assert wait_until(lambda: results(d).get(rid2), 60, interval_s=0.05) == (Verdict.MATCH, None)
     # MQTT is off: the daemon's publisher is the explicit NullPublisher; results stay in the outbox
     assert status.read(d.state_dir)["broker"] == {"enabled": False, "connected": False, "error": ""}
     assert d.outbox.depth() >= 2

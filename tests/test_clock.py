@@ -3,13 +3,12 @@ clock stepped ahead and back; and how the system clock adapter tells whether the
 synchronised."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from broker import Backend, Mosquitto
 from daemon_helpers import ROOT, DaemonProc, command, in_process, results, wait_online, wait_result
 from facegate.adapters.clock import FakeClock, SystemClock, kernel_clock_synchronized
+from timeouts import wait_until
 
 
 # -- the adapter -----------------------------------------------------------------------------
@@ -59,13 +58,6 @@ def _answers(be, d, request_id) -> list[tuple[str, str | None]]:
     return [(r["decision"], r["reason"]) for r in results(be, d.key.public) if r["request_id"] == request_id]
 
 
-def _wait(pred, timeout_s: float = 20.0):
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def test_a_clock_step_ahead_and_back_does_not_reopen_the_replay_window(stepped, faces, backend_key):
     """Issue 15: with the clock an hour ahead for a moment and then back, the same command
     bytes ran a second session and decided `match` again (a second relay pulse). Now the
@@ -81,7 +73,7 @@ def test_a_clock_step_ahead_and_back_does_not_reopen_the_replay_window(stepped, 
     late, ahead = command(backend_key, faces["ref"], lifetime_s=180)
     be.publish(f"{ROOT}/cmd/verify", late)
     assert wait_result(be, d.key.public, ahead["request_id"])["reason"] == "expired"
-    _wait(lambda: d.outbox.replay_floor >= cmd["exp"])  # the daemon's own purge (every health_interval_s)
+    wait_until(lambda: d.outbox.replay_floor >= cmd["exp"], 20, "the replay floor")  # the daemon's own purge (every health_interval_s)
     clock.step(-3600)
 
     be.publish(f"{ROOT}/cmd/verify", msg)  # the same bytes again
