@@ -49,7 +49,7 @@ from .imageio import decode_image
 from .messages import verify_command
 from .ports import Inbound
 from .signing import SignatureError, SigningKey, key_path, load_key, public_from_hex, sign, verify
-from .vocab import LivenessMode, LivenessReason, State, Step
+from .vocab import LivenessMode, LivenessReason, State, Step, Verdict
 
 LIVENESS_MODES = tuple(LivenessMode)
 DEMO_DEVICE_ID = "demo-kiosk"
@@ -381,17 +381,17 @@ def explain(payload: dict) -> str:
     if "passive_pass" in lv:
         checks.append(f"passive check {'passed' if lv['passive_pass'] else 'NOT passed'}")
     tail = f" ({'; '.join(checks)})" if checks else ""
-    if d == "match":
+    if d == Verdict.MATCH:
         return ("match: the face in the frames is the reference's person (the similarity never leaves the "
                 "device)" + (f" and liveness held{tail}" if checks else ", no liveness asked"))
-    if d == "spoof":
+    if d == Verdict.SPOOF:
         why = SPOOF_WHY.get(str(r), str(r))
         return f"spoof ({r}): {why}{tail}; never a match, whatever the faces' similarity"
-    if d == "no_match":
+    if d == Verdict.NO_MATCH:
         return f"no_match ({r}): a usable face was found but it is not the reference's person"
-    if d == "timeout":
+    if d == Verdict.TIMEOUT:
         return f"timeout ({r}): the session timeout ended before a decision{tail}"
-    if d == "no_face":
+    if d == Verdict.NO_FACE:
         return f"no_face ({r}): no usable face" + (" in the reference" if str(r).startswith("reference_") else "")
     return f"{d} ({r})"
 

@@ -21,11 +21,12 @@ import numpy as np
 from .errors import InputError
 from .imageio import decode_image
 from .signing import SignatureError, Verified, verify
+from .vocab import State, Step, Verdict
 
 RESULT_VERSION = 1
-DECISIONS = ("match", "no_match", "spoof", "timeout", "no_face", "rejected", "error")
-STATES = ("idle", "waiting_face", "challenge", "deciding")
-STEPS = ("blink", "turn_left", "turn_right")
+DECISIONS = tuple(Verdict)  # the contract's words live in vocab.py
+STATES = tuple(State)
+STEPS = tuple(Step)
 MAX_ID_CHARS = 128
 MAX_NONCE_BYTES = 64
 

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..vocab import Verdict
+
 EXIT_OK, EXIT_NEGATIVE, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -182,7 +184,7 @@ def cmd_verify(args) -> int:
     else:
         print(f"{r.device}: {r.decision}" + (f" ({r.reason})" if r.reason else "")
               + f"  request {r.request_id}  seq {r.seq}  signature verified (kid {r.kid}, topic {r.topic})")
-    return EXIT_OK if r.decision == "match" else EXIT_NEGATIVE
+    return EXIT_OK if r.decision == Verdict.MATCH else EXIT_NEGATIVE
 
 
 def cmd_serve(args) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..errors import FacegateError
 from ..messages import Topics, verify_command
 from ..signing import SignatureError, SigningKey, load_key, sign, verify
+from ..vocab import Verdict
 from .config import BackendConfig
 from .mqtt import BrokerClient, Message
 from .registry import Registry
@@ -171,7 +172,7 @@ class BackendClient:
                     break
                 result, why = self._check(msg, device, keys, cmd, now)
                 if result is not None:
-                    if result.decision == "rejected":
+                    if result.decision == Verdict.REJECTED:
                         raise VerifyRejected(result)
                     return result
                 if why:

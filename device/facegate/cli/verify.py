@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import config as config_mod
 from .. import modelstore
 from ..errors import InputError
+from ..vocab import Verdict
 from .common import EXIT_BAD_INPUT, EXIT_NEGATIVE, EXIT_OK, _config, _fail, build_liveness, build_verifier
 
 
@@ -100,7 +101,7 @@ def cmd_verify(args) -> int:
         except InputError as exc:
             return _fail(str(exc))
         print(json.dumps(out))
-        return EXIT_OK if out["decision"] == "match" else EXIT_NEGATIVE
+        return EXIT_OK if out["decision"] == Verdict.MATCH else EXIT_NEGATIVE
     # batch: the models are loaded once; one JSON line per pair, in order; a pair with bad
     # input gets an `error` line and the batch goes on (exit 2 at the end)
     try:
