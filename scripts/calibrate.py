@@ -353,8 +353,8 @@ def report(args, table: dict, sets: dict, ids: np.ndarray, folds: np.ndarray) ->
     plot(args.out, table)
     if args.write:
         write_table(table)
-    for name in sets:
-        row = table.get(f"{name}|{POLICY_METHOD}")
+    for name in sets:  # OpenCV as its users run it: plain embeddings
+        row = table.get(f"{name}|{POLICY_METHOD if name != 'opencv' else 'plain'}")
         if row is None:
             continue
         p = {x["fmr"]: x for x in row["points"]}
@@ -383,14 +383,14 @@ def plot(out: Path, table: dict) -> None:
             xs, ys = [], []
             for f in fmrs:
                 k = int(f * c.impostors)
-                if 10 <= k < len(c.top):
+                if MIN_MATCHES <= k < len(c.top):
                     xs.append(f)
                     ys.append(max(c.fnmr(float(c.top[k])), 1e-4))
             ax.plot(xs, ys, style, label=f"{row['variant']} {row['method']} {kind}")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlim(1e-6, 1e-2)
-    ax.set_ylim(1e-4, 1)
+    ax.set_xlim(5e-6, 3e-3)
+    ax.set_ylim(5e-3, 0.5)
     ax.set_xlabel("false match rate (all cross-identity pairs)")
     ax.set_ylabel("false non-match rate")
     ax.axvline(1e-4, color="grey", lw=0.5)
