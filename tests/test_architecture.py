@@ -54,7 +54,7 @@ FORBIDDEN = {
                 "delivery", "feed", "daemon", "demo", "cli", "selftest", "quiet", "modelstore", "admission", "kiosk", "announce", "results"},
 }
 # inside the backend, one module per outside library
-BACKEND_ONLY = {"paho": "mqtt.py", "psycopg": "store.py", "sqlite3": "store.py"}
+BACKEND_ONLY = {"paho": "mqtt.py", "psycopg": "store.py", "sqlite3": "store.py", "prometheus_client": "metrics.py"}
 
 
 def _rooms() -> set[str]:

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from .config import BackendConfig
+from .metrics import NoMetrics
 from .mqtt import BrokerClient, BrokerError, Message
 from .registry import Registry
 from .store import ResultRow, Store
@@ -52,8 +53,9 @@ def _json(d) -> str:
 
 
 class Worker:
-    def __init__(self, cfg: BackendConfig, store: Store | None = None):
+    def __init__(self, cfg: BackendConfig, store: Store | None = None, metrics: NoMetrics | None = None):
         self.cfg = cfg
+        self.metrics = metrics or NoMetrics()  # metrics.WorkerMetrics: counted after each COMMIT
         s = cfg.serve
         self.name = s.worker
         self.client_id = f"{cfg.mqtt.client_id or 'facegate-backend'}-w{s.worker}"
@@ -178,6 +180,7 @@ class Worker:
         """Check and store every message of `batch` in one transaction (no acks here)."""
         counts = WorkerStats()
         ring = self._keyring()
+        self.metrics.begin()
         with self._db.transaction():
             now = time.time()
             for m in batch:
@@ -199,11 +202,13 @@ class Worker:
         s.quarantined += counts.quarantined
         s.other += counts.other
         s.batches += 1
+        self.metrics.committed()
 
     def _quarantine(self, m: Message, dev: str | None, reason: str, now: float, counts: WorkerStats) -> None:
         digest = hashlib.sha256(m.topic.encode() + b"\0" + m.payload).hexdigest()
-        self._db.quarantine(digest, m.topic, dev, reason, m.payload, m.t_received, self.name)
+        new = self._db.quarantine(digest, m.topic, dev, reason, m.payload, m.t_received, self.name)
         counts.quarantined += 1
+        self.metrics.quarantined(reason, new)
 
     def _store_result(self, m: Message, v, now: float, counts: WorkerStats) -> None:
         if not v.accepted:
@@ -217,6 +222,7 @@ class Worker:
                         received_at=m.t_received, stored_at=now, worker=self.name)
         if self._db.insert_result(row):
             counts.stored += 1
+            self.metrics.stored(p["decision"], p["iat"])
             self._db.device_result(v.dev, p["seq"], p["decision"], now)
         elif self._db.stored_message(v.dev, p["seq"]) == m.payload:
             counts.duplicates += 1  # at-least-once delivery: the same signed bytes again
