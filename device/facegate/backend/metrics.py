@@ -114,9 +114,13 @@ class WorkerMetrics(NoMetrics):
 
     def committed(self) -> None:
         now = time.time()
+        per: dict[str, int] = {}
+        observe = self._latency.observe
         for decision, iat in self._staged:
-            self._stored.labels(self._decision(decision)).inc()
-            self._latency.observe(max(0.0, now - iat))
+            per[decision] = per.get(decision, 0) + 1
+            observe(max(0.0, now - iat))
+        for decision, n in per.items():  # one labelled increment per decision and batch
+            self._stored.labels(self._decision(decision)).inc(n)
         for reason, new in self._staged_q:
             if new:
                 self._quarantined.labels(self._reason(reason)).inc()
