@@ -99,7 +99,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    ap.add_argument("--overhead-batches", type=int, default=60,
+    ap.add_argument("--overhead-batches", type=int, default=100,
                     help="batches of 200 results for the metrics' cost (half with, half without)")
     args = ap.parse_args()
     rnd = random.Random(args.seed)
@@ -273,8 +273,8 @@ def main() -> int:
 
     overhead = measure(pg.fresh_dsn(), batches=args.overhead_batches, log=log)
     log(f"metrics: counters {'agree' if metrics_ok else 'DISAGREE'} with the database; cost "
-        f"{overhead['overhead_pct']:+.1f} % of throughput ({overhead['rate_off']:.0f}/s without, "
-        f"{overhead['rate_on']:.0f}/s with; CPU {overhead['cpu_us_off']:.0f} vs {overhead['cpu_us_on']:.0f} us/result)")
+        f"{overhead['overhead_pct']:+.1f} % of the worker's CPU per result (wall clock {overhead['wall_pct']:+.1f} %: "
+        f"{overhead['rate_off']:.0f}/s without, {overhead['rate_on']:.0f}/s with)")
     broker.stop()
     pg.remove()
     if not args.keep:

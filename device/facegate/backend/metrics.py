@@ -15,14 +15,21 @@ them with max, not sum (ops/prometheus/alerts.yml does).
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from .. import __version__
@@ -86,9 +93,8 @@ class WorkerMetrics(NoMetrics):
                                     "Messages put in quarantine (new rows), by reason", ["reason"], registry=r)
         self._repeats = Counter("facegate_quarantine_repeats",
                                 "Copies of messages already in quarantine (redeliveries, the journal's copy)", registry=r)
-        self._latency = Histogram("facegate_store_latency_seconds",
-                                  "From a result's iat (signed by the terminal as it publishes) to the COMMIT "
-                                  "that stored it, seconds", buckets=LATENCY_BUCKETS, registry=r)
+        self._latency = _Latency()
+        r.register(self._latency)
         self._decision, self._reason = _Bounded(DECISIONS), _Bounded(QUARANTINE_REASONS)
         for d in DECISIONS:
             self._stored.labels(d)
@@ -115,10 +121,9 @@ class WorkerMetrics(NoMetrics):
     def committed(self) -> None:
         now = time.time()
         per: dict[str, int] = {}
-        observe = self._latency.observe
-        for decision, iat in self._staged:
+        for decision, _ in self._staged:
             per[decision] = per.get(decision, 0) + 1
-            observe(max(0.0, now - iat))
+        self._latency.observe_many([max(0.0, now - iat) for _, iat in self._staged])
         for decision, n in per.items():  # one labelled increment per decision and batch
             self._stored.labels(self._decision(decision)).inc(n)
         for reason, new in self._staged_q:
@@ -152,6 +157,36 @@ class WorkerMetrics(NoMetrics):
             self._server.server_close()
             self._server = None
         self.fleet.close()
+
+
+class _Latency(Collector):
+    """facegate_store_latency_seconds: a histogram observed a batch at a time (one lock and a
+    bisect per result: prometheus_client's Histogram.observe took 3 us a result here)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, the last one +Inf
+        self.total = 0.0
+
+    def observe_many(self, values: list[float]) -> None:
+        if not values:
+            return
+        where = [bisect.bisect_left(LATENCY_BUCKETS, v) for v in values]  # le: v <= bound
+        with self.lock:
+            for i in where:
+                self.counts[i] += 1
+            self.total += sum(values)
+
+    def collect(self) -> Iterator[Metric]:
+        with self.lock:
+            counts, total = list(self.counts), self.total
+        cumulative, buckets = 0, []
+        for bound, n in zip((*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf"), counts):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily("facegate_store_latency_seconds", "From a result's iat (signed by the terminal "
+                                    "as it publishes) to the COMMIT that stored it, seconds", buckets=buckets,
+                                    sum_value=total)
 
 
 class _WorkerCollector(Collector):
