@@ -73,8 +73,10 @@ class TimedMetrics(WorkerMetrics):
 
 
 def measure(dsn: str, batches: int = 60, batch_size: int = 200, terminals: int = 200, refresh_s: float = 5.0,
-            scrape_every_s: float = 1.0, log: Callable[[str], None] = print) -> dict[str, float]:
-    """refresh_s: metrics.fleet_refresh_s (5 s by default: the fleet query at most every 5 s)."""
+            scrape_every_s: float = 1.0, control: bool = False,
+            log: Callable[[str], None] = print) -> dict[str, float]:
+    """refresh_s: metrics.fleet_refresh_s (5 s by default: the fleet query at most every 5 s);
+    control: the same schedule with the metrics off in both slots (an A/A run: the noise)."""
     cfg = BackendConfig.model_validate({"store": {"dsn": dsn}, "mqtt": {"prefix": PREFIX},
                                         "metrics": {"fleet_refresh_s": refresh_s, "stale_after_s": 3600}})
     fleet = [Terminal(f"oh-{i:04d}") for i in range(terminals)]
@@ -118,8 +120,8 @@ def measure(dsn: str, batches: int = 60, batch_size: int = 200, terminals: int =
     try:
         for b, batch in enumerate(work):
             with_metrics = ORDER[b % len(ORDER)]
-            w.metrics = metrics if with_metrics else none
-            scraping.set() if with_metrics else scraping.clear()
+            w.metrics = metrics if with_metrics and not control else none
+            scraping.set() if with_metrics and not control else scraping.clear()
             t0, c0 = time.perf_counter(), time.thread_time()
             w.process(batch)
             t1, c1 = time.perf_counter(), time.thread_time()
@@ -152,7 +154,7 @@ def measure(dsn: str, batches: int = 60, batch_size: int = 200, terminals: int =
          # over the results stored meanwhile), over its CPU per result without: a CPU-bound worker loses that share
          "overhead_pct": (hooks_per_result + scrape_per_result) / cpu_off * 100,
          "results": done[True] + done[False], "scrapes": scrapes[0]}
-    log(f"metrics cost: {r['results']} results in batches of {batch_size}, {scrapes[0]} scrapes every {scrape_every_s:g} s "
+    log(("A/A control (metrics off in both slots) " if control else "") + f"metrics cost: {r['results']} results in batches of {batch_size}, {scrapes[0]} scrapes every {scrape_every_s:g} s "
         f"(fleet_refresh_s {refresh_s:g}, {r['scrape_ms']:.1f} ms CPU each): hooks {r['hooks_us_per_result']:.2f} + "
         f"scrapes {r['scrape_us_per_result']:.2f} us/result of the worker's {r['cpu_us_off']:.0f} us/result without "
         f"metrics: cost {r['overhead_pct']:+.2f} %; the worker thread's CPU per result both ways (median per batch) "
@@ -160,7 +162,7 @@ def measure(dsn: str, batches: int = 60, batch_size: int = 200, terminals: int =
         f"({r['wall_pct']:+.1f} %; per block of 4 batches median {r['block_median']:+.1f} %, quartiles "
         f"{r['block_q1']:+.1f} / {r['block_q3']:+.1f} %: the noise of a shared machine)")
     assert w.stats.stored == len(work) * batch_size
-    assert sum(metrics._stored.labels(d)._value.get() for d in set(decisions)) == done[True] + 2 * batch_size
+    assert control or sum(metrics._stored.labels(d)._value.get() for d in set(decisions)) == done[True] + 2 * batch_size
     return r
 
 
@@ -172,11 +174,14 @@ def main() -> int:
     ap.add_argument("--terminals", type=int, default=200)
     ap.add_argument("--refresh-s", type=float, default=5.0, help="metrics.fleet_refresh_s")
     ap.add_argument("--scrape-every-s", type=float, default=1.0, help="0: no scrapes (the hooks alone)")
+    ap.add_argument("--control", action="store_true", help="then an A/A run: the metrics off in both slots")
     args = ap.parse_args()
     pg = Postgres().start()
     try:
         r = measure(pg.fresh_dsn(), args.batches, terminals=args.terminals, refresh_s=args.refresh_s,
                     scrape_every_s=args.scrape_every_s)
+        if args.control:
+            measure(pg.fresh_dsn(), args.batches, terminals=args.terminals, control=True)
     finally:
         pg.remove()
     return 0 if r["overhead_pct"] <= 5.0 else 1

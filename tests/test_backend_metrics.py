@@ -211,6 +211,9 @@ def test_a_batch_rolled_back_is_counted_once(tmp_path):
     assert by_label(m, "facegate_results_stored_total", "decision") == {"match": 1, "spoof": 1}
     assert by_label(m, "facegate_results_quarantined_total", "reason") == {"not_cose": 1}
     assert one(m, "facegate_store_latency_seconds_count") == 2
+    # signed a moment ago: both in every bucket from 60 s up (the buckets are cumulative)
+    assert one(m, "facegate_store_latency_seconds_bucket", le="60.0") == 2
+    assert one(m, "facegate_store_latency_seconds_bucket", le="+Inf") == 2
     metrics.close()
     store.close()
 
@@ -219,6 +222,12 @@ def test_labels_stay_bounded_and_a_busy_address_does_not_stop_the_worker(tmp_pat
     bounded = _Bounded(("match",))
     values = {bounded(f"reason_{i}") for i in range(500)} | {bounded("kiosk/7"), bounded(None), bounded("x" * 100)}
     assert len(values) == MAX_LABELS and "other" in values  # 31 new words and "other"
+    from facegate.backend.metrics import _Latency
+
+    lat = _Latency()
+    lat.observe_many([0.05, 0.0500001, 0.0, 1e6])  # le is inclusive: 0.05 is in the 0.05 bucket
+    buckets = {s.labels["le"]: s.value for f in lat.collect() for s in f.samples if s.name.endswith("_bucket")}
+    assert (buckets["0.01"], buckets["0.05"], buckets["0.1"], buckets["86400.0"], buckets["+Inf"]) == (1, 2, 3, 3, 4)
     from facegate.backend.config import BackendConfig
 
     cfg = BackendConfig.model_validate({"store": {"sqlite": str(tmp_path / "b.db")}})
