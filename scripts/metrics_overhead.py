@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +43,11 @@ from facegate.backend.worker import Worker  # noqa: E402
 from terminals import PREFIX, Terminal  # noqa: E402
 
 ORDER = (True, False, False, True)  # with metrics?
+SCRAPER = """\
+import sys, urllib.request
+for _ in sys.stdin:
+    urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read()
+"""
 
 
 class TimedMetrics(WorkerMetrics):
@@ -95,10 +100,17 @@ def measure(dsn: str, batches: int = 60, batch_size: int = 200, terminals: int =
     assert metrics.serve("127.0.0.1:0")
     stop, scraping, scrapes = threading.Event(), threading.Event(), [0]
 
-    def scraper():  # a Prometheus scraping every second (15 s is usual), while the metrics are on
+    # a Prometheus scraping every second (15 s is usual) while the metrics are on: in another
+    # process, as Prometheus is (an HTTP client in this one would compete for its GIL)
+    client = subprocess.Popen([sys.executable, "-c", SCRAPER, str(metrics.port)], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, text=True)
+
+    def scraper():
         while not stop.wait(scrape_every_s):
             if scraping.wait(1.0) and not stop.is_set():
-                urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/metrics", timeout=10).read()
+                assert client.stdin is not None
+                client.stdin.write("scrape\n")
+                client.stdin.flush()
                 scrapes[0] += 1
 
     scrape_cpu = [0.0]
@@ -136,6 +148,8 @@ def measure(dsn: str, batches: int = 60, batch_size: int = 200, terminals: int =
         stop.set()
         if th.is_alive():
             th.join(5)
+        client.stdin.close() if client.stdin else None
+        client.wait(10)
         metrics.close()
         if w.store:
             w.store.close()
