@@ -85,7 +85,7 @@ class WorkerMetrics(NoMetrics):
         DECISIONS = tuple(str(d) for d in _DECISIONS)
 
         self.cfg, self.worker = cfg, worker
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry(auto_describe=False)  # no fleet query at registration
         r = self.registry
         self._stored = Counter("facegate_results_stored", "Results stored in the audit table (new rows), by decision",
                                ["decision"], registry=r)
