@@ -32,6 +32,7 @@ ACL = """\
 pattern write facegate/v1/%u/status
 pattern write facegate/v1/%u/attest
 pattern write facegate/v1/%u/state
+pattern write facegate/v1/%u/guide
 pattern write facegate/v1/%u/health
 pattern write facegate/v1/%u/event
 pattern write facegate/v1/%u/result

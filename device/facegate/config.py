@@ -149,6 +149,22 @@ class MqttConfig(BrokerConnection):
     trusted_keys: list[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]] = Field(default_factory=list, description="Ed25519 public keys (64 hex digits each) whose signed verify commands are accepted")
 
 
+class ScreenConfig(_Section):
+    """The kiosk screen: a page served to a browser on this machine only (facegate.screen)."""
+
+    enabled: bool = Field(True, description="Serve the kiosk page (live preview, face oval, hints, result) on `listen`")
+    listen: str = Field("127.0.0.1:8080", pattern=r"^(127\.0\.0\.1|localhost|\[::1\]):[0-9]{1,5}$", description="Loopback address and port of the page (127.0.0.1, localhost or [::1] only: frames never leave this machine; port 0 = any free one)")
+    language: Literal["en", "zh"] = Field("en", description="Language of the page (en: English, zh: Simplified Chinese); ?lang= in the URL overrides it")
+    preview_fps: float = Field(10.0, gt=0, le=30, description="Most preview frames per second sent to the page")
+    preview_width: int = Field(640, ge=160, le=1920, description="Preview frames are scaled down to at most this width, pixels")
+    result_show_s: float = Field(6.0, ge=1, le=60, description="How long the result screen stays before the idle screen, seconds")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class DaemonConfig(_Section):
     state_dir: str = Field("/var/lib/facegate", description="Outbox, sequence counter, status file and (by default) the signing key")
     key_file: str = Field("", description="Ed25519 signing key (PEM, mode 0600); empty = the systemd credential 'signing.key' if present, else {state_dir}/signing.key; created on first start")
@@ -175,6 +191,7 @@ class Config(_Section):
     gpio: GpioConfig = GpioConfig()
     mqtt: MqttConfig = MqttConfig()
     daemon: DaemonConfig = DaemonConfig()
+    screen: ScreenConfig = ScreenConfig()
 
 
 def _line_of(text: str, loc: tuple) -> int | None:

@@ -28,29 +28,39 @@ from .announce import Announcer
 from .config import Config
 from .delivery import Delivery
 from .errors import FacegateError
+from .events import Ready, Sink
 from .feed import FrameFeed
-from .kiosk import Kiosk, StateObserver
+from .kiosk import Kiosk
 from .liveness.check import LivenessPlan
 from .messages import Topics
 from .outbox import Outbox, OutboxError
 from .pipeline import Verifier
 from .ports import Camera, Clock, Inbound, Indicators, Publisher
 from .results import Results
+from .screen import KioskScreen
 from .signing import key_path, key_source, load_or_create_key
+from .sinks.indicators import IndicatorSink
+from .sinks.mqtt import MqttSink
+from .sinks.statusfile import StatusFileSink
+from .sinks.systemd import SystemdSink
 from .status import BrokerDoc, Health, HealthDoc, KeyDoc, StateDoc, StatusDoc
 from .types import Frame
-from .vocab import Failure, State
+from .vocab import Failure
 
 log = logging.getLogger("facegate.daemon")
 
 
 class Daemon:
-    """One terminal; every collaborator comes in from outside (build() makes the real ones)."""
+    """One terminal; every collaborator comes in from outside (build() makes the real ones).
+    sinks: audiences told every event besides the standard ones (the screen, the demo's
+    narrator); services: objects started with the daemon and stopped after it (start(),
+    stop(): the screen's server)."""
 
     def __init__(self, cfg: Config, *, verifier: Verifier, liveness: LivenessPlan | None, camera,
                  open_camera: Callable[[], Camera], publisher: Publisher, indicators: Indicators, notifier,
                  models: dict[str, str], clock: Clock, config_path: str | None = None,
-                 model_selftest: dict[str, dict] | None = None, on_state: StateObserver | None = None):
+                 model_selftest: dict[str, dict] | None = None, sinks: list[Sink] | None = None,
+                 services: list | None = None):
         self.cfg, self.config_path, self.clock, self.models = cfg, config_path, clock, models
         self.publisher, self.indicators, self.notifier = publisher, indicators, notifier
         self.model_selftest = model_selftest or {}  # task -> variant chosen and why (modelstore.Choice)
@@ -67,8 +77,17 @@ class Daemon:
         self.announce = Announcer(publisher, cfg, self.topics, lambda: self.key, self.boot, models, clock.time)
         self.health, self.stop_flag, self.reload_flag = Health(), threading.Event(), threading.Event()
         self.feed = FrameFeed(camera, max_fps=cfg.camera.idle_fps)  # camera: reopens itself (ReopeningCamera)
+        self.services = services or []
+        self.sinks: list[Sink] = [MqttSink(self.announce), SystemdSink(notifier), StatusFileSink(self._write_status),
+                                  IndicatorSink(indicators), *(sinks or [])]
+        self.screen = KioskScreen(cfg.screen, self.boot) if cfg.screen.enabled else None
+        if self.screen is not None:
+            self.sinks.append(self.screen)
+            self.services.append(self.screen)
         self.kiosk = Kiosk(cfg, verifier, liveness, self.feed, open_camera, indicators, notifier, self.results,
-                           self.announce, self.health, clock, self.stop_flag, on_state, self._write_status)
+                           self.health, clock, self.stop_flag, self.sinks)
+        if self.screen is not None:
+            self.kiosk.preview = self.screen.offer
         self.requests: queue.Queue = queue.Queue(maxsize=cfg.daemon.max_pending)
         self.gate = Gate(cfg, self.topics, self.outbox, clock.time, lambda: self.delivery.held)
         self.intake = Intake(self.gate, self.health, self.requests, self.kiosk.refuse, self.stop_flag)
@@ -153,6 +172,8 @@ class Daemon:
         try:
             self.outbox.expire()
             self.feed.start()
+            for service in self.services:
+                service.start()
             self._threads = [threading.Thread(target=lambda: self.intake.run(self.announce.discovery_if_asked),
                                               name="facegate-commands", daemon=True),
                              threading.Thread(target=self.delivery.run, name="facegate-delivery", daemon=True)]
@@ -192,11 +213,12 @@ class Daemon:
         if frame is not None:  # next() returns only a frame newer than the last one
             self._last_frame = frame
             self.notifier.keepalive(True)
+            self.kiosk.preview(frame)  # between sessions: the idle feed
             if not self.ready:
                 self.ready = True
                 self.indicators.show("ready")
                 self.notifier.ready(f"ready: {self.cfg.device_id}, kid {self.key.kid.hex()}")
-                self.kiosk.on_state(State.IDLE, None, None)  # the first report: ready
+                self.kiosk.tell(Ready())  # the first report
                 log.info("ready")
         if self.ready and self.feed.ok != self._camera_ok:
             self._camera_ok = self.feed.ok
@@ -239,6 +261,8 @@ class Daemon:
         try:
             self.announce.stopped()
         finally:
+            for service in self.services:
+                service.stop()
             self.feed.stop()
             self.indicators.close()
             self._write_status()
@@ -251,13 +275,14 @@ def install_signal_handlers(daemon: Daemon) -> None:
     signal.signal(signal.SIGINT, daemon.request_stop)
     signal.signal(signal.SIGHUP, daemon.request_reload)
 def build(cfg: Config, config_path: str | None = None, clock: Clock | None = None,
-          publisher: Publisher | None = None, on_state: StateObserver | None = None,
+          publisher: Publisher | None = None, sinks: list[Sink] | None = None,
           service: bool = True) -> Daemon:
     """A daemon with the real adapters named by the config (models verified on load);
     `clock`: the system clock unless given (tests step a FakeClock); `publisher`: used
     instead of the one mqtt.enabled asks for (PahoPublisher, or NullPublisher when off;
-    tests pass a FakePublisher); `on_state`: told every state change (the demo narrates
-    them), first idle when the camera delivers; `service`: False tells systemd nothing."""
+    tests pass a FakePublisher); `sinks`: told every event besides the standard audiences
+    (the demo's narrator), first Ready when the camera delivers; the kiosk screen
+    (screen.enabled) is one more; `service`: False tells systemd nothing."""
     from .adapters.cameras import ReopeningCamera, open_camera
     from .adapters.clock import SystemClock
     from .adapters.gpio import open_indicators
@@ -285,4 +310,4 @@ def build(cfg: Config, config_path: str | None = None, clock: Clock | None = Non
                   open_camera=lambda: open_camera(cfg.camera), publisher=publisher,
                   indicators=open_indicators(cfg.gpio), notifier=SystemdNotifier(None if service else {}),
                   models=models, clock=clock or SystemClock(), config_path=config_path,
-                  model_selftest={t: c.as_dict() for t, c in store.chosen.items()}, on_state=on_state)
+                  model_selftest={t: c.as_dict() for t, c in store.chosen.items()}, sinks=sinks)

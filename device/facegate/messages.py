@@ -2,8 +2,8 @@
 publishes. Pure functions (time and randomness come in as arguments); nothing here
 touches the network.
 
-Topics under R = {prefix}/{device_id}: status, attest, state, health, event, result,
-cmd/verify. Results and attestations are COSE_Sign1 (see signing.py); the rest is JSON.
+Topics under R = {prefix}/{device_id}: status, attest, state, guide, health, event,
+result, cmd/verify. Results and attestations are COSE_Sign1 (see signing.py); the rest is JSON.
 Published payloads carry decisions, never similarity or liveness scores, images or
 embeddings.
 """
@@ -21,12 +21,13 @@ import numpy as np
 from .errors import InputError
 from .imageio import decode_image
 from .signing import SignatureError, Verified, verify
-from .vocab import State, Step, Verdict
+from .vocab import Hint, State, Step, Verdict
 
 RESULT_VERSION = 1
 DECISIONS = tuple(Verdict)  # the contract's words live in vocab.py
 STATES = tuple(State)
 STEPS = tuple(Step)
+HINTS = tuple(Hint)
 MAX_ID_CHARS = 128
 MAX_NONCE_BYTES = 64
 
@@ -52,6 +53,10 @@ class Topics:
     @property
     def state(self) -> str:
         return f"{self.root}/state"
+
+    @property
+    def guide(self) -> str:
+        return f"{self.root}/guide"
 
     @property
     def health(self) -> str:
@@ -276,6 +281,17 @@ def event_json(session: str | None, request_id: str | None, decision: str, ts: f
 def state_json(state: str, step: str | None = None, session: str | None = None) -> bytes:
     assert state in STATES, state
     return json.dumps({"state": state, "step": step, "session": session}).encode()
+
+
+GUIDE_KEYS = ("session", "state", "step", "hint", "step_progress", "progress", "seconds_left", "step_seconds_left")
+
+
+def guide_json(guidance: dict) -> bytes:
+    """R/guide: one guidance update (guidance.Guidance.as_dict()): words from vocab and
+    fractions only -- the keys of GUIDE_KEYS and nothing else (no box, score or image)."""
+    assert set(guidance) == set(GUIDE_KEYS), sorted(guidance)
+    assert guidance["state"] in STATES and guidance["hint"] in HINTS, guidance
+    return json.dumps({k: guidance[k] for k in GUIDE_KEYS}).encode()
 
 
 def ha_discovery(topics: Topics, dev: str, version: str, ha_prefix: str) -> list[tuple[str, bytes]]:
