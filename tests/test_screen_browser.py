@@ -1,12 +1,11 @@
-"""The kiosk screen in a real browser: Debian's headless Chromium (tests/browser.py) follows
+"""The kiosk screen in a real browser: Debian's headless Chromium (scripts/chromium_cdp.py) follows
 whole sessions of the real daemon (models, file camera, signed results; MQTT off) on
 variants of the replay of a real person (tests/screen_videos.py), and the test asserts
-what the page showed, in order, and its result screen. With FACEGATE_SCREENSHOTS=DIR it
-also saves a screenshot of every screen at 800x480 and 1920x1080, in English and Chinese
-(docs/screens/ holds the committed ones)."""
+what the page showed, in order, and its result screen. (scripts/screens.py takes the
+screenshots of every screen in docs/screens/.)"""
 from __future__ import annotations
 
-import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,17 +13,18 @@ from pathlib import Path
 import pytest
 
 import screen_videos
-from browser import Browser, chromium_path
 from daemon_helpers import command
 from facegate import config as config_mod
 from facegate import daemon as daemon_mod
 from facegate.adapters.null_mqtt import NullPublisher
 from facegate.ports import Inbound
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from chromium_cdp import Browser, chromium_path  # noqa: E402
+
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed")
 DEV = "screen-1"
 SIZES = ((800, 480), (1920, 1080))
-SHOTS = os.environ.get("FACEGATE_SCREENSHOTS")
 
 
 @pytest.fixture(scope="module")

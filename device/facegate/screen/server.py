@@ -126,8 +126,9 @@ class _Handler(BaseHTTPRequestHandler):
             last = time.monotonic()
 
     def _preview(self) -> None:
-        srv, n, sent = self.server, 0, 0.0
+        srv, n, sent, jpg = self.server, 0, 0.0, b""
         self._head(200, "multipart/x-mixed-replace; boundary=frame")
+        self.wfile.write(b"--frame\r\n")
         srv.preview.viewers += 1
         try:
             while not srv.stopping.is_set():
@@ -135,13 +136,17 @@ class _Handler(BaseHTTPRequestHandler):
                 if wait > 0:
                     time.sleep(wait)
                 n, frame = srv.preview.next(n, 1.0)
-                if frame is None:
+                if frame is not None:
+                    t0 = time.perf_counter()
+                    jpg = encode(frame.image, srv.width)
+                    srv.encode_ms = (srv.encode_ms + [(time.perf_counter() - t0) * 1000])[-1000:]
+                elif not jpg:
                     continue
-                t0 = time.perf_counter()
-                jpg = encode(frame.image, srv.width)
-                srv.encode_ms = (srv.encode_ms + [(time.perf_counter() - t0) * 1000])[-1000:]
-                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg))
-                self.wfile.write(jpg + b"\r\n")
+                # else no new frame for a second: the last one again (a browser shows a part only
+                # once the next one begins, and a still camera must show too)
+                # each part ends with the next boundary: a browser shows a part once it sees that
+                self.wfile.write(b"Content-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg))
+                self.wfile.write(jpg + b"\r\n--frame\r\n")
                 self.wfile.flush()
                 sent = time.monotonic()
         finally:

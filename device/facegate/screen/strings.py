@@ -29,8 +29,7 @@ def hint_key(hint: Hint | str) -> str:
 
 
 SAFE_REASONS = frozenset({FaceReason.DIFFERENT_PERSON, FaceReason.NO_FACE_IN_TIME, LivenessReason.CHALLENGE_INCOMPLETE,
-                          LivenessReason.TIMEOUT, LivenessReason.FACE_CHANGED, LivenessReason.PRESENTATION_ATTACK,
-                          Failure.CANCELLED})
+                          LivenessReason.TIMEOUT, LivenessReason.FACE_CHANGED, LivenessReason.PRESENTATION_ATTACK})
 
 
 def result_keys(decision: str, reason: str | None) -> tuple[bool, str, str]:
@@ -40,7 +39,8 @@ def result_keys(decision: str, reason: str | None) -> tuple[bool, str, str]:
     if decision == Verdict.MATCH:
         return True, "result.passed", "result.passed_sub"
     if decision == Verdict.ERROR:
-        return False, "result.error", "reason.cancelled" if reason == Failure.CANCELLED else "reason.error"
+        return (False, "result.cancelled", "reason.cancelled") if reason == Failure.CANCELLED else (
+            False, "result.error", "reason.error")
     r = str(reason or "")
     if r in SAFE_REASONS:
         return False, "result.retry", f"reason.{r}"

@@ -76,8 +76,10 @@ class Browser:
             assert time.monotonic() < deadline, f"timed out waiting for {what or expr}"
             time.sleep(0.05)
 
-    def screenshot(self, path: Path) -> Path:
-        data = self.call("Page.captureScreenshot", format="png")["data"]
+    def screenshot(self, path: Path, quality: int = 72) -> Path:
+        """PNG for a .png path, else JPEG at `quality`."""
+        fmt = {"format": "png"} if path.suffix == ".png" else {"format": "jpeg", "quality": quality}
+        data = self.call("Page.captureScreenshot", **fmt)["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
         return path
