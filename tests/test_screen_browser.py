@@ -46,14 +46,14 @@ class Terminal:
     """The real daemon on `video` with its screen on a free loopback port."""
 
     def __init__(self, tmp: Path, video: Path, backend_key, liveness: str, session_timeout_s: float = 30,
-                 language: str = "en"):
+                 language: str = "en", port: int = 0, realtime: bool = False):
         self.key = backend_key
         cfg = config_mod.parse(f'''
 device_id = "{DEV}"
 [camera]
 source = "file"
 path = "{video}"
-realtime = false
+realtime = {"true" if realtime else "false"}
 [daemon]
 state_dir = "{tmp}"
 liveness = "{liveness}"
@@ -66,7 +66,7 @@ fusion_frames = 4
 enabled = false
 trusted_keys = ["{backend_key.public.hex()}"]
 [screen]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{port}"
 language = "{language}"
 result_show_s = 30
 ''')
@@ -159,3 +159,33 @@ def test_two_faces_are_asked_for_one_person_only(tmp_path, videos, faces, backen
         assert log[-1] == "result:retry:reason.no_face_in_time", log
     finally:
         term.stop()
+
+
+def test_the_page_survives_a_reload_mid_session_and_a_daemon_restart(tmp_path, videos, faces, backend_key, browser):
+    """A reload in the middle of a session catches up with it at once; when the daemon
+    goes away the page says so, and it comes back by itself with the next daemon."""
+    from broker import free_port
+
+    port = free_port()
+    term = Terminal(tmp_path / "a", videos["small"], backend_key, "active", port=port, realtime=True)
+    try:
+        browser.open(term.url)
+        browser.wait("document.body.dataset.screen === 'idle'", 30, "the idle screen")
+        term.verify(faces["ref"], ["turn_right", "turn_left"])
+        browser.wait("document.body.dataset.hint === 'move_closer'", 30, "move_closer")
+        browser.call("Page.reload")
+        browser.wait("window.facegate && window.facegate.log.length > 0", 10, "the reloaded page")
+        log = browser.wait("window.facegate.log.some(e => e.startsWith('session:')) && window.facegate.log", 5,
+                           "the session again")
+        assert "idle" not in log, log  # straight back into the running session
+        browser.wait("document.body.dataset.screen === 'result'", 120, "the result screen")
+    finally:
+        term.stop()
+    browser.wait("document.body.dataset.screen === 'offline'", 15, "the offline screen")
+    assert browser.eval("document.getElementById('headline').textContent") == "Connecting to the terminal…"
+    again = Terminal(tmp_path / "b", videos["live"], backend_key, "none", port=port)
+    try:
+        browser.wait("document.body.dataset.screen === 'idle'", 30, "idle with the new daemon")
+        browser.wait("document.getElementById('preview').naturalWidth > 0", 15, "the new daemon's preview")
+    finally:
+        again.stop()
