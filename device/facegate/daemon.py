@@ -5,8 +5,9 @@ ones (admission.Intake.receive); the command thread admits them and answers refu
 once, signed and bound to the command's ids (Intake.run); the delivery thread moves signed
 results from the outbox to the broker in seq order and drops them only on PUBACK; the
 camera thread keeps the newest frame; the main thread runs one session at a time
-(session.Session), publishes state and health (announce.Announcer), feeds systemd's
-watchdog while frames flow, and reacts to each decision (LEDs, relay) in one place.
+(session.Session), tells its events (state, guidance, answers) to the sinks (MQTT,
+status file, systemd, indicators, the kiosk screen: events.py), publishes health, and feeds
+systemd's watchdog while frames flow. The kiosk screen's server has its own threads.
 Signal handlers only set flags. With MQTT off the publisher is a NullPublisher.
 """
 from __future__ import annotations
