@@ -120,6 +120,26 @@ def test_the_preview_is_mirrored_mjpeg_scaled_to_the_configured_width(screen):
     assert b"Content-Type: image/jpeg" in body and b"\xff\xd8" in body
 
 
+def test_preview_streams_are_bounded(screen):
+    from facegate.screen.server import MAX_VIEWERS
+
+    screen.offer(Frame(np.zeros((480, 640, 3), np.uint8), 0.0, 1))
+    port = screen.server.server_address[1]
+    held = []
+    for _ in range(MAX_VIEWERS):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", "/preview.mjpg")
+        r = c.getresponse()
+        assert r.status == 200
+        held.append((c, r))  # a dropped response closes its stream
+    deadline = time.monotonic() + 5
+    while screen.preview.viewers < MAX_VIEWERS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert get(screen, "/preview.mjpg")[0] == 503
+    for c, _ in held:
+        c.close()
+
+
 def test_the_table_has_every_hint_and_result_in_every_language():
     keys = {hint_key(h) for h in Hint} | {"idle", "idle_sub", "deciding", "offline", "starting", "seconds", "title"}
     for d in Verdict:

@@ -5,7 +5,8 @@ another host (DNS rebinding). Routes:
 
 - `/`, `/static/{app.js,style.css,strings.json}`: the page, shipped as package resources;
 - `/view`: the view (view.ScreenView) as JSON, `/events`: the same as server-sent events;
-- `/preview.mjpg`: the live preview as MJPEG (preview.py), at most preview_fps.
+- `/preview.mjpg`: the live preview as MJPEG (preview.py), at most preview_fps, to at most
+  MAX_VIEWERS streams at once (the CPU it takes from the frame loop stays bounded).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Re
            "Content-Security-Policy": "default-src 'self'; img-src 'self'; connect-src 'self'; "
                                       "frame-ancestors 'none'"}
 HEARTBEAT_S = 10.0
+MAX_VIEWERS = 3  # preview streams at once: each encodes its own frames
 
 
 def is_loopback(host: str) -> bool:
@@ -127,6 +129,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _preview(self) -> None:
         srv, n, sent, jpg = self.server, 0, 0.0, b""
+        if srv.preview.viewers >= MAX_VIEWERS:
+            self._head(503, "text/plain", 0)
+            return
         self._head(200, "multipart/x-mixed-replace; boundary=frame")
         self.wfile.write(b"--frame\r\n")
         srv.preview.viewers += 1
