@@ -189,3 +189,30 @@ def test_the_page_survives_a_reload_mid_session_and_a_daemon_restart(tmp_path, v
         browser.wait("document.getElementById('preview').naturalWidth > 0", 15, "the new daemon's preview")
     finally:
         again.stop()
+
+
+def test_demo_screen_prints_the_url_and_waits_for_the_page(tmp_path, data_dir, browser):
+    """`facegate demo --screen`: the URL is told, the session starts once a page is open, and
+    the page follows it to the result."""
+    import re
+
+    from facegate import demo
+
+    video, ref = demo.replay_inputs(tmp_path, data_dir.parent)
+    lines: list[str] = []
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(res=demo.run_demo(
+        video, ref, tmp_path, "none", None, lines.append, screen="127.0.0.1:0")), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 60
+    while not any("kiosk screen: open" in line for line in lines):
+        assert time.monotonic() < deadline and t.is_alive(), lines
+        time.sleep(0.05)
+    url = re.search(r"open (http://127\.0\.0\.1:\d+/)", "\n".join(lines)).group(1)
+    time.sleep(1.0)
+    assert not any("waiting_face" in line for line in lines), lines  # no page yet: no session
+    browser.open(url)
+    browser.wait("document.body.dataset.screen === 'result'", 120, "the demo's result screen")
+    assert browser.eval("window.facegate.log").count("result:passed:result.passed_sub") == 1
+    t.join(60)
+    assert box["res"].payload["decision"] == "match"

@@ -57,6 +57,7 @@ from .vocab import LivenessMode, LivenessReason, State, Step, Verdict
 
 LIVENESS_MODES = tuple(LivenessMode)
 DEMO_DEVICE_ID = "demo-kiosk"
+SCREEN_WAIT_S = 60.0  # demo --screen: how long the session waits for a page to open
 SCREEN_LISTEN = ScreenConfig.model_fields["listen"].metadata[0].pattern.strip("^$")
 DEFAULT_TIMEOUT_S = 120.0  # from daemon start to verified result
 STOP_TIMEOUT_S = 20.0
@@ -463,8 +464,12 @@ def run_demo(video: Path, reference: Path, workdir: Path, liveness: str, challen
         t_ready = time.monotonic()
         drain()
         if d.screen is not None:
-            on_progress(f"kiosk screen: open {d.screen.url} in a browser on this machine" if d.screen.url else
+            on_progress(f"kiosk screen: open {d.screen.url} in a browser on this machine; the session starts "
+                        f"when the page is open (or in {SCREEN_WAIT_S:g} s)" if d.screen.url else
                         f"kiosk screen: could not listen on {cfg.screen.listen} (see the log)")
+            until = time.monotonic() + SCREEN_WAIT_S
+            while d.screen.url and not d.screen.watched and time.monotonic() < min(until, deadline):
+                time.sleep(0.1)
         start_seq = d.outbox.last_seq
         rid = uuid.uuid4().hex
         cmd = verify_command(ref_bytes, time.time(), COMMAND_LIFETIME_S, rid, challenge)

@@ -43,6 +43,11 @@ class KioskScreen:
         host, port = self.cfg.host_port[0], self.server.server_address[1]
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 
+    @property
+    def watched(self) -> bool:
+        """A page follows the view now."""
+        return self.server is not None and self.server.watching > 0
+
     def start(self) -> None:
         host, port = self.cfg.host_port
         try:

@@ -53,6 +53,7 @@ class ScreenServer(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self.encode_ms: list[float] = []  # per preview frame sent (the last 1000)
         self.refused = 0  # connections from other addresses
+        self.watching = 0  # pages following the view (/events) now
         super().__init__(address, _Handler)
 
     def verify_request(self, request, client_address) -> bool:
@@ -115,6 +116,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._head(200, "text/event-stream")
         self.wfile.write(b"retry: 1000\n\n")
         version, last = -1, time.monotonic()
+        self.server.watching += 1
+        try:
+            self._follow(version, last)
+        finally:
+            self.server.watching -= 1
+
+    def _follow(self, version: int, last: float) -> None:
         while not self.server.stopping.is_set():
             v, doc = self.server.view.wait(version, 1.0)
             if v != version:
