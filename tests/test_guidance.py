@@ -113,3 +113,20 @@ def test_updates_come_a_few_times_a_second_at_most_and_count_down():
     assert left == sorted(left, reverse=True) and left[0] == 10.0 and left[-1] < 1.0
     assert set(sent[0][1].as_dict()) == {"session", "state", "step", "hint", "step_progress", "progress",
                                          "seconds_left", "step_seconds_left"}
+
+
+def test_a_turn_step_shows_how_far_the_head_has_come():
+    """Challenge.step_progress: 3/4 at turn_min_deg towards the asked side, whole when back
+    (then the next step starts at 0); the other side does not count."""
+    from facegate.liveness.challenge import Challenge, Observation
+
+    ch = Challenge([Step.TURN_LEFT, Step.BLINK])
+    seen = []
+    for i, yaw in enumerate([0.0] * 5 + [-20.0, 10.0, 20.0, 26.0, 18.0, 5.0]):
+        ch.update(Observation(i / 10, True, yaw, 0.3))
+        seen.append((ch.step, round(ch.step_progress, 2)))
+    assert seen[4] == (Step.TURN_LEFT, 0.0)
+    assert seen[5] == (Step.TURN_LEFT, 0.0)  # turned right: not the asked side
+    assert seen[6][1] == pytest.approx(0.3) and seen[7][1] == pytest.approx(0.6)
+    assert seen[8][1] == 0.75 and 0.75 < seen[9][1] < 1.0  # turned far enough, coming back
+    assert seen[10] == (Step.BLINK, 0.0)  # back: the turn is done, the blink asked
