@@ -127,7 +127,7 @@ def test_cli_text_and_json(tmp_path, broker, faces, model_dir):
 def test_a_broken_broker_fails_its_own_line(tmp_path, broker, faces, model_dir, case):
     mqtt = broker.mqtt_toml(DEV)
     if case == "wrong_password":
-        mqtt = mqtt.replace(str(broker.dir / f"{DEV}.password"), str(tmp_path / "pw"))
+        mqtt = mqtt.replace(str(broker.dir / "users" / f"{DEV}.password"), str(tmp_path / "pw"))
         (tmp_path / "pw").write_text("not-the-password\n")
         want = "connection refused: Not authorized (check mqtt.username and mqtt.password_file)"
     elif case == "unreachable":
