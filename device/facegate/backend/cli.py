@@ -100,8 +100,8 @@ def cmd_pending(args) -> int:
     return EXIT_OK
 
 
-def _show_key(verb: str, row) -> None:
-    print(f"{verb} {row.dev}: kid {row.kid} public_key {row.pub.hex()} ({row.state})")
+def _show_key(verb: str, row, state: str | None = None) -> None:
+    print(f"{verb} {row.dev}: kid {row.kid} public_key {row.pub.hex()} ({state or row.state})")
 
 
 def _recheck(store, cfg, dev: str) -> None:
@@ -131,7 +131,7 @@ def cmd_revoke(args) -> int:
     store = _store(_config(args))
     try:
         for row in Registry(store).revoke(args.device, time.time(), args.kid):
-            _show_key("revoked", row)
+            _show_key("revoked", row, "was " + row.state + ", now revoked")
     finally:
         store.close()
     return EXIT_OK
@@ -159,7 +159,7 @@ def cmd_enrol(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .client import BackendClient, VerifyRejected, VerifyTimeout
+    from .client import BackendClient, ReferenceRefused, VerifyRejected, VerifyTimeout
 
     cfg = _config(args)
     try:
@@ -168,21 +168,26 @@ def cmd_verify(args) -> int:
         print(f"facegate: cannot read {args.reference}: {exc.strerror}", file=sys.stderr)
         return EXIT_BAD_INPUT
     steps = None if args.challenge is None else [s for s in args.challenge.split(",") if s]
+    detail = ""
     with BackendClient(cfg) as client:
         try:
             r = client.verify(args.device, reference, steps, args.timeout_s)
         except VerifyRejected as exc:
-            r = exc.result
+            r, detail = exc.result, exc.detail
         except VerifyTimeout as exc:
             if args.json:
                 print(json.dumps({"device": args.device, "error": "timeout", "request_id": exc.request_id,
                                   "refused": exc.refused}))
             print(f"facegate: {exc}", file=sys.stderr)
             return EXIT_NEGATIVE
+        except ReferenceRefused as exc:
+            print(f"facegate: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     if args.json:
-        print(json.dumps({**r.payload(), "kid": r.kid, "topic": r.topic, "message": r.message.hex()}))
+        print(json.dumps({**r.payload(), "kid": r.kid, "topic": r.topic, "message": r.message.hex(),
+                          **({"detail": detail} if detail else {})}))
     else:
-        print(f"{r.device}: {r.decision}" + (f" ({r.reason})" if r.reason else "")
+        print(f"{r.device}: {r.decision}" + (f" ({r.reason}{': ' + detail if detail else ''})" if r.reason else "")
               + f"  request {r.request_id}  seq {r.seq}  signature verified (kid {r.kid}, topic {r.topic})")
     return EXIT_OK if r.decision == Verdict.MATCH else EXIT_NEGATIVE
 
@@ -207,6 +212,25 @@ def cmd_serve(args) -> int:
     s = w.run(stop)
     logging.getLogger("facegate.backend").info("worker %s stopped: %s", cfg.serve.worker, s)
     return EXIT_OK
+
+
+def cmd_config_check(args) -> int:
+    """Every error with its key and line; then the files the config names, as resolved."""
+    from .config import load
+
+    cfg = load(args.file)
+    fixes = {"key_file": f" (make it: facegate keys init --path {cfg.key_file})",
+             "mqtt.password_file": " (the backend user's password, first line; broker-setup.sh add-user writes one)",
+             "mqtt.ca_file": " (the broker's CA certificate: ca.pem of broker-setup.sh init)"}
+    missing = [f"{name} = {value}: no such file{fixes[name]}" for name, value in
+               (("key_file", cfg.key_file), ("mqtt.password_file", cfg.mqtt.password_file),
+                ("mqtt.ca_file", cfg.mqtt.ca_file)) if value and not Path(value).is_file()]
+    store = cfg.store.dsn.split("@")[-1] if cfg.store.dsn else cfg.store.sqlite
+    print(f"{args.file}: ok (broker {cfg.mqtt.host}:{cfg.mqtt.port}{' TLS' if cfg.mqtt.tls else ''}, "
+          f"store {'postgresql ' if cfg.store.dsn else 'sqlite '}{store}, key {cfg.key_file})")
+    for m in missing:
+        print(f"{args.file}: {m}", file=sys.stderr)
+    return EXIT_BAD_INPUT if missing else EXIT_OK
 
 
 def _needs_extra(fn):
@@ -251,6 +275,12 @@ def add_parser(sub) -> None:
     e.add_argument("--device", help="the terminal's device_id")
     e.add_argument("--replace", action="store_true", help="retire the device's current key")
     e.set_defaults(func=_needs_extra(cmd_enrol))
+
+    c = bsub.add_parser("config", help="the backend's config: check")
+    csub = c.add_subparsers(dest="config_cmd", required=True)
+    cc = csub.add_parser("check", help="every error with its key and line; the files it names, resolved")
+    cc.add_argument("file")
+    cc.set_defaults(func=cmd_config_check, config=None)
 
     v = common(bsub.add_parser("verify", help="one verification on a terminal; its signed answer verified"))
     v.add_argument("--device", required=True)

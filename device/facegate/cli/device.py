@@ -63,8 +63,9 @@ def cmd_keys_show(args) -> int:
 
     path = _key_path(args)
     if not path.exists():
-        return _fail(f"no signing key at {path} yet (created on first start, or by 'facegate keys rotate')",
-                     EXIT_NEGATIVE)
+        cfg_arg = f" --config {args.config}" if getattr(args, "config", None) else ""
+        return _fail(f"no signing key at {path} yet: make it with 'facegate keys init{cfg_arg}' "
+                     "(the daemon also makes one at its first start)", EXIT_NEGATIVE)
     _print_key(load_key(path), path, args.json)
     return EXIT_OK
 
@@ -249,7 +250,12 @@ def cmd_selftest(args) -> int:
         for c in checks:
             word = "SKIP" if c.skipped else "PASS" if c.ok else "FAIL"
             print(f"{word}  {c.name:{width}s}  {c.detail}  ({c.ms:.0f} ms)")
-        print(f"selftest: {'PASS' if ok else 'FAIL'} ({len(checks) - failed} of {len(checks)} checks passed)")
+        skipped = [c.name for c in checks if c.skipped]
+        passed = len(checks) - failed - len(skipped)
+        failed_names = ", ".join(c.name for c in checks if not c.ok)
+        print(f"selftest: {'PASS' if ok else 'FAIL'} ({passed} passed"
+              + (f", {failed} failed: {failed_names}" if failed else "")
+              + (f", {len(skipped)} skipped: {', '.join(skipped)}" if skipped else "") + ")")
     return EXIT_OK if ok else EXIT_NEGATIVE
 
 
@@ -259,6 +265,10 @@ def cmd_config_check(args) -> int:
         cfg = config_mod.load(args.file)
     except FacegateError as exc:
         print(str(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    problems = config_mod.unusable(cfg, Path(args.file).read_text(), args.file)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"{args.file}: ok (device_id={cfg.device_id})")
     return EXIT_OK
