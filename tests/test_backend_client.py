@@ -155,7 +155,7 @@ def test_the_client_refuses_forged_mismatched_and_replayed_answers(broker, setup
     try:
         with pytest.raises(VerifyTimeout) as err:
             client.verify(term.dev, b"portrait", timeout_s=8)
-        assert err.value.refused == ["unknown_key", "bad_signature", "wrong_nonce", "wrong_request_id", "stale",
+        assert err.value.refused == [f"unknown_key {impostor.key.kid.hex()}", "bad_signature", "wrong_nonce", "wrong_request_id", "stale",
                                      "wrong_device"]
 
         def honest_after_lies(cmd, reply):

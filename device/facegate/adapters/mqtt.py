@@ -97,14 +97,14 @@ class PahoPublisher:
     def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self.last_error = f"connection refused: {reason_code}"
-            hint = ""
+            why = ""
             if reason_code.value in (134, 135):  # bad user name or password / not authorized
-                hint = (f" (check mqtt.username '{self.cfg.username}' and mqtt.password_file: the broker's password"
-                        " file must hold this user with that password; the file is read again at every attempt)")
-            self.last_error += hint
+                self.last_error += " (check mqtt.username and mqtt.password_file)"
+                why = (f" (check mqtt.username '{self.cfg.username}' and mqtt.password_file: the broker's password"
+                       " file must hold this user with that password; the file is read again at every attempt)")
             if not self._refused_logged:
                 log.warning("broker %s:%d refused the connection: %s%s", self.cfg.host, self.cfg.port, reason_code,
-                            hint)
+                            why)
                 self._refused_logged = True
             return
         self._refused_logged = self._unreachable_logged = False

@@ -83,6 +83,7 @@ class BrokerClient:
         c.on_publish = self._handle_publish
         self._puback: dict[int, object] = {}  # mid -> the failure reason code the broker answered with
         self._refused_connect = False
+        self.taken_over: str | None = None  # set when another client took this session over (same client id)
         c.on_socket_open = self._handle_socket_open
         self._client = c
 
@@ -126,6 +127,11 @@ class BrokerClient:
         with self._lock:
             self.generation += 1  # nothing received before may be acknowledged now
         self._connected.clear()
+        if reason_code.value == 142:  # Session taken over: another client connected with our client id
+            self.taken_over = (f"another client connected with client id {self.client_id} and took this session "
+                               "over: two serve workers with one --worker name (or two backends with one "
+                               "mqtt.client_id) push each other off the broker; give each its own name")
+            log.error("%s", self.taken_over)
         if reason_code.is_failure and not self._refused_connect:
             self.last_error = f"disconnected: {reason_code}"
             log.warning("disconnected from the broker %s:%d: %s", self.cfg.host, self.cfg.port, reason_code)

@@ -99,6 +99,8 @@ class Worker:
                 ready.set()
             next_log = time.monotonic() + STATS_EVERY_S
             while not stop.is_set():
+                if self.broker.taken_over:  # a second worker under this name: refuse to flap forever
+                    raise BrokerError(self.broker.taken_over)
                 if time.monotonic() >= next_log:
                     log.info("worker %s: %s", self.name, self.stats)
                     next_log += STATS_EVERY_S

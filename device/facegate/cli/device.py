@@ -128,6 +128,23 @@ def _selftest_line(chosen: dict) -> str:
     return ", ".join(parts) or "-"
 
 
+def _when(ts) -> str:
+    """A wall-clock time as people read it, and how long ago."""
+    if not isinstance(ts, (int, float)):
+        return "-"
+    ago = max(0.0, time.time() - ts)
+    age = f"{ago:.0f} s" if ago < 120 else f"{ago / 60:.0f} min" if ago < 7200 else f"{ago / 3600:.0f} h"
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts)) + f" ({age} ago)"
+
+
+def _refused_text(doc, h) -> str:
+    n = h.get("publish_refused") or 0
+    if not n:
+        return ""
+    return (f"; {n} publish(es) REFUSED by the broker: its ACL lets a terminal write only under its own "
+            f"user name, so mqtt.username must be the device_id '{doc.get('device_id')}'")
+
+
 def cmd_status(args) -> int:
     doc = _status_doc(args)
     running = _daemon_pid(args, doc) is not None
@@ -149,8 +166,8 @@ def cmd_status(args) -> int:
         ("daemon", f"{'running' if running else 'NOT running'} (pid {doc.get('pid')}, version {doc.get('version')})"),
         ("device", f"{doc.get('device_id')}  kid {doc.get('kid')}"),
         ("state", f"{st.get('state')}" + (f" step={st.get('step')}" if st.get("step") else "")),
-        ("broker", "connected" if doc.get("broker", {}).get("connected") else
-         f"not connected {doc.get('broker', {}).get('error', '')}".strip()),
+        ("broker", ("connected" if doc.get("broker", {}).get("connected") else
+                    f"not connected {doc.get('broker', {}).get('error', '')}".strip()) + _refused_text(doc, h)),
         ("camera", ("ok" if doc.get("camera", {}).get("ok") else "NOT ok")
          + f", {h.get('fps', 0)} fps, failures {doc.get('camera', {}).get('failures', 0)}"),
         ("models", ", ".join(f"{k}={v[:12]}" for k, v in (doc.get("models") or {}).items())),
@@ -161,8 +178,9 @@ def cmd_status(args) -> int:
                    "not yet valid)"}.get(synced, "synchronisation unknown") if synced is not None else "synchronisation unknown"),
         ("sessions", f"{h.get('sessions')} run, {h.get('rejected')} rejected, " + _ignored_text(h.get("ignored") or {})),
         ("latency", " ".join(f"{k}={v}ms" for k, v in (h.get("latency_ms") or {}).items()) or "-"),
-        ("last", f"{last.get('decision')} ({last.get('reason')}) at {last.get('ts')}" if last else "-"),
-        ("updated", f"{doc.get('ts')}"),
+        ("last", f"{last.get('decision')}" + (f" ({last.get('reason')})" if last.get("reason") else "")
+         + f" at {_when(last.get('ts'))}" if last else "none yet"),
+        ("updated", _when(doc.get("ts"))),
     ]
     for k, v in lines:
         print(f"{k:9s} {v}")
