@@ -173,37 +173,37 @@ def test_a_terminal_is_back_within_seconds_of_its_broker(tmp_path):
 
 
 # -- serve ------------------------------------------------------------------------------------
-def test_a_second_serve_worker_under_one_name_is_refused_not_left_flapping(tmp_path):
+def test_a_second_serve_worker_under_one_name_is_refused_not_left_flapping(tmp_path, caplog):
     """Two workers named alike kicked each other off every ~2 s forever ('Unspecified
-    error'); the one pushed off now stops with the cause."""
+    error'). On one machine the second is refused, naming the first one's pid; across
+    machines the broker's drops are recognised and the cause logged."""
     from facegate.backend.config import StoreConfig
-    from facegate.backend.mqtt import BrokerError
-    from facegate.backend.worker import Worker
-    from test_backend import backend_config
+    from facegate.backend.mqtt import BrokerClient
+    from test_backend import backend_config, write_toml
 
     (tmp_path / "b").mkdir()
     b = Mosquitto(tmp_path / "b").start()
     cfg = backend_config(b, StoreConfig(sqlite=str(tmp_path / "w.db")), tmp_path)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def serve(ready):
-        try:
-            Worker(cfg).run(stop, ready)
-        except BrokerError as exc:
-            errors.append(exc)
-
-    first_ready, second_ready = threading.Event(), threading.Event()
-    first = threading.Thread(target=serve, args=(first_ready,))
-    first.start()
+    toml = write_toml(cfg, tmp_path / "backend.toml")
+    serve = [sys.executable, "-m", "facegate.cli", "backend", "serve", "--config", str(toml)]
+    first = subprocess.Popen(serve, stderr=subprocess.PIPE, text=True)
     try:
-        assert first_ready.wait(timeout_s(20))
-        second = threading.Thread(target=serve, args=(second_ready,))
-        second.start()
-        first.join(timeout_s(20))
-        assert not first.is_alive() and len(errors) == 1, errors
-        assert "took this session over" in str(errors[0]) and "give each its own name" in str(errors[0])
+        time.sleep(2)
+        second = subprocess.run(serve, capture_output=True, text=True, timeout=timeout_s(60))
+        assert second.returncode == 2, second.stderr
+        assert (f"worker 1 (client id {cfg.mqtt.client_id}-w1) already runs here (pid {first.pid}): give this one "
+                "another --worker name") in second.stderr
+        assert first.poll() is None
+        # the same client id from "another machine" (past the local lock)
+        clients = [BrokerClient(cfg.mqtt, f"{cfg.mqtt.client_id}-w1", on_message=lambda m: None).start(wait=False)
+                   for _ in range(2)]
+        try:
+            wait_until(lambda: "is another client using client id" in caplog.text, timeout_s(60),
+                       "the repeated take-overs to be recognised")
+        finally:
+            for c in clients:
+                c.close()
     finally:
-        stop.set()
-        first.join(10)
+        first.terminate()
+        first.wait(20)
         b.stop()

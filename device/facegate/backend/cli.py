@@ -13,6 +13,7 @@ Exit codes: 0 success / match, 1 a negative decision, a rejection or a timeout, 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -209,16 +210,54 @@ def cmd_serve(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     w = Worker(cfg)
-    s = w.run(stop)
+    try:
+        lock = _lock_worker(cfg, w.client_id)
+    except OSError as exc:
+        print(f"facegate: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        s = w.run(stop)
+    finally:
+        os.close(lock)
     logging.getLogger("facegate.backend").info("worker %s stopped: %s", cfg.serve.worker, s)
     return EXIT_OK
 
 
+def _lock_worker(cfg, client_id: str) -> int:
+    """One worker per client id on this machine: a second under the same --worker name
+    took the first one's session over and both flapped every ~2 s ('Unspecified error')
+    forever. An flock in the temp dir, keyed on broker and client id, held while it runs;
+    raises OSError naming the pid that holds it."""
+    import fcntl
+    import hashlib
+    import tempfile
+
+    key = hashlib.sha256(f"{cfg.mqtt.host}:{cfg.mqtt.port}/{client_id}".encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"facegate-serve-{key}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise OSError(f"worker {cfg.serve.worker} (client id {client_id}) already runs here (pid {holder}): give "
+                      "this one another --worker name (two workers under one name push each other off the "
+                      "broker)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def cmd_config_check(args) -> int:
     """Every error with its key and line; then the files the config names, as resolved."""
+    from ..errors import ConfigError
     from .config import load
 
-    cfg = load(args.file)
+    try:
+        cfg = load(args.file)
+    except ConfigError as exc:  # every error on its own line, in the file's order
+        print(str(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
     fixes = {"key_file": f" (make it: facegate keys init --path {cfg.key_file})",
              "mqtt.password_file": " (the backend user's password, first line; broker-setup.sh add-user writes one)",
              "mqtt.ca_file": " (the broker's CA certificate: ca.pem of broker-setup.sh init)"}

@@ -20,6 +20,7 @@ from ..errors import FacegateError
 from .config import BrokerConfig
 
 log = logging.getLogger(__name__)
+SHORT_LIVED_S = 5.0  # a connection the broker drops sooner, again and again: another client with our id
 
 
 class BrokerError(FacegateError):
@@ -84,6 +85,8 @@ class BrokerClient:
         self._puback: dict[int, object] = {}  # mid -> the failure reason code the broker answered with
         self._refused_connect = False
         self.taken_over: str | None = None  # set when another client took this session over (same client id)
+        self._connected_at = 0.0
+        self._short_lived = 0  # connections in a row the broker dropped within SHORT_LIVED_S
         c.on_socket_open = self._handle_socket_open
         self._client = c
 
@@ -116,6 +119,7 @@ class BrokerClient:
             self._refused_connect = True  # paho's disconnect that follows says only "Protocol error"
             return
         self._refused_connect = False
+        self._connected_at = time.monotonic()
         with self._lock:
             self.generation += 1
         for topic, qos in self.subscriptions:
@@ -132,6 +136,13 @@ class BrokerClient:
                                "over: two serve workers with one --worker name (or two backends with one "
                                "mqtt.client_id) push each other off the broker; give each its own name")
             log.error("%s", self.taken_over)
+        if reason_code.is_failure and not self._refused_connect and self._connected_at:
+            lived = time.monotonic() - self._connected_at
+            self._short_lived = self._short_lived + 1 if lived < SHORT_LIVED_S else 0
+            if self._short_lived == 3:  # once per run of them
+                log.error("the broker dropped this connection 3 times within seconds of making it: is another "
+                          "client using client id %s? (two serve workers with one --worker name, or two backends "
+                          "with one mqtt.client_id, push each other off)", self.client_id)
         if reason_code.is_failure and not self._refused_connect:
             self.last_error = f"disconnected: {reason_code}"
             log.warning("disconnected from the broker %s:%d: %s", self.cfg.host, self.cfg.port, reason_code)

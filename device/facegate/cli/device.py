@@ -65,7 +65,8 @@ def cmd_keys_show(args) -> int:
     if not path.exists():
         cfg_arg = f" --config {args.config}" if getattr(args, "config", None) else ""
         return _fail(f"no signing key at {path} yet: make it with 'facegate keys init{cfg_arg}' "
-                     "(the daemon also makes one at its first start)", EXIT_NEGATIVE)
+                     "(the daemon also makes one at its first start; an install.sh terminal keeps it in "
+                     "/etc/facegate/signing.key: --path /etc/facegate/signing.key)", EXIT_NEGATIVE)
     _print_key(load_key(path), path, args.json)
     return EXIT_OK
 
