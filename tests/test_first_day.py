@@ -82,6 +82,27 @@ def test_keys_show_before_the_first_start_names_keys_init(tmp_path):
     assert shown.returncode == 0 and "public_key" in shown.stdout
 
 
+def test_a_terminal_key_is_enrolled_only_under_its_own_device(tmp_path):
+    """kiosk-7's key enrolled as kiosk-8 was accepted silently."""
+    cfg = tmp_path / "facegate.toml"
+    cfg.write_text(f'device_id = "kiosk-7"\n[daemon]\nstate_dir = "{tmp_path / "state"}"\n')
+    cli("keys", "init", "--config", cfg)
+    shown = cli("keys", "show", "--config", cfg).stdout
+    assert "device      kiosk-7" in shown
+    (tmp_path / "kiosk-7.key").write_text(shown)
+    toml = tmp_path / "backend.toml"
+    toml.write_text("")
+    wrong = cli("backend", "devices", "enrol", tmp_path / "kiosk-7.key", "--device", "kiosk-8", "--config", toml)
+    assert wrong.returncode == 2 and "is the key of kiosk-7 (its 'device' line), not of kiosk-8" in wrong.stderr
+    assert cli("backend", "devices", "enrol", tmp_path / "kiosk-7.key", "--config", toml).returncode == 0
+    bare = tmp_path / "bare.key"  # the hex key alone: no device line to compare
+    bare.write_text(shown.split("public_key")[1].split()[0])
+    again = cli("backend", "devices", "enrol", bare, "--device", "kiosk-8", "--config", toml)
+    assert again.returncode == 2 and "is kiosk-7's (active): a terminal's key belongs to one device" in again.stderr
+    revoke = cli("backend", "devices", "revoke", "kiosk-7", "--config", toml)
+    assert "(was active, now revoked)" in revoke.stdout, revoke.stdout
+
+
 def test_status_says_times_in_words_and_shows_refused_publishes(tmp_path):
     cfg = tmp_path / "facegate.toml"
     state = tmp_path / "state"

@@ -71,6 +71,8 @@ def cmd_devices(args) -> int:
         key = r["key"] + (" +pending" if r["pending"] else "")
         depth = "-" if r["outbox_depth"] is None else str(r["outbox_depth"])
         last = "-" if r["last_decision"] is None else f"{r['last_decision']} (seq {r['last_seq']})"
+        if r["key"] == "revoked":  # what it decided before is history: its results now go to quarantine
+            last = f"revoked; before: {last}"
         print(f"{r['device']:20s} {key:16s} {r['status']:8s} {_age(r['last_seen'], now):10s} {depth:>6s}  {last}")
     return EXIT_OK
 
@@ -145,8 +147,11 @@ def cmd_enrol(args) -> int:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
     except OSError as exc:
         raise RegistryError(f"cannot read {args.file}: {exc.strerror}") from None
-    pub, dev = parse_key_show(text)
-    dev = args.device or dev
+    pub, shown = parse_key_show(text)
+    if args.device and shown and args.device != shown:
+        raise RegistryError(f"{args.file} is the key of {shown} (its 'device' line), not of {args.device}: "
+                            f"enrolled as {args.device} it would let {shown} speak for {args.device}; check --device")
+    dev = args.device or shown
     if not dev:
         raise RegistryError("which device? give --device DEV ('facegate keys show' does not print it)")
     cfg = _config(args)

@@ -49,8 +49,12 @@ def _key_path(args):
     return key_path(config_mod.load(args.config))
 
 
-def _print_key(key, path, as_json: bool) -> None:
+def _print_key(key, path, as_json: bool, device: str | None = None) -> None:
+    """device: the config's device_id, so that `backend devices enrol` can tell a key
+    enrolled under another device's name (kiosk-7's key as kiosk-8)."""
     info = {"path": str(path), "kid": key.kid.hex(), "public_key": key.public.hex(), "algorithm": "EdDSA (Ed25519)"}
+    if device:
+        info["device"] = device
     if as_json:
         print(json.dumps(info))
     else:
@@ -67,8 +71,15 @@ def cmd_keys_show(args) -> int:
         return _fail(f"no signing key at {path} yet: make it with 'facegate keys init{cfg_arg}' "
                      "(the daemon also makes one at its first start; an install.sh terminal keeps it in "
                      "/etc/facegate/signing.key: --path /etc/facegate/signing.key)", EXIT_NEGATIVE)
-    _print_key(load_key(path), path, args.json)
+    _print_key(load_key(path), path, args.json, _device_of(args))
     return EXIT_OK
+
+
+def _device_of(args) -> str | None:
+    """The config's device_id when the key was found through --config (not --path)."""
+    if getattr(args, "path", None) or not getattr(args, "config", None):
+        return None
+    return config_mod.load(args.config).device_id
 
 
 def cmd_keys_init(args) -> int:
