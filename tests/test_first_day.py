@@ -228,3 +228,34 @@ def test_a_second_serve_worker_under_one_name_is_refused_not_left_flapping(tmp_p
         first.terminate()
         first.wait(20)
         b.stop()
+
+
+def test_a_revoked_terminals_result_is_quarantined_with_a_log_line(tmp_path, caplog):
+    """It went to quarantine without a word in the worker's log."""
+    from facegate.backend.config import StoreConfig
+    from facegate.backend.registry import Registry
+    from facegate.backend.store import Store
+    from terminals import Link, Terminal
+    from test_backend import WorkerThread, backend_config
+
+    (tmp_path / "b").mkdir()
+    b = Mosquitto(tmp_path / "b").start()
+    cfg = backend_config(b, StoreConfig(sqlite=str(tmp_path / "w.db")), tmp_path)
+    term = Terminal("kiosk-gone")
+    store = Store.open(cfg.store)
+    Registry(store).enrol(term.dev, term.key.public, time.time())
+    Registry(store).revoke(term.dev, time.time())
+    w = WorkerThread(cfg)
+    link = Link(b, term.dev)
+    try:
+        for _ in range(3):
+            link.publish(term.topics.result, term.result()[1])
+        wait_until(lambda: store.query("SELECT count(*) FROM quarantine")[0][0] == 3, timeout_s(30), "3 quarantined")
+        said = [r.getMessage() for r in caplog.records if "quarantined" in r.getMessage()]
+        assert said == [f"a result on {term.topics.result} quarantined: revoked_key (kiosk-gone's key is revoked: "
+                        "'facegate backend devices' shows it)"], said  # once, not once per result
+    finally:
+        link.close()
+        w.close()
+        store.close()
+        b.stop()
