@@ -259,3 +259,35 @@ def test_a_revoked_terminals_result_is_quarantined_with_a_log_line(tmp_path, cap
         w.close()
         store.close()
         b.stop()
+
+
+def test_status_follows_the_daemon_at_once_and_a_second_daemon_is_refused(tmp_path, faces, backend_key, model_dir):
+    """`status` showed 'broker not connected, camera NOT ok' for up to health_interval_s
+    after a healthy start (here 300 s); it is written again whenever those change. A second
+    `facegate run` on the same config is refused, naming the first one's pid."""
+    from daemon_helpers import DaemonProc
+
+    (tmp_path / "b").mkdir()
+    b = Mosquitto(tmp_path / "b").start()
+    (tmp_path / "d").mkdir()
+    d = DaemonProc(tmp_path / "d", b, faces, backend_key)
+    d.cfg.write_text(d.cfg.read_text().replace("health_interval_s = 1\n", "health_interval_s = 300\n"))
+    d.start()
+    try:
+        def healthy():
+            try:
+                st = d.status()
+            except (OSError, ValueError):
+                return False
+            return st["broker"]["connected"] and st["camera"].get("ok")
+        wait_until(healthy, timeout_s(60), "status to show broker connected and camera ok")
+        second = subprocess.run([sys.executable, "-m", "facegate.cli", "run", "--config", str(d.cfg)],
+                                capture_output=True, text=True, timeout=timeout_s(120))
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"another facegate daemon (pid {d.proc.pid}) is running on state dir {d.state}" in second.stderr
+        assert d.proc.poll() is None and d.status()["pid"] == d.proc.pid  # the first one untouched
+        st = cli("status", "--config", d.cfg)
+        assert st.returncode == 0 and "running (pid" in st.stdout and "broker    connected" in st.stdout
+    finally:
+        d.stop()
+        b.stop()
