@@ -143,7 +143,11 @@ class BackendClient:
     def _on_message(self, msg: Message) -> None:
         with self._lock:
             if msg.topic != self.reply_topic and msg.topic.endswith("/status"):
-                self._status[msg.topic.split("/")[-2]] = msg.payload.decode(errors="replace")[:32]
+                dev = msg.topic.split("/")[-2]
+                if msg.payload:
+                    self._status[dev] = msg.payload.decode(errors="replace")[:32]
+                else:  # the retained status was cleared
+                    self._status.pop(dev, None)
                 return
             if msg.topic == self.reply_topic:
                 w = self._waits.get(msg.correlation or b"")
