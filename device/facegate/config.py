@@ -241,6 +241,18 @@ def unusable(cfg: Config, text: str, source: str) -> list[str]:
     return out
 
 
+def advice(cfg: Config) -> list[str]:
+    """What runs but will surprise on the first day (`config check` prints it as notes)."""
+    m, out = cfg.mqtt, []
+    if m.enabled and m.username and m.username != cfg.device_id:
+        out.append(f"mqtt.username '{m.username}' is not device_id '{cfg.device_id}': with the broker's per-device ACL "
+                   "(scripts/broker-setup.sh) every publish of this terminal is refused")
+    if m.enabled and not m.trusted_keys:
+        out.append("mqtt.trusted_keys is empty: no verify command will be accepted (add the backend's public key, "
+                   "'facegate keys show --path backend.pem' on the backend)")
+    return out
+
+
 def load(path: str | Path | None, model: type[BaseModel] = Config):
     """The config at `path` as `model`, or all defaults when path is None."""
     if path is None:

@@ -301,6 +301,8 @@ def cmd_config_check(args) -> int:
         print("\n".join(problems), file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"{args.file}: ok (device_id={cfg.device_id})")
+    for note in config_mod.advice(cfg):
+        print(f"{args.file}: note: {note}", file=sys.stderr)
     return EXIT_OK
 
 
