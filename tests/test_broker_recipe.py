@@ -13,7 +13,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from broker import MOSQUITTO, Backend, Mosquitto, free_port, password, recipe
+from broker import MOSQUITTO, RECIPE, Backend, Mosquitto, free_port, password, recipe
 
 
 @pytest.fixture
@@ -93,3 +93,13 @@ def test_init_refuses_an_existing_broker_and_add_user_keeps_a_given_password(tmp
     assert (tmp_path / "users" / "kiosk-9.password").read_text() == "chosen\n"
     with pytest.raises(RuntimeError, match="use letters, digits"):
         recipe("add-user", tmp_path, "kiosk/7")
+
+
+def test_the_recipe_is_shellcheck_clean():
+    exe = shutil.which("shellcheck")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("shellcheck is not installed")
+        pytest.skip("shellcheck is not installed")
+    r = subprocess.run([exe, "--shell=bash", str(RECIPE)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
