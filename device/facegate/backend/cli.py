@@ -183,7 +183,7 @@ def cmd_verify(args) -> int:
         except VerifyTimeout as exc:
             if args.json:
                 print(json.dumps({"device": args.device, "error": "timeout", "request_id": exc.request_id,
-                                  "refused": exc.refused}))
+                                  "refused": exc.refused, "hint": exc.hint}))
             print(f"facegate: {exc}", file=sys.stderr)
             return EXIT_NEGATIVE
         except ReferenceRefused as exc:
