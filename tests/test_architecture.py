@@ -18,6 +18,9 @@ FORBIDDEN = {
     # known-answer self-tests: run the vision / liveness model classes on shipped inputs;
     # the pipeline, the daemon and the selftest load their models through it
     "kat": {"pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission", "kiosk", "announce", "results"},
+    # the match policy: the calibration table shipped with the models, read for the config's target
+    "policy": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest",
+               "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
     "pipeline": {"adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission", "kiosk", "announce", "results"},
     "session": {"adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission", "kiosk", "announce", "results"},
     "adapters": {"pipeline", "session", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission", "kiosk", "announce", "results"},

@@ -61,7 +61,7 @@ def lines_by_name(stdout: str) -> dict[str, str]:
 
 
 EXPECTED = ["signing key", "state dir", "models", "model detect_short", "model detect_full", "model mesh",
-            "model embed", "model pad_v2", "model pad_v1se", "model iris", "camera", "broker", "gpio"]
+            "model embed", "model pad_v2", "model pad_v1se", "model iris", "match policy", "camera", "broker", "gpio"]
 
 
 # -- selftest ----------------------------------------------------------------------------
@@ -88,6 +88,7 @@ def test_all_checks_pass_and_gpio_is_exercised(tmp_path, broker, faces, model_di
     by = {c.name: c for c in checks}
     assert "kid " in by["signing key"].detail
     assert "960x540" in by["camera"].detail
+    assert "for a false-match rate <= 1e-04" in by["match policy"].detail  # the threshold in force and why
     assert by["broker"].detail == (f"connected to 127.0.0.1:{broker.port} with TLS as {DEV}; "
                                    f"may publish on facegate/v1/{DEV}/event")
     assert "one run" in by["model embed"].detail and by["model embed"].ms > 0

@@ -29,12 +29,11 @@ class ModelsConfig(_Section):
 
 
 class VerifyConfig(_Section):
-    # Chosen by scripts/eval_lfw.py on ../shared/data/lfw (3,000 pairs, folds 1-5):
-    # the threshold for a false match rate <= 1e-3 over the 1,500 impostor pairs was
-    # 0.343 with the fp32 embedding and 0.328 with int8; 0.35 keeps FAR <= 1e-3 for
-    # both (fp32: 0 of 1,500 impostors, TAR 98.1 %; int8: 1 of 1,500, TAR 98.7 %).
-    # Re-run the script after changing models or alignment. See README.
-    match_threshold: float = Field(0.35, ge=-1, le=1, description="Cosine similarity at or above which two faces match")
+    # The threshold comes from the calibration table shipped with the models
+    # (models/calibration.toml, scripts/calibrate.py: every cross-identity pair of LFW
+    # folds 1-5 with ID-chip-like references), per embedding model file; facegate.policy.
+    target_fmr: float = Field(1e-4, gt=0, le=1e-3, description="False-match rate the match threshold is chosen for, from the calibration table of the embedding model loaded (1e-3 down to the lowest rate the table supports)")
+    match_threshold: float | None = Field(None, ge=-1, le=1, description="Cosine similarity at or above which two faces match; set only to override the calibrated policy (status, selftest and every result then say so)")
     min_eye_distance_px: float = Field(16.0, ge=0, description="Smallest inter-ocular distance, in frame pixels")
     min_sharpness: float = Field(8.0, ge=0, description="Smallest Laplacian variance of the aligned crop")
     min_brightness: float = Field(35.0, ge=0, le=255, description="Darkest mean grey level of the face (0-255)")

@@ -63,7 +63,8 @@ class Daemon:
         self.outbox = Outbox(self.state_dir / "outbox.sqlite", cfg.daemon.outbox_max_age_s, cfg.daemon.outbox_max_rows,
                              clock=clock.time, keep_acked_s=cfg.mqtt.redeliver_s)
         self.delivery = Delivery(self.outbox, publisher, cfg.mqtt.max_inflight)
-        self.results = Results(cfg, self.topics, lambda: self.key, self.boot, models, self.delivery, clock.time)
+        self.results = Results(cfg, self.topics, lambda: self.key, self.boot, models, self.delivery, clock.time,
+                               verifier.policy)
         self.announce = Announcer(publisher, cfg, self.topics, lambda: self.key, self.boot, models, clock.time)
         self.health, self.stop_flag, self.reload_flag = Health(), threading.Event(), threading.Event()
         self.feed = FrameFeed(camera, max_fps=cfg.camera.idle_fps)  # camera: reopens itself (ReopeningCamera)
@@ -121,6 +122,7 @@ class Daemon:
             broker=BrokerDoc(enabled=getattr(p, "enabled", True), connected=bool(p.connected),
                              error=getattr(p, "last_error", "")),
             camera=self.feed.health(), models=self.models, model_selftest=self.model_selftest,
+            match_policy=self.kiosk.verifier.policy.as_dict(),
             kid=self.key.kid.hex(), last_seq=self.outbox.last_seq, key=KeyDoc(path=str(path), source=source)))
 
     def request_stop(self, *_) -> None:  # SIGTERM, SIGINT

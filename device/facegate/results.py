@@ -8,14 +8,19 @@ from collections.abc import Callable
 from .config import Config
 from .delivery import Delivery
 from .messages import Topics, policy_hash, result_payload
+from .policy import MatchPolicy
 from .signing import SigningKey, sign
 
 
-def decision_policy(cfg: Config) -> str:
-    """Hash of every setting that changes a decision (published in each result)."""
-    return policy_hash({"verify": cfg.verify.model_dump(), "liveness": cfg.liveness.model_dump(),
-                        "mode": cfg.daemon.liveness, "session_timeout_s": cfg.daemon.session_timeout_s,
-                        "precision": cfg.models.precision})
+def decision_policy(cfg: Config, match: MatchPolicy) -> str:
+    """What each result says of the policy that decided it: the match policy by name (its
+    false-match-rate target, calibration table and embedding variant, or the operator's own
+    threshold) and the hash of every setting that changes a decision, e.g.
+    `fmr=1e-04 table=lfw5-1 int8 h=0123456789abcdef`."""
+    return match.tag() + " h=" + policy_hash({
+        "verify": cfg.verify.model_dump(), "liveness": cfg.liveness.model_dump(), "mode": cfg.daemon.liveness,
+        "session_timeout_s": cfg.daemon.session_timeout_s, "precision": cfg.models.precision,
+        "threshold": match.threshold})
 
 
 class Results:
@@ -23,9 +28,9 @@ class Results:
     sha256 of the files loaded; clock: wall time, seconds."""
 
     def __init__(self, cfg: Config, topics: Topics, key: Callable[[], SigningKey], boot: str,
-                 models: dict[str, str], delivery: Delivery, clock: Callable[[], float]):
+                 models: dict[str, str], delivery: Delivery, clock: Callable[[], float], match: MatchPolicy):
         self.dev, self.topics, self.key, self.boot, self.models = cfg.device_id, topics, key, boot, models
-        self.policy = decision_policy(cfg)
+        self.policy = decision_policy(cfg, match)
         self.delivery, self.clock = delivery, clock
 
     def emit(self, decision: str, reason: str | None, *, session: str | None = None,

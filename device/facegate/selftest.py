@@ -139,6 +139,16 @@ def check_models(cfg: Config, make_runner: Callable | None = None) -> list[Check
             c = store.chosen[task]
             return f"{c.why}; self-test {c.kat_ms:.0f} ms, one run {run_ms:.1f} ms"
         checks.append(_timed(f"model {task}", one))
+
+    def policy():
+        from .policy import resolve
+        from .vision.embed import Embedder
+
+        chosen = store.chosen.get("embed")
+        if chosen is None:
+            return False, "no embedding model passed its self-test: no match policy"
+        return resolve(cfg.verify, chosen.entry.sha256, Embedder.METHOD).describe()
+    checks.append(_timed("match policy", policy))
     return checks
 
 

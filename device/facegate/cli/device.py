@@ -184,6 +184,7 @@ def cmd_status(args) -> int:
          + f", {h.get('fps', 0)} fps, failures {doc.get('camera', {}).get('failures', 0)}"),
         ("models", ", ".join(f"{k}={v[:12]}" for k, v in (doc.get("models") or {}).items())),
         ("selftest", _selftest_line(doc.get("model_selftest") or {})),
+        ("policy", (doc.get("match_policy") or {}).get("why", "-")),
         ("outbox", f"{h.get('outbox_depth')} waiting, {h.get('outbox_expired')} expired, last seq {doc.get('last_seq')}"),
         ("storage", "ok" if h.get("storage_ok") else "LOW: new sessions refused"),
         ("clock", {True: "synchronised", False: "NOT synchronised (commands may be refused as expired or "
@@ -301,8 +302,11 @@ def cmd_config_check(args) -> int:
         print("\n".join(problems), file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"{args.file}: ok (device_id={cfg.device_id})")
+    if cfg.verify.match_threshold is not None:
+        print(f"note: verify.match_threshold = {cfg.verify.match_threshold} overrides the calibrated match policy "
+              f"(verify.target_fmr = {cfg.verify.target_fmr:.0e} is not used; the false-match rate is then yours to state)")
     for note in config_mod.advice(cfg):
-        print(f"{args.file}: note: {note}", file=sys.stderr)
+        print(f"note: {note}")
     return EXIT_OK
 
 
