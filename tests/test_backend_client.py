@@ -88,6 +88,8 @@ def test_enrol_then_verify_a_real_daemon_by_cli_and_python(broker, setup, tmp_pa
             with pytest.raises(VerifyRejected) as rej:
                 client.verify(DEV, b"this is not an image", timeout_s=30)
             assert rej.value.reason == "bad_reference" and rej.value.result.seq > r.seq
+            assert rej.value.result.detail == "reference is not a JPEG, PNG, BMP or WebP image"  # signed by it
+            assert str(rej.value).endswith("bad_reference (reference is not a JPEG, PNG, BMP or WebP image)")
         # revoked: refused before anything is sent
         Registry(BackendClient(cfg).store).revoke(DEV, time.time())
         with BackendClient(cfg) as client, pytest.raises(DeviceNotTrusted):

@@ -78,6 +78,7 @@ class VerifiedResult:
     kid: str
     topic: str
     message: bytes
+    detail: str = ""  # a rejected command's what-is-wrong, as the terminal signed it
 
     def payload(self) -> dict:
         return {"dev": self.device, "decision": self.decision, "reason": self.reason, "request_id": self.request_id,
@@ -199,8 +200,8 @@ class BackendClient:
                 result, why = self._check(msg, device, keys, cmd, now)
                 if result is not None:
                     if result.decision == Verdict.REJECTED:
-                        raise VerifyRejected(result, _reference_detail(reference)
-                                             if result.reason == "bad_reference" else "")
+                        raise VerifyRejected(result, result.detail or (_reference_detail(reference)
+                                             if result.reason == "bad_reference" else ""))
                     return result
                 if why:
                     refused.append(why)
@@ -279,7 +280,8 @@ class BackendClient:
             return None, "replayed_seq"
         return VerifiedResult(device, p["decision"], p.get("reason"), p["request_id"], p.get("session"), p["seq"],
                               float(p["iat"]), p.get("boot"), p.get("liveness") or {}, p.get("quality") or {},
-                              p.get("models") or {}, p.get("policy"), v.kid.hex(), msg.topic, msg.payload), None
+                              p.get("models") or {}, p.get("policy"), v.kid.hex(), msg.topic, msg.payload,
+                              p["detail"] if isinstance(p.get("detail"), str) else ""), None
 
 
 def _kid_of(message: bytes) -> str | None:
