@@ -34,7 +34,7 @@ from .feed import FrameFeed
 from .kiosk import Kiosk
 from .liveness.check import LivenessPlan
 from .messages import Topics
-from .outbox import Outbox, OutboxError
+from .outbox import Outbox, OutboxError, lock_state_dir
 from .pipeline import Verifier
 from .ports import Camera, Clock, Inbound, Indicators, Publisher
 from .results import Results
@@ -171,8 +171,10 @@ class Daemon:
 
     def run(self) -> int:
         """Run until stopped; returns the process exit code."""
+        self._state_lock = lock_state_dir(self.state_dir)  # raises StateDirBusy naming the running pid
         self.indicators.show("busy")
         try:
+            self._write_status()  # `facegate status` sees a running daemon from its first second
             self.outbox.expire()
             self.feed.start()
             for service in self.services:
@@ -190,7 +192,11 @@ class Daemon:
 
     def _main_loop(self) -> None:
         started, next_health = time.monotonic(), 0.0
+        seen = self._status_key()
         while not self.stop_flag.is_set():
+            if (now_key := self._status_key()) != seen:  # broker, camera or readiness changed
+                seen = now_key
+                self._write_status()
             if self.reload_flag.is_set():
                 self._reload()
             now = time.monotonic()
@@ -271,6 +277,12 @@ class Daemon:
             self._write_status()
             self.outbox.close()
             self.notifier.close()
+            os.close(self._state_lock)
+
+    def _status_key(self) -> tuple:
+        """What `status` shows that may change between two health intervals."""
+        return (bool(self.publisher.connected), getattr(self.publisher, "last_error", ""), self.feed.ok, self.ready,
+                getattr(self.publisher, "refused", 0))
 
 
 def install_signal_handlers(daemon: Daemon) -> None:

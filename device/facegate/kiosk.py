@@ -52,7 +52,7 @@ class Kiosk:
 
     def refuse(self, r: Refused) -> None:
         self.emit(Verdict.REJECTED, r.reason, request_id=r.request_id, nonce=r.nonce,
-                  response_topic=r.response_topic, correlation=r.correlation)
+                  response_topic=r.response_topic, correlation=r.correlation, detail=r.detail)
 
     def fail(self, req: Request, reason: Failure) -> None:
         self.emit(Verdict.ERROR, reason, request_id=req.command.request_id, nonce=req.command.nonce,

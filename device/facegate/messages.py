@@ -90,14 +90,17 @@ class VerifyCommand:
     kid: bytes
 
 
+DETAIL_MAX_CHARS = 120  # a rejected result's detail, e.g. "image is too large (5472x3648 pixels > 4000000)"
+
+
 class CommandRejected(Exception):
     """A command that starts nothing. reason: a short word (health counter, result reason);
     request_id / nonce: the authentic command's ids when they could be read (well-typed),
     else None. Only an authentic command's refusal is ever answered (daemon.py)."""
 
-    def __init__(self, reason: str, request_id: str | None = None, nonce: bytes | None = None):
+    def __init__(self, reason: str, request_id: str | None = None, nonce: bytes | None = None, detail: str = ""):
         super().__init__(reason)
-        self.reason, self.request_id, self.nonce = reason, request_id, nonce
+        self.reason, self.request_id, self.nonce, self.detail = reason, request_id, nonce, detail
 
 
 # refusals of input that is not an authentic command: counted, never answered
@@ -196,11 +199,11 @@ def check_command(v: Verified, now: float, *, max_bytes: int, max_age_s: float, 
         raise CommandRejected("bad_payload", rid, nonce)
     ref = p["reference"]
     if not isinstance(ref, bytes):
-        raise CommandRejected("bad_reference", rid, nonce)
+        raise CommandRejected("bad_reference", rid, nonce, "not bytes")
     try:
-        image = decode_image(ref, max_bytes, max_pixels)
-    except InputError:
-        raise CommandRejected("bad_reference", rid, nonce) from None
+        image = decode_image(ref, max_bytes, max_pixels, what="reference")
+    except InputError as exc:  # its words name format and size only, never content
+        raise CommandRejected("bad_reference", rid, nonce, str(exc)[:DETAIL_MAX_CHARS]) from None
     return VerifyCommand(cast(str, rid), cast(bytes, nonce), float(iat), float(exp), image, None if challenge is None else list(challenge), v.kid)
 
 
@@ -258,13 +261,14 @@ def public_liveness(liveness: dict) -> dict:
 
 def result_payload(*, dev: str, boot: str, seq: int, iat: float, session: str | None,
                    request_id: str | None, nonce: bytes | None, decision: str, reason: str | None,
-                   liveness: dict, quality: dict, models: dict, policy: str) -> dict:
-    """The CBOR map signed into R/result (contract v1)."""
+                   liveness: dict, quality: dict, models: dict, policy: str, detail: str = "") -> dict:
+    """The CBOR map signed into R/result (contract v1); `detail` (a rejected command's
+    what-is-wrong, e.g. a bad_reference's size) only when there is one."""
     assert decision in DECISIONS, decision
     return {"v": RESULT_VERSION, "dev": dev, "boot": boot, "seq": seq, "iat": int(iat),
             "session": session, "request_id": request_id, "nonce": nonce, "decision": decision,
             "reason": reason, "liveness": public_liveness(liveness), "quality": public_quality(quality),
-            "models": dict(models), "policy": policy}
+            "models": dict(models), "policy": policy, **({"detail": detail} if detail else {})}
 
 
 def attest_payload(*, dev: str, kid: bytes, public: bytes, version: str, models: dict,
