@@ -126,11 +126,11 @@ def test_verify_prints_the_threshold_in_force_and_why(lfw):
 
 def test_config_check_says_when_the_threshold_overrides_the_policy(tmp_path):
     cfg = tmp_path / "f.toml"
-    cfg.write_text("[verify]\nmatch_threshold = 0.4\n")
+    cfg.write_text("[camera]\nsource = \"v4l2\"\n[verify]\nmatch_threshold = 0.4\n")
     out = subprocess.run([sys.executable, "-m", "facegate.cli", "config", "check", str(cfg)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "overrides the calibrated match policy" in out.stdout
-    cfg.write_text("[verify]\ntarget_fmr = 1e-5\n")
+    cfg.write_text("[camera]\nsource = \"v4l2\"\n[verify]\ntarget_fmr = 1e-5\n")
     out = subprocess.run([sys.executable, "-m", "facegate.cli", "config", "check", str(cfg)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "overrides" not in out.stdout

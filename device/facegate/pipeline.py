@@ -24,7 +24,7 @@ from .modelstore import ModelEntry, ModelStore
 from .policy import MatchPolicy
 from .policy import resolve as resolve_policy
 from .ports import Runner
-from .types import Decision, Detection, FaceAnalysis, Frame
+from .types import Decision, Detection, FaceAnalysis, Frame, Glimpse
 from .vision.align import align, five_points
 from .vision.detect import FULL_RANGE, SHORT_RANGE, FaceDetector
 from .vision.embed import Embedder, cosine
@@ -269,12 +269,12 @@ class Verifier:
 
     def verify_frames(self, reference: np.ndarray, frames: Iterable[Frame],
                       liveness: LivenessCheck | None = None, stop_early: bool = False,
-                      on_frame: Callable[[bool], None] | None = None) -> tuple[Decision, dict]:
+                      on_frame: Callable[[Glimpse], None] | None = None) -> tuple[Decision, dict]:
         """Reference vs live frames: follow one face, keep its best frames, fuse their
         embeddings and decide once. With `liveness`, a session that fails it is a spoof
         whatever the similarity. stop_early: stop reading frames once `fusion_frames`
         good frames are kept and liveness is settled (a live camera never ends by
-        itself); on_frame(face_tracked) is called after every frame."""
+        itself); on_frame(Glimpse) is called after every frame (what it showed, for guidance)."""
         t = Timings()
         t_start = time.perf_counter()
         pending = self._analyze_reference(reference)
@@ -299,7 +299,7 @@ class Verifier:
                 if liveness:
                     liveness.observe(frame.t_mono_s, None, frame.image)
                 if on_frame:
-                    on_frame(False)
+                    on_frame(Glimpse(frame.t_mono_s, False, reason, None, (w, h)))
                 if stop_early and liveness and liveness.failed:
                     break
                 continue
@@ -310,7 +310,7 @@ class Verifier:
                 liveness.observe(frame.t_mono_s, face, frame.image)
                 t.add("liveness", t0)
             if on_frame:
-                on_frame(True)
+                on_frame(Glimpse(frame.t_mono_s, True, face.reason, det.box, (w, h)))
             if face.reason:
                 reasons[face.reason] = reasons.get(face.reason, 0) + 1
             else:

@@ -36,7 +36,7 @@ class Results:
     def emit(self, decision: str, reason: str | None, *, session: str | None = None,
              request_id: str | None = None, nonce: bytes | None = None, liveness: dict | None = None,
              quality: dict | None = None, response_topic: str | None = None,
-             correlation: bytes | None = None) -> int | None:
+             correlation: bytes | None = None, detail: str = "") -> int | None:
         """Sign the result and store it in the outbox (then it will be delivered); its
         seq, or None while it is held in memory until the disk has room."""
         def make(seq: int) -> list[tuple[str, bytes, bytes | None]]:
@@ -44,7 +44,7 @@ class Results:
             payload = result_payload(dev=self.dev, boot=self.boot, seq=seq, iat=self.clock(), session=session,
                                      request_id=request_id, nonce=nonce, decision=decision, reason=reason,
                                      liveness=liveness or {}, quality=quality or {}, models=self.models,
-                                     policy=self.policy)
+                                     policy=self.policy, detail=detail)
             rows: list[tuple[str, bytes, bytes | None]] = [(self.topics.result, sign(payload, key, self.topics.result),
                                                             None)]
             if response_topic and response_topic != self.topics.result:
