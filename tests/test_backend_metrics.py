@@ -163,6 +163,10 @@ def test_scraped_counters_and_fleet_gauges_agree_with_the_database(broker, store
         assert [r["device"] for r in devices_cli(toml, "--stale")] == [quiet.dev]
         assert {r["device"]: r["problems"] for r in devices_cli(toml, "--problems")} == {
             a.dev: ["clock_unsynchronized"], b.dev: ["camera_down"]}
+        text = subprocess.run([sys.executable, "-m", "facegate.cli", "backend", "devices", "--config", str(toml),
+                               "--problems"], capture_output=True, text=True, timeout=60).stdout
+        assert re.search(rf"^{a.dev} .* online .*problems: clock_unsynchronized$", text, re.M), text
+        assert quiet.dev not in text and rogue.dev not in text
         # b is taken offline (its will): counted offline, its camera no longer a live problem
         links.publish(b.dev, b.topics.status, b"offline", retain=True)
         wait_until(lambda: by_label(scrape(w.port), "facegate_terminals", "state").get("offline") == 1, 20, "offline")

@@ -73,7 +73,10 @@ def cmd_devices(args) -> int:
     if args.json:
         print(json.dumps(rows))
         return EXIT_OK
-    if not rows:
+    if not rows and (args.stale or args.problems):
+        print("no enrolled terminal is " + " or ".join(w for w, on in (("stale, offline, stopped or unknown", args.stale),
+                                                                      ("reporting a problem", args.problems)) if on))
+    elif not rows:
         print("no devices (enrol one with 'facegate backend devices enrol FILE --device DEV')")
     print(f"{'device':20s} {'key':16s} {'status':8s} {'last seen':10s} {'outbox':>6s}  last decision")
     for r in rows:
