@@ -86,7 +86,8 @@ def cmd_devices(args) -> int:
         if r["key"] == "revoked":  # what it decided before is history: its results now go to quarantine
             last = f"revoked; before: {last}"
         state = r.get("state", r["status"])
-        problems = f"  problems: {', '.join(r['problems'])}" if r.get("problems") else ""
+        shown = (args.stale or args.problems) and r.get("problems")  # the plain list keeps its columns
+        problems = f"  problems: {', '.join(r['problems'])}" if shown else ""
         print(f"{r['device']:20s} {key:16s} {state:8s} {_age(r['last_seen'], now):10s} {depth:>6s}  {last}{problems}")
     return EXIT_OK
 
