@@ -117,6 +117,7 @@ class BrokerClient:
         props.SessionExpiryInterval = self._session_expiry_s
         if self._receive_max:
             props.ReceiveMaximum = self._receive_max
+        props.MaximumPacketSize = self.cfg.max_packet_bytes  # the broker drops what is bigger, never sends it
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
                                    clean_start=self._session_expiry_s == 0, properties=props)
         self._client.loop_start()
