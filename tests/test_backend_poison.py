@@ -267,3 +267,39 @@ def test_a_pending_key_flood_is_bounded_and_shown(store):
     assert len(pend) == PENDING_KEEP
     assert {d["dev"]: d for d in store.devices()}[dev]["keys_dropped"] == 40 - PENDING_KEEP
     assert isinstance(store, Store)
+
+
+def test_devices_output_escapes_what_a_terminal_wrote_and_shows_a_flood(tmp_path):
+    """`devices pending` printed an attestation's sw raw: '\\r\\x1b[2K' hid the line from
+    the operator. Untrusted strings are printed escaped; `devices` shows how many pending
+    keys a flood pushed out."""
+    import subprocess
+    import sys
+
+    from facegate.backend.config import StoreConfig
+
+    toml = tmp_path / "backend.toml"
+    toml.write_text(f'[store]\nsqlite = "{tmp_path / "b.db"}"\n')
+    store = Store.open(StoreConfig(sqlite=str(tmp_path / "b.db")))
+    reg = Registry(store)
+    hidden = Terminal("esc-1")
+    sw = "1.0\r\x1b[2Kkiosk-9             kid 0000 key rotation"
+    assert reg.observe_attest(check_attest(self_signed_attest(hidden, sw=sw), hidden.topics.attest, PREFIX),
+                              time.time())
+    for i in range(PENDING_KEEP + 4):
+        t = Terminal("flood-1")
+        reg.observe_attest(check_attest(t.attest(), t.topics.attest, PREFIX), time.time() + i)
+    store.close()
+
+    def cli(*args: str) -> str:
+        r = subprocess.run([sys.executable, "-m", "facegate.cli", "backend", "devices", *args, "--config", str(toml)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    pending = cli("pending")
+    assert "\x1b" not in pending and "\r" not in pending
+    assert "sw 1.0\\r\\x1b[2Kkiosk-9" in pending
+    listed = cli()
+    assert f"+{PENDING_KEEP} pending (4 dropped)" in listed
+    assert {r["device"]: r["keys_dropped"] for r in json.loads(cli("--json"))}["flood-1"] == 4
