@@ -27,7 +27,9 @@ USERS = {"backend": "backend-secret", "dashboard": "dash-secret"}  # and one use
 # it write only its own topics and its Home Assistant discovery, read only its own command
 # topic and Home Assistant's status; answers to an MQTT 5 response topic go under
 # facegate/v1/replies/. The backend reads everything and commands every terminal; a dashboard
-# only reads. README "Broker ACL" shows the same file.
+# only reads. docs/contract.md "Broker ACL" shows the production file: there each backend has
+# its own reply prefix and the dashboard's name holds a '+' so that no pattern lets it write
+# (tests/test_backend_poison.py runs that one); this one is looser for the daemon tests.
 ACL = """\
 pattern write facegate/v1/%u/status
 pattern write facegate/v1/%u/attest
