@@ -121,7 +121,7 @@ def test_what_the_checks_miss_the_database_refusal_quarantines(broker, store, st
         assert links.wait_connected()
         w.worker._inbox.mutex.acquire()  # hold the worker back so the poisons share a batch with the rest
         try:
-            for i in range(12):
+            for i in range(52):
                 if i in (3, 7):
                     over = {"iat": 10**400} if i == 3 else {"reason": "a\x00b"} if store.kind == "postgres" \
                         else {"iat": -(10**400)}
@@ -344,3 +344,35 @@ def test_the_documented_acl_gives_each_backend_its_reply_prefix_and_keeps_the_da
             if c is not None:
                 c.close()
         b.stop()
+
+
+def test_oversized_messages_never_stop_a_session_for_good(broker, tmp_path):
+    """Mosquitto 2.0.11 does not give back the send quota of a message it dropped for our
+    Maximum Packet Size: receive_max such messages (here 5, by default 200) and the
+    worker's session received nothing more, whatever came after. The worker's probe
+    (an idle worker's own message that does not come back) finds it and reconnects."""
+    from facegate.backend.config import StoreConfig
+
+    store = Store.open(StoreConfig(sqlite=str(tmp_path / "backend.db")))
+    t = Terminal(f"quota-{os.urandom(3).hex()}")
+    Registry(store).enrol(t.dev, t.key.public, time.time())
+    cfg = backend_config(broker, StoreConfig(sqlite=str(tmp_path / "backend.db")), tmp_path, receive_max=5,
+                         probe_s=1.0)
+    w = WorkerThread(cfg)
+    links = Links(broker, [t.dev])
+    sent = {}
+    try:
+        assert links.wait_connected()
+        for i in range(52):
+            if 2 <= i < 50:
+                links.publish(t.dev, t.topics.result, os.urandom(cfg.mqtt.max_packet_bytes + 1))
+                continue
+            seq, m = t.result()
+            sent[(t.dev, seq)] = m
+            links.publish(t.dev, t.topics.result, m)
+        wait_until(lambda: len(audit(store)) == len(sent), 20, "the results behind the oversized messages")
+        assert audit(store) == sent and w.worker.stats.reconnects >= 1
+    finally:
+        links.close()
+        w.close()
+        store.close()

@@ -35,6 +35,7 @@ class ServeConfig(_Section):
     receive_max: int = Field(200, ge=1, le=65535, description="MQTT 5 Receive Maximum: unacknowledged results the broker may have in flight to this worker")
     journal: bool = Field(False, description="Also hold a persistent session with a plain subscription to every result ({client id}-journal), stored at most once like the rest: a broker that forgets shared subscriptions when it restarts (Mosquitto 2.0 does) still queues the results for it while the workers re-subscribe. Costs one more copy of every result; turn it on in one worker of the group")
     key_refresh_s: float = Field(2.0, gt=0, description="How often the worker re-reads the device keys (a revocation takes effect within this), seconds")
+    probe_s: float = Field(15.0, gt=0, description="An idle worker sends itself a message this often and reconnects when it does not come back within as long: Mosquitto 2.0.11 never gives back the send quota of a message it dropped for our Maximum Packet Size, so receive_max such messages would stop the session for good, seconds")
     quarantine_max_age_s: float = Field(30 * 86400, gt=0, description="Quarantine rows older than this are purged (by every worker, once a minute), seconds")
 
 

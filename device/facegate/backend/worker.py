@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from . import limits
 from .config import BackendConfig
 from .mqtt import BrokerClient, BrokerError, Message
+from .probe import Probe
 from .registry import Registry
 from .store import ResultRow, Store, StoreError
 from .trust import Keyring, check_attest, check_result, topic_device
@@ -55,6 +56,7 @@ class WorkerStats:
     unstorable: int = 0  # messages the database refused alone: quarantined as `unstorable`
     dropped: int = 0  # messages that could not even be quarantined (acknowledged, logged)
     purged: int = 0  # quarantine rows deleted for age
+    reconnects: int = 0  # sessions found stalled by the probe (probe.py) and reconnected
 
 
 def _outage(exc: BaseException) -> bool:
@@ -80,17 +82,32 @@ class Worker:
         self._ring, self._ring_at, self._ring_stale = Keyring(), 0.0, False
         self.subscriptions = ((f"$share/{s.group}/{self.prefix}/+/result", 1),
                               (f"$share/{s.group}/{self.prefix}/+/health", 0),
-                              (f"{self.prefix}/+/status", 1), (f"{self.prefix}/+/attest", 1))
-        self.broker = BrokerClient(cfg.mqtt, self.client_id, on_message=self._inbox.put,
+                              (f"{self.prefix}/+/status", 1), (f"{self.prefix}/+/attest", 1),
+                              (self._probe_topic(self.client_id), 1))
+        self.broker = BrokerClient(cfg.mqtt, self.client_id, on_message=self._receive,
                                    session_expiry_s=s.session_expiry_s, manual_ack=True, receive_max=s.receive_max)
+        self._probes = {self._probe_topic(self.client_id): Probe(self.broker, self._probe_topic(self.client_id),
+                                                                 s.probe_s)}
+        self._busy_at = 0.0
         # the journal: one more persistent session with a plain (not shared) subscription to
         # every result, which a broker restores after a restart even where it forgets shared
         # subscriptions (Mosquitto 2.0); its copies are mostly duplicates, stored at most once
         self.journal = None
         if s.journal:
-            self.journal = BrokerClient(cfg.mqtt, f"{self.client_id}-journal", on_message=self._inbox.put,
+            self.journal = BrokerClient(cfg.mqtt, f"{self.client_id}-journal", on_message=self._receive,
                                         session_expiry_s=s.session_expiry_s, manual_ack=True,
                                         receive_max=s.receive_max, journal=True)
+            topic = self._probe_topic(f"{self.client_id}-journal")
+            self._probes[topic] = Probe(self.journal, topic, s.probe_s)
+
+    def _probe_topic(self, client_id: str) -> str:
+        return f"{self.prefix}/_probe/{client_id}/ping"  # three levels: no +/result etc. matches it
+
+    def _receive(self, m: Message) -> None:
+        """paho's thread: a message for the inbox, or one of our probes coming back."""
+        probe = self._probes.get(m.topic)
+        if probe is None or not probe.receive(m):
+            self._inbox.put(m)
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, stop: threading.Event, ready: threading.Event | None = None) -> WorkerStats:
@@ -109,6 +126,7 @@ class Worker:
                 if not self._wait_for_broker(self.journal, stop):
                     return self.stats
                 self.journal.subscribe(f"{self.prefix}/+/result", 1)
+                self.journal.subscribe(self._probe_topic(f"{self.client_id}-journal"), 1)
             log.info("worker %s (client id %s) subscribed: %s", self.name, self.client_id,
                      ", ".join(t for t, _ in self.subscriptions))
             if ready:
@@ -122,6 +140,8 @@ class Worker:
                 try:
                     batch = [self._inbox.get(timeout=0.2)]
                 except queue.Empty:
+                    for probe in self._probes.values():
+                        self.stats.reconnects += probe.tick(self._busy_at)
                     continue
                 while len(batch) < self.cfg.serve.batch_max:
                     try:
@@ -129,6 +149,7 @@ class Worker:
                     except queue.Empty:
                         break
                 self._commit_with_retry(batch, stop)
+                self._busy_at = time.monotonic()
         finally:
             self.broker.close()
             if self.journal:
