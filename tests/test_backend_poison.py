@@ -376,3 +376,21 @@ def test_oversized_messages_never_stop_a_session_for_good(broker, tmp_path):
         links.close()
         w.close()
         store.close()
+
+
+def test_a_database_made_before_gets_the_new_columns(store_cfg):
+    """max_seq, keys_dropped and size were added for issue 22: a database without them
+    gets them when opened, on both stores."""
+    s = Store.open(store_cfg)
+    with s.transaction():
+        for table, col in (("device_keys", "max_seq"), ("devices", "keys_dropped"), ("quarantine", "size")):
+            s.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
+    s.close()
+    s = Store.open(store_cfg)
+    try:
+        with s.transaction():
+            s.quarantine("1" * 64, f"{PREFIX}/x/result", "x", "not_cose", b"abc", time.time(), "1", 3)
+        assert s.query("SELECT size FROM quarantine")[0][0] == 3
+        assert s.keys() == [] and s.devices() == []
+    finally:
+        s.close()

@@ -128,10 +128,14 @@ class Store:
             self._add_columns()
 
     def _add_columns(self) -> None:
-        for table, col, kind in _ADDED:
+        for table, col, kind in _ADDED:  # looked up first: an ALTER TABLE would wait for every worker's batch
             if self.kind == "postgres":
-                self.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {col} {kind}")
-            elif col not in {r[1] for r in self.execute(f"PRAGMA table_info({table})").fetchall()}:
+                have = {r[0] for r in self.execute("SELECT column_name FROM information_schema.columns WHERE "
+                                                   "table_schema = current_schema() AND table_name = ?",
+                                                   (table,)).fetchall()}
+            else:
+                have = {r[1] for r in self.execute(f"PRAGMA table_info({table})").fetchall()}
+            if col not in have:
                 self.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
 
     def _is_outage(self, exc: BaseException) -> bool:
