@@ -227,6 +227,7 @@ class Worker:
             with self._db.transaction():
                 self._quarantine(m, topic_device(m.topic, self.prefix, m.topic.rsplit("/", 1)[-1]),
                                  "unstorable", time.time(), WorkerStats())
+            self.stats.quarantined += 1
         except Exception as exc:
             if _outage(exc):
                 raise
@@ -284,10 +285,10 @@ class Worker:
 
     def _quarantine(self, m: Message, dev: str | None, reason: str, now: float, counts: WorkerStats) -> None:
         """A quarantine row: the digest of the whole message, and the message itself only
-        when it may verify later (a key not yet trusted) and fits a packet, else its
-        first QUARANTINE_KEEP_BYTES."""
+        when it may be stored later (a key not yet trusted; `unstorable`, which a fixed
+        backend can ingest again) and fits a packet, else its first QUARANTINE_KEEP_BYTES."""
         digest = hashlib.sha256(m.topic.encode() + b"\0" + m.payload).hexdigest()
-        whole = reason in KEY_REASONS and len(m.payload) <= self.cfg.mqtt.max_packet_bytes
+        whole = reason in (*KEY_REASONS, "unstorable") and len(m.payload) <= self.cfg.mqtt.max_packet_bytes
         kept = m.payload if whole else m.payload[:limits.QUARANTINE_KEEP_BYTES]
         topic = m.topic[:limits.MAX_TEXT * 2].replace("\x00", "?")
         self._db.quarantine(digest, topic, dev, reason, kept, m.t_received, self.name, len(m.payload))
