@@ -394,3 +394,23 @@ def test_a_database_made_before_gets_the_new_columns(store_cfg):
         assert s.keys() == [] and s.devices() == []
     finally:
         s.close()
+
+
+def test_the_limits_count_depth_outside_strings_and_bound_every_value():
+    from facegate.backend import limits
+
+    assert limits.json_depth(b'{"a": "[[[[\\"[[[", "b": [1, [2]]}', 8) == 3  # brackets in strings do not count
+    assert limits.parse_json_map(b'{"a": "' + b"[" * 50 + b'"}') == ({"a": "[" * 50}, None)
+    assert limits.parse_json_map(b"[" * 20 + b"]" * 20) == (None, "too_deep")
+    assert limits.parse_json_map(b"[1]") == (None, "not_an_object")
+    assert limits.parse_json_map(b"{" + b" " * limits.MAX_HEALTH_BYTES + b"}") == (None, "too_large")
+    assert limits.tree_problem(nested(limits.MAX_DEPTH - 1)) is None
+    assert limits.tree_problem(nested(limits.MAX_DEPTH)) == "too_deep"
+    for bad in ({"a": 2**63}, {"a": -(2**63) - 1}, {"a": float("nan")}, {"a": float("inf")}, {"a": "x\x00"},
+                {"a": object()}, {"a": b"x" * 1000}):
+        assert limits.tree_problem(bad) == "bad_value", bad
+    assert limits.tree_problem({1: "a"}) == "bad_key"
+    assert limits.tree_problem({"a": list(range(limits.MAX_NODES))}) == "too_many_values"
+    assert limits.tree_problem({"a": [2**63 - 1, -(2**63), 1.5, True, None, "ok", b"\x00"]}) is None
+    assert not limits.text("\ud800") and not limits.text("x" * 257) and limits.text("x" * 256)
+    assert not limits.int63(True) and not limits.number(10**400) and limits.number(-(2**63))
