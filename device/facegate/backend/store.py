@@ -49,6 +49,7 @@ CREATE INDEX IF NOT EXISTS results_request ON results (request_id);
 CREATE TABLE IF NOT EXISTS quarantine (
   digest TEXT PRIMARY KEY, topic TEXT NOT NULL, dev TEXT, reason TEXT NOT NULL, message {blob} NOT NULL,
   received_at {real} NOT NULL, worker TEXT);
+CREATE INDEX IF NOT EXISTS quarantine_received ON quarantine (received_at);
 CREATE TABLE IF NOT EXISTS client_seq (dev TEXT PRIMARY KEY, last_seq BIGINT NOT NULL);
 """
 # columns added after the first release: a database made before gets them on open
