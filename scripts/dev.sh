@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${FACEGATE_VENV:-$ROOT/.venv}
 SHARED_MODELS=${FACEGATE_MODEL_MIRROR:-$ROOT/../shared/models}
-APT_PKGS=(python3 python3-venv python3-pip mosquitto shellcheck systemd postgresql)
+APT_PKGS=(python3 python3-venv python3-pip mosquitto mosquitto-clients openssl shellcheck systemd postgresql chromium fonts-noto-cjk)
 
 log() { printf '== %s\n' "$*" >&2; }
 

@@ -84,7 +84,7 @@ def main() -> int:
     far = float((s0[~same] >= thr).mean())
     e = eer(scores, same)
     failed = int(np.isnan(scores).sum())
-    cfg_thr = cfg.verify.match_threshold
+    cfg_thr = verifier.policy.threshold
     tar_cfg = float((s0[same] >= cfg_thr).mean())
     far_cfg = float((s0[~same] >= cfg_thr).mean())
 
@@ -93,7 +93,8 @@ def main() -> int:
     print(f"{'accuracy (fold protocol)':38s} {acc * 100:.2f} % (sd {acc_sd * 100:.2f})")
     print(f"{'threshold for FAR <= 1e-3 (all pairs)':38s} {thr:.4f}")
     print(f"{'TAR / FAR at that threshold':38s} {tar * 100:.2f} % / {far * 100:.3f} %")
-    print(f"{'TAR / FAR at config threshold ' + format(cfg_thr, '.3f'):38s} {tar_cfg * 100:.2f} % / {far_cfg * 100:.3f} %")
+    print(f"{'TAR / FAR at policy threshold ' + format(cfg_thr, '.3f'):38s} {tar_cfg * 100:.2f} % / {far_cfg * 100:.3f} %")
+    print(f"{'match policy':38s} {verifier.policy.describe()}")
     print(f"{'EER':38s} {e * 100:.2f} %")
     print(f"{'pairs failed (no face found)':38s} {failed} ({failed / len(pairs) * 100:.2f} %)")
     print(f"{'images without a usable face':38s} {dict(sorted(not_found.items())) or 0}")

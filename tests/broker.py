@@ -1,9 +1,7 @@
-"""A real Mosquitto for tests: free loopback port, TLS with a throw-away CA, a password
-file and an ACL. Also a backend client (paho) that records everything it receives."""
+"""A real Mosquitto for tests, made by the operators' recipe (scripts/broker-setup.sh): free
+loopback port, TLS with a throw-away CA, a password file and the per-device ACL. Also a backend client (paho) that records everything it receives."""
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import pwd
 import shutil
@@ -16,39 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+RECIPE = Path(__file__).resolve().parent.parent / "scripts" / "broker-setup.sh"
 USERS = {"backend": "backend-secret", "dashboard": "dash-secret"}  # and one user per terminal, see password()
-# Each terminal logs in with its device_id as user name: the patterns (%u = user name) let
-# it write only its own topics and its Home Assistant discovery, read only its own command
-# topic and Home Assistant's status; answers to an MQTT 5 response topic go under
-# facegate/v1/replies/. The backend reads everything and commands every terminal; a dashboard
-# only reads. docs/contract.md "Broker ACL" shows the production file: there each backend has
-# its own reply prefix and the dashboard's name holds a '+' so that no pattern lets it write
-# (tests/test_backend_poison.py runs that one); this one is looser for the daemon tests.
-ACL = """\
-pattern write facegate/v1/%u/status
-pattern write facegate/v1/%u/attest
-pattern write facegate/v1/%u/state
-pattern write facegate/v1/%u/health
-pattern write facegate/v1/%u/event
-pattern write facegate/v1/%u/result
-pattern read facegate/v1/%u/cmd/verify
-pattern write facegate/v1/replies/#
-pattern write homeassistant/+/facegate_%u/+/config
-pattern read homeassistant/status
-
-user backend
-topic readwrite facegate/#
-topic readwrite homeassistant/#
-
-user dashboard
-topic read facegate/#
-"""
+ROLES = {"backend": "backend", "dashboard": "reader"}  # every other user is a terminal
+# The broker is made by scripts/broker-setup.sh, the recipe docs/operator.md gives operators:
+# each terminal logs in with its device_id as user name, and the ACL's %u patterns let it
+# write only its own topics and its Home Assistant discovery, read only its own command
+# topic; answers to an MQTT 5 response topic go under facegate/v1/replies/. The backend
+# reads everything and commands every terminal; a dashboard only reads.
 
 
 def password(user: str) -> str:
@@ -62,78 +37,79 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cert(subject: str, key, issuer_name, issuer_key, ca: bool, sans=()) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-         .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if sans:
-        b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-    return b.sign(issuer_key, hashes.SHA256())
+def recipe(*args: str | Path) -> str:
+    """Run scripts/broker-setup.sh; its stdout."""
+    r = subprocess.run(["bash", str(RECIPE), *map(str, args)], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"broker-setup.sh {' '.join(map(str, args))}: {r.stderr}")
+    return r.stdout
+
+
+def init_broker(d: Path, port: int, *options: str) -> None:
+    """A broker in d by the recipe, on 127.0.0.1:port, with the tests' passwords."""
+    (d / "users").mkdir(parents=True, exist_ok=True)
+    for user in USERS:
+        write_password(d, user)
+    run_as = ("--run-as", pwd.getpwuid(os.geteuid()).pw_name) if os.geteuid() == 0 else ()
+    # as root, mosquitto would switch to its own user, who cannot read pytest's tmp dirs
+    recipe("init", d, "--port", str(port), "--bind", "127.0.0.1", "--host", "localhost", "--host", "127.0.0.1",
+           *run_as, *options)
 
 
 def make_tls(d: Path) -> dict[str, Path]:
-    """CA, a server certificate for 127.0.0.1 / localhost and a client certificate, PEM files in d."""
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "facegate test CA")])
-    ca = _cert("facegate test CA", ca_key, ca_name, ca_key, True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    srv = _cert("localhost", key, ca_name, ca_key, False,
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    ckey = ec.generate_private_key(ec.SECP256R1())
-    client = _cert("kiosk-1", ckey, ca_name, ca_key, False)
-    files = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key",
-             "client_cert": d / "client.pem", "client_key": d / "client.key"}
-    files["client_cert"].write_bytes(client.public_bytes(serialization.Encoding.PEM))
-    files["client_key"].write_bytes(ckey.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                       serialization.NoEncryption()))
-    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files["cert"].write_bytes(srv.public_bytes(serialization.Encoding.PEM))
-    files["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-    return files
+    """A CA and a server certificate of another broker made by the recipe in d."""
+    init_broker(d, free_port(), "--no-persistence")
+    return {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+
+
+def write_password(d: Path, user: str) -> None:
+    (d / "users").mkdir(exist_ok=True)
+    (d / "users" / f"{user}.password").write_text(password(user) + "\n")
 
 
 class Mosquitto:
-    """mosquitto on 127.0.0.1:port with TLS, passwords and an ACL; start/stop/kill."""
+    """mosquitto on 127.0.0.1:port made by scripts/broker-setup.sh (TLS, passwords, the
+    per-device ACL); start/stop/kill."""
 
-    def __init__(self, d: Path, persist: bool = False, client_certs: bool = False, autosave_s: int = 1):
+    def __init__(self, d: Path, persist: bool = False, client_certs: bool = False, autosave_s: int = 1,
+                 max_packet_bytes: int | None = None):
         """client_certs: the listener also requires a client certificate from the CA.
         persist: keep sessions on disk, saved every autosave_s and on SIGTERM (a SIGKILL
-        loses what came since the last save)."""
+        loses what came since the last save). max_packet_bytes: the broker's packet limit
+        (None: the recipe's; 0: none)."""
         self.dir = d
         self.proc: subprocess.Popen | None = None
         self.port = free_port()
-        self.tls = make_tls(d)
-        pw = self.passwd = d / "passwd"
-        pw.write_text("")
-        self.users: set[str] = set()
-        for user in USERS:
-            self.add_user(user)
-        (d / "acl").write_text(ACL)
-        (d / "mosquitto.conf").write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            f"cafile {self.tls['ca']}\ncertfile {self.tls['cert']}\nkeyfile {self.tls['key']}\n"
-            + ("require_certificate true\n" if client_certs else "")
-            + f"allow_anonymous false\npassword_file {pw}\nacl_file {d / 'acl'}\n"
-            + (f"persistence true\npersistence_location {d}/\nautosave_interval {autosave_s}\n" if persist
-               else "persistence false\n")
-            + "log_dest stderr\nlog_type error\nlog_type warning\n"
-            "max_inflight_messages 20\nmax_queued_messages 100000\n"
-            # as root, mosquitto would switch to its own user, who cannot read pytest's tmp dirs
-            + (f"user {pwd.getpwuid(os.geteuid()).pw_name}\n" if os.geteuid() == 0 else ""))
-        for f in (pw, d / "acl", *self.tls.values()):
-            f.chmod(0o644)
+        options = ["--autosave-s", str(autosave_s)] if persist else ["--no-persistence"]
+        if client_certs:
+            options.append("--client-certs")
+        if max_packet_bytes is not None:
+            options += ["--max-packet-bytes", str(max_packet_bytes)]
+        init_broker(d, self.port, *options)
+        self.tls = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+        if client_certs:
+            recipe("client-cert", d, "kiosk-1")
+            self.tls.update(client_cert=d / "clients" / "kiosk-1.pem", client_key=d / "clients" / "kiosk-1.key")
+        self.passwd = d / "passwd"
+        self.users: set[str] = {"backend"}  # init makes the backend's user
+        self.add_users(USERS)
 
     def add_user(self, user: str) -> None:
-        """Put `user` (with password(user)) in the password file; a running broker re-reads
-        it (SIGHUP)."""
-        if user in self.users:
+        """Put `user` (with password(user)) in the password file and the ACL; a running
+        broker re-reads them (SIGHUP)."""
+        self.add_users([user])
+
+    def add_users(self, users) -> None:
+        """Many users at once (one recipe run per role, then one SIGHUP)."""
+        new = [u for u in dict.fromkeys(users) if u not in self.users]
+        if not new:
             return
-        subprocess.run(["mosquitto_passwd", "-b", str(self.passwd), user, password(user)], check=True,
-                       capture_output=True)
-        self.users.add(user)
+        for role in sorted({ROLES.get(u, "terminal") for u in new}):
+            mine = [u for u in new if ROLES.get(u, "terminal") == role]
+            for u in mine:
+                write_password(self.dir, u)
+            recipe("add-user", self.dir, *mine, "--role", role)
+        self.users.update(new)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGHUP)
             time.sleep(0.2)
@@ -162,7 +138,7 @@ class Mosquitto:
         it subscribed again, and saw those results only at the next kill's re-send, after
         newer ones (the soak's 'reordered' failures)."""
         t = time.time() + 0.1  # a save already under way may predate what we want kept
-        db = self.dir / "mosquitto.db"
+        db = self.dir / "data" / "mosquitto.db"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
@@ -196,8 +172,7 @@ class Mosquitto:
     def mqtt_toml(self, user: str) -> str:
         """The [mqtt] section of a terminal whose device_id (and user name) is `user`."""
         self.add_user(user)
-        pw = self.dir / f"{user}.password"
-        pw.write_text(password(user) + "\n")
+        pw = self.dir / "users" / f"{user}.password"
         return (f'[mqtt]\nhost = "127.0.0.1"\nport = {self.port}\ntls = true\nca_file = "{self.tls["ca"]}"\n'
                 f'username = "{user}"\npassword_file = "{pw}"\nreconnect_min_s = 1\nreconnect_max_s = 2\n'
                 'keepalive_s = 5\n')

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import subprocess
 import threading
 import time
 from collections import deque
@@ -63,15 +61,8 @@ class Terminal:
 
 
 def add_users(broker: Mosquitto, users) -> None:
-    """Put many terminals' users in the broker's password file, then one SIGHUP."""
-    new = [u for u in users if u not in broker.users]
-    for u in new:
-        subprocess.run(["mosquitto_passwd", "-b", str(broker.passwd), u, password(u)], check=True,
-                       capture_output=True)
-        broker.users.add(u)
-    if new and broker.proc is not None and broker.proc.poll() is None:
-        broker.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.3)
+    """Put many terminals' users in the broker's password file and ACL, then one SIGHUP."""
+    broker.add_users(users)
 
 
 class Link:

@@ -90,6 +90,19 @@ def test_an_expired_command_is_refused_once_bound_to_its_ids(gate, backend_key):
     assert through(gate, inbound(msg)) == Ignored(Refusal.REPLAYED_REQUEST_ID)  # answered once, never again
 
 
+@pytest.mark.parametrize("reference, detail", [
+    (b"%PDF-1.7 a scan", "reference is not a JPEG, PNG, BMP or WebP image"),
+    (b"\x89PNG\r\n\x1a\n" + bytes([0, 0, 0, 13]) + b"IHDR" + (5472).to_bytes(4, "big") + (3648).to_bytes(4, "big")
+     + bytes(80), "reference is too large (5472x3648 pixels > 4000000)"),
+])
+def test_a_bad_reference_is_refused_with_what_is_wrong(gate, backend_key, reference, detail):
+    """A 20 MP photo came back as a bare `rejected (bad_reference)` while local
+    `facegate verify` took it: the signed answer now says why (format or size, never content)."""
+    msg, payload = command(backend_key, reference)
+    r = through(gate, inbound(msg))
+    assert r == Refused(Refusal.BAD_REFERENCE, payload["request_id"], payload["nonce"], None, None, detail)
+
+
 def test_busy_and_storage_are_refusals(gate, backend_key):
     msg, payload = command(backend_key, REFERENCE)
     assert through(gate, inbound(msg), busy=True) == Refused(Refusal.BUSY, payload["request_id"], payload["nonce"])

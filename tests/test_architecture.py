@@ -7,47 +7,59 @@ PKG = Path(__file__).resolve().parents[1] / "device" / "facegate"
 ADAPTER_ONLY = {"ai_edge_litert", "tflite_runtime", "paho", "gpiozero", "picamera2", "lgpio", "systemd"}
 # room -> rooms it must not import
 FORBIDDEN = {
-    "vocab": {"types", "errors", "config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "messages", "signing", "outbox", "imageio", "modelstore", "admission", "kiosk", "announce", "results"},
-    "types": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
-    "errors": {"config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
-    "config": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
-    "ports": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
-    "vision": {"liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
-    "liveness": {"pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
-    "decide": {"vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
+    "vocab": {"events", "guidance", "screen", "sinks", "types", "errors", "config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "messages", "signing", "outbox", "imageio", "modelstore", "admission", "kiosk", "announce", "results"},
+    "types": {"events", "guidance", "screen", "sinks", "config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
+    "errors": {"events", "guidance", "screen", "sinks", "config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
+    "config": {"events", "guidance", "screen", "sinks", "vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
+    "ports": {"events", "guidance", "screen", "sinks", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
+    "vision": {"events", "guidance", "screen", "sinks", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
+    "liveness": {"events", "guidance", "screen", "sinks", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
+    "decide": {"events", "guidance", "screen", "sinks", "vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
     # known-answer self-tests: run the vision / liveness model classes on shipped inputs;
     # the pipeline, the daemon and the selftest load their models through it
-    "kat": {"pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission", "kiosk", "announce", "results"},
-    "pipeline": {"adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission", "kiosk", "announce", "results"},
-    "session": {"adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission", "kiosk", "announce", "results"},
-    "adapters": {"pipeline", "session", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission", "kiosk", "announce", "results"},
+    "kat": {"events", "guidance", "screen", "sinks", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission", "kiosk", "announce", "results"},
+    # the match policy: the calibration table shipped with the models, read for the config's target
+    "policy": {"events", "guidance", "screen", "sinks", "vision", "liveness", "decide", "pipeline", "session", "adapters",
+               "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
+    "pipeline": {"events", "screen", "sinks", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission", "kiosk", "announce", "results"},
+    "session": {"events", "screen", "sinks", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission", "kiosk", "announce", "results"},
+    "adapters": {"events", "guidance", "screen", "sinks", "pipeline", "session", "daemon", "demo", "cli", "selftest", "delivery", "feed", "admission", "kiosk", "announce", "results"},
     # command admission: a message in, a typed answer out (the contract, signing, the outbox's replay record)
-    "admission": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest",
+    "admission": {"events", "guidance", "screen", "sinks", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest",
                   "delivery", "feed", "kat", "kiosk", "announce", "results"},
     # the status document and health counters: written by the daemon, read by the CLI and the soak
-    "status": {"types", "config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon",
+    "status": {"events", "guidance", "screen", "sinks", "types", "config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon",
                "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "messages", "outbox", "signing", "kiosk", "announce", "results"},
     # the daemon's parts: what goes to the broker besides results; signed results; one request's session and answer
     "announce": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest",
                  "delivery", "feed", "kat", "admission", "outbox", "kiosk", "results"},
     "results": {"vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest",
                 "feed", "kat", "admission", "kiosk", "announce"},
-    "kiosk": {"adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "outbox"},
+    "kiosk": {"sinks", "screen", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "outbox"},
+    # guidance for the person: pure, frame time in, hints out
+    "guidance": {"pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed",
+                 "admission", "kiosk", "announce", "results", "events", "sinks", "screen", "vision", "liveness"},
+    # the terminal's events, and their audiences: one module per sink; the kiosk screen
+    "events": {"pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "kiosk", "announce",
+               "results", "sinks", "screen"},
+    "sinks": {"adapters", "daemon", "demo", "cli", "selftest", "kiosk", "screen", "session", "pipeline"},
+    "screen": {"adapters", "daemon", "demo", "cli", "selftest", "kiosk", "sinks", "announce", "results", "session",
+               "pipeline", "admission", "delivery", "outbox", "signing"},
     "daemon": {"demo", "cli", "selftest"},
     "demo": {"cli", "selftest"},
     "selftest": {"demo", "cli"},  # beside the daemon (it may import it); only the CLI imports it
     # rooms outside the chain above: nothing imports the daemon, the demo, the selftest or the CLI
-    "imageio": {"daemon", "demo", "cli", "selftest", "kat", "admission", "kiosk", "announce", "results"},
-    "modelstore": {"daemon", "demo", "cli", "selftest", "kat", "admission", "kiosk", "announce", "results"},
-    "messages": {"daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
-    "outbox": {"pipeline", "adapters", "delivery", "feed", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
-    "signing": {"pipeline", "adapters", "delivery", "feed", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
-    "quiet": {"types", "config", "ports", "vision", "liveness", "pipeline", "adapters", "daemon", "demo", "cli", "admission", "kiosk", "announce", "results"},
+    "imageio": {"events", "guidance", "screen", "sinks", "daemon", "demo", "cli", "selftest", "kat", "admission", "kiosk", "announce", "results"},
+    "modelstore": {"events", "guidance", "screen", "sinks", "daemon", "demo", "cli", "selftest", "kat", "admission", "kiosk", "announce", "results"},
+    "messages": {"events", "guidance", "screen", "sinks", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
+    "outbox": {"events", "guidance", "screen", "sinks", "pipeline", "adapters", "delivery", "feed", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
+    "signing": {"events", "guidance", "screen", "sinks", "pipeline", "adapters", "delivery", "feed", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
+    "quiet": {"events", "guidance", "screen", "sinks", "types", "config", "ports", "vision", "liveness", "pipeline", "adapters", "daemon", "demo", "cli", "admission", "kiosk", "announce", "results"},
     # the daemon's machinery: results to the broker, the newest camera frame
-    "delivery": {"pipeline", "vision", "liveness", "adapters", "feed", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
-    "feed": {"pipeline", "vision", "liveness", "adapters", "delivery", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
+    "delivery": {"events", "guidance", "screen", "sinks", "pipeline", "vision", "liveness", "adapters", "feed", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
+    "feed": {"events", "guidance", "screen", "sinks", "pipeline", "vision", "liveness", "adapters", "delivery", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
     # the other end of the contract: the contract (messages, signing, config, errors) and nothing of the daemon
-    "backend": {"types", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "outbox",
+    "backend": {"events", "guidance", "screen", "sinks", "types", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "outbox",
                 "delivery", "feed", "daemon", "demo", "cli", "selftest", "quiet", "modelstore", "admission", "kiosk", "announce", "results"},
 }
 # inside the backend, one module per outside library

@@ -88,6 +88,8 @@ def test_enrol_then_verify_a_real_daemon_by_cli_and_python(broker, setup, tmp_pa
             with pytest.raises(VerifyRejected) as rej:
                 client.verify(DEV, b"this is not an image", timeout_s=30)
             assert rej.value.reason == "bad_reference" and rej.value.result.seq > r.seq
+            assert rej.value.result.detail == "reference is not a JPEG, PNG, BMP or WebP image"  # signed by it
+            assert str(rej.value).endswith("bad_reference (reference is not a JPEG, PNG, BMP or WebP image)")
         # revoked: refused before anything is sent
         Registry(BackendClient(cfg).store).revoke(DEV, time.time())
         with BackendClient(cfg) as client, pytest.raises(DeviceNotTrusted):
@@ -155,7 +157,7 @@ def test_the_client_refuses_forged_mismatched_and_replayed_answers(broker, setup
     try:
         with pytest.raises(VerifyTimeout) as err:
             client.verify(term.dev, b"portrait", timeout_s=8)
-        assert err.value.refused == ["unknown_key", "bad_signature", "wrong_nonce", "wrong_request_id", "stale",
+        assert err.value.refused == [f"unknown_key {impostor.key.kid.hex()}", "bad_signature", "wrong_nonce", "wrong_request_id", "stale",
                                      "wrong_device"]
 
         def honest_after_lies(cmd, reply):

@@ -117,8 +117,20 @@ def test_config_check_reports_each_error_with_key_and_line(tmp_path):
     assert p.returncode == 2
     err = p.stderr
     assert f"{cfg}:4: verify.match_threshold" in err
-    assert f"{cfg}:5: verify.fusion_frame" in err and "Extra inputs" in err
+    assert f"{cfg}:5: verify.fusion_frame: unknown key (a misspelling, or in the wrong [section]?" in err
+    assert "Extra inputs" not in err  # pydantic's words, which told a technician nothing
     assert f"{cfg}:7: models.precision" in err
+    lines = [ln.split(":")[1] for ln in err.splitlines()]
+    assert lines == sorted(lines, key=int), err  # in the order of the file
+
+
+def test_config_check_on_a_backend_config_names_the_backend_check(tmp_path):
+    cfg = tmp_path / "backend.toml"
+    cfg.write_text('key_file = "backend.pem"\n[mqtt]\nhost = "b"\n')
+    p = run("config", "check", cfg)
+    assert p.returncode == 2 and f"facegate backend config check {cfg}" in p.stderr, p.stderr
+    backend = run("backend", "config", "check", cfg)  # it validates; the key is still to be made
+    assert backend.returncode == 2 and "no such file (make it: facegate keys init --path" in backend.stderr
 
 
 def test_config_example_is_a_valid_config(tmp_path):
@@ -126,8 +138,22 @@ def test_config_example_is_a_valid_config(tmp_path):
     assert p.returncode == 0
     f = tmp_path / "example.toml"
     f.write_text(p.stdout)
-    assert run("config", "check", f).returncode == 0
+    untouched = run("config", "check", f)  # a file camera without a file to play is not ok
+    assert untouched.returncode == 2 and f"{f}:" in untouched.stderr and "camera.path: empty" in untouched.stderr
+    f.write_text(p.stdout.replace('path = ""', 'path = "entrance.webm"', 1))
+    ok = run("config", "check", f)
+    assert ok.returncode == 0 and "note: mqtt.trusted_keys is empty: no verify command will be accepted" in ok.stdout
     assert "# Cosine similarity" in p.stdout
+
+
+def test_config_check_notes_a_broker_user_that_is_not_the_device_id(tmp_path):
+    f = tmp_path / "facegate.toml"
+    f.write_text('device_id = "kiosk-7"\n[camera]\npath = "x.webm"\n[mqtt]\nusername = "kiosk-8"\n'
+                 f'trusted_keys = ["{"ab" * 32}"]\n')
+    r = run("config", "check", f)
+    assert r.returncode == 0 and r.stdout.splitlines()[1:] == [
+        "note: mqtt.username 'kiosk-8' is not device_id 'kiosk-7': with the broker's per-device ACL "
+        "(scripts/broker-setup.sh) every publish of this terminal is refused"]
 
 
 def test_models_verify_passes_on_the_installed_models(model_dir):

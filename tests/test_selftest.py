@@ -61,7 +61,7 @@ def lines_by_name(stdout: str) -> dict[str, str]:
 
 
 EXPECTED = ["signing key", "state dir", "models", "model detect_short", "model detect_full", "model mesh",
-            "model embed", "model pad_v2", "model pad_v1se", "model iris", "camera", "broker", "gpio"]
+            "model embed", "model pad_v2", "model pad_v1se", "model iris", "match policy", "camera", "broker", "gpio"]
 
 
 # -- selftest ----------------------------------------------------------------------------
@@ -88,7 +88,9 @@ def test_all_checks_pass_and_gpio_is_exercised(tmp_path, broker, faces, model_di
     by = {c.name: c for c in checks}
     assert "kid " in by["signing key"].detail
     assert "960x540" in by["camera"].detail
-    assert by["broker"].detail == f"connected to 127.0.0.1:{broker.port} with TLS as {DEV}"
+    assert "for a false-match rate <= 1e-04" in by["match policy"].detail  # the threshold in force and why
+    assert by["broker"].detail == (f"connected to 127.0.0.1:{broker.port} with TLS as {DEV}; "
+                                   f"may publish on facegate/v1/{DEV}/event")
     assert "one run" in by["model embed"].detail and by["model embed"].ms > 0
 
     # a mock pin's PinState.timestamp is the time since that pin's previous change
@@ -111,7 +113,7 @@ def test_cli_text_and_json(tmp_path, broker, faces, model_dir):
     assert r.returncode == 0, r.stdout + r.stderr
     lines = lines_by_name(r.stdout)
     assert list(lines) == EXPECTED and all(v.startswith("PASS") for v in lines.values()), r.stdout
-    assert r.stdout.splitlines()[-1] == f"selftest: PASS ({len(EXPECTED)} of {len(EXPECTED)} checks passed)"
+    assert r.stdout.splitlines()[-1] == f"selftest: PASS ({len(EXPECTED)} passed)"
 
     r = run_cli("selftest", "--config", str(cfg), "--json")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -127,7 +129,7 @@ def test_cli_text_and_json(tmp_path, broker, faces, model_dir):
 def test_a_broken_broker_fails_its_own_line(tmp_path, broker, faces, model_dir, case):
     mqtt = broker.mqtt_toml(DEV)
     if case == "wrong_password":
-        mqtt = mqtt.replace(str(broker.dir / f"{DEV}.password"), str(tmp_path / "pw"))
+        mqtt = mqtt.replace(str(broker.dir / "users" / f"{DEV}.password"), str(tmp_path / "pw"))
         (tmp_path / "pw").write_text("not-the-password\n")
         want = "connection refused: Not authorized (check mqtt.username and mqtt.password_file)"
     elif case == "unreachable":
@@ -155,7 +157,7 @@ def test_a_missing_camera_file_fails_its_own_line(tmp_path, broker, faces, model
     lines = lines_by_name(r.stdout)
     assert lines["camera"].startswith("FAIL") and "no-such-clip.webm does not exist" in lines["camera"], r.stdout
     assert all(v.startswith(("PASS", "SKIP")) for n, v in lines.items() if n != "camera"), r.stdout
-    assert r.stdout.splitlines()[-1] == f"selftest: FAIL ({len(EXPECTED) - 1} of {len(EXPECTED)} checks passed)"
+    assert r.stdout.splitlines()[-1] == f"selftest: FAIL ({len(EXPECTED) - 2} passed, 1 failed: camera, 1 skipped: gpio)"
 
 
 def test_a_missing_key_and_state_dir_fail_their_lines(tmp_path, broker, faces, model_dir):
@@ -221,3 +223,17 @@ def test_status_of_a_running_daemon_then_of_none(tmp_path, broker, faces, backen
     assert r.returncode == 1 and "not running" in r.stdout, r.stdout
     r = run_cli("status", "--config", str(never), "--json")
     assert r.returncode == 1 and json.loads(r.stdout) == {"running": False}
+
+
+def test_a_broker_user_that_is_not_the_device_id_fails_with_the_acl_named(tmp_path, broker, faces, model_dir):
+    """device_id kiosk-1 logging in as kiosk-2: CONNACK fine, every publish refused by the
+    ACL's %u patterns. It passed selftest and showed 'broker connected' before."""
+    mqtt = broker.mqtt_toml("kiosk-2")
+    cfg = write_config(tmp_path, broker, faces["video"], mqtt)
+    r = run_cli("selftest", "--config", str(cfg))
+    assert r.returncode == 1, r.stdout + r.stderr
+    line = lines_by_name(r.stdout)["broker"]
+    assert line.startswith("FAIL") and "the broker refuses its messages to facegate/v1/kiosk-1/event" in line
+    assert f"is the broker user 'kiosk-2' this terminal's device_id '{DEV}'?" in line
+    # skips are counted as skips, failures by name
+    assert r.stdout.splitlines()[-1] == f"selftest: FAIL ({len(EXPECTED) - 2} passed, 1 failed: broker, 1 skipped: gpio)"

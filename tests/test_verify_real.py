@@ -13,14 +13,14 @@ def img(lfw, name, i):
 def test_same_person_pair_matches(verifier, lfw):
     d, t = verifier.verify_image(img(lfw, "Abel_Pacheco", 1), img(lfw, "Abel_Pacheco", 4))
     assert d.decision == "match", d
-    assert d.similarity > verifier.cfg.match_threshold
+    assert d.similarity > verifier.policy.threshold
     assert {"detect", "mesh", "align", "embed", "total"} <= set(t)
 
 
 def test_different_person_pair_does_not_match(verifier, lfw):
     d, _ = verifier.verify_image(img(lfw, "Abel_Pacheco", 1), img(lfw, "Akhmed_Zakayev", 1))
     assert d.decision == "no_match" and d.reason == "different_person"
-    assert d.similarity < verifier.cfg.match_threshold
+    assert d.similarity < verifier.policy.threshold
 
 
 def test_tight_id_card_portrait_is_found_and_matches(verifier, lfw):

@@ -129,6 +129,19 @@ def test_installed_package_is_the_wheel_and_carries_its_models(installed):
     assert {"sface_int8.tflite", "minifasnet_v2_s2.7_int8.tflite", "minifasnet_v1se_s4.0_int8.tflite"} <= set(shipped)
 
 
+def test_the_installed_wheel_serves_the_kiosk_page(installed):
+    """The page's HTML / CSS / JS and string table are package resources: an installed wheel
+    serves them (a missing package-data line would leave a page without its parts)."""
+    exe, work, _ = installed
+    code = ("import urllib.request as u; from facegate.config import ScreenConfig; "
+            "from facegate.screen import KioskScreen; s = KioskScreen(ScreenConfig(listen='127.0.0.1:0'), 'b'); "
+            "s.start(); print(*[len(u.urlopen(s.url + p).read()) for p in "
+            "('', 'static/app.js', 'static/style.css', 'static/strings.json')]); s.stop()")
+    r = _run("kiosk page", [exe.parent / "python", "-c", code], cwd=work, env=_clean_env())
+    assert r.returncode == 0, r.stderr
+    assert all(int(n) > 500 for n in r.stdout.split()), r.stdout
+
+
 def test_fetch_verify_and_demo_from_the_installed_wheel(installed, data_dir, shared_models):
     exe, work, models = installed
     env = _clean_env(FACEGATE_MODEL_DIR=str(models))

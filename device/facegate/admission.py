@@ -90,6 +90,7 @@ class Refused:
     nonce: bytes
     response_topic: str | None = None
     correlation: bytes | None = None
+    detail: str = ""  # what is wrong, in a few words (bad_reference: format or size)
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ class Gate:
                                 max_age_s=d.command_max_age_s, skew_s=d.clock_skew_s,
                                 max_pixels=d.max_reference_pixels)
         except CommandRejected as rej:
-            return Refused(rej.reason, ids.request_id, ids.nonce, rt, corr)
+            return Refused(rej.reason, ids.request_id, ids.nonce, rt, corr, rej.detail)
         if not self.storage_ok():
             return Refused(Refusal.STORAGE_FULL, ids.request_id, ids.nonce, rt, corr)
         if busy:

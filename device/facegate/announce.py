@@ -1,6 +1,6 @@
 """What the terminal tells the broker besides its results: online / stopped (retained
 R/status, the will says offline), the signed attestation (R/attest), its state (R/state),
-health (R/health), one event per decision (R/event) and Home Assistant discovery (sent
+guidance for the person at the terminal (R/guide), health (R/health), one event per decision (R/event) and Home Assistant discovery (sent
 again when Home Assistant says `online`, at most every DISCOVERY_MIN_INTERVAL_S)."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 from . import __version__
 from .config import Config
-from .messages import Topics, attest_payload, event_json, ha_discovery, state_json
+from .guidance import Guidance
+from .messages import Topics, attest_payload, event_json, guide_json, ha_discovery, state_json
 from .ports import Publisher
 from .signing import SigningKey, sign
 from .status import HealthDoc
@@ -70,6 +71,10 @@ class Announcer:
 
     def state(self, state: str, step: str | None = None, session: str | None = None) -> None:
         self.publisher.publish(self.topics.state, state_json(state, step, session), qos=1, retain=True)
+
+    def guide(self, guidance: Guidance) -> None:
+        """QoS 0, not retained: a guidance update is stale within a second."""
+        self.publisher.publish(self.topics.guide, guide_json(guidance.as_dict()), qos=0)
 
     def health(self, doc: HealthDoc) -> None:
         self.publisher.publish(self.topics.health, json.dumps(doc).encode(), qos=0, retain=True)

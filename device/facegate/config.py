@@ -29,12 +29,11 @@ class ModelsConfig(_Section):
 
 
 class VerifyConfig(_Section):
-    # Chosen by scripts/eval_lfw.py on ../shared/data/lfw (3,000 pairs, folds 1-5):
-    # the threshold for a false match rate <= 1e-3 over the 1,500 impostor pairs was
-    # 0.343 with the fp32 embedding and 0.328 with int8; 0.35 keeps FAR <= 1e-3 for
-    # both (fp32: 0 of 1,500 impostors, TAR 98.1 %; int8: 1 of 1,500, TAR 98.7 %).
-    # Re-run the script after changing models or alignment. See README.
-    match_threshold: float = Field(0.35, ge=-1, le=1, description="Cosine similarity at or above which two faces match")
+    # The threshold comes from the calibration table shipped with the models
+    # (models/calibration.toml, scripts/calibrate.py: every cross-identity pair of LFW
+    # folds 1-5 with ID-chip-like references), per embedding model file; facegate.policy.
+    target_fmr: float = Field(1e-4, gt=0, le=1e-3, description="False-match rate the match threshold is chosen for, from the calibration table of the embedding model loaded (1e-3 down to the lowest rate the table supports)")
+    match_threshold: float | None = Field(None, ge=-1, le=1, description="Cosine similarity at or above which two faces match; set only to override the calibrated policy (status, selftest and every result then say so)")
     min_eye_distance_px: float = Field(16.0, ge=0, description="Smallest inter-ocular distance, in frame pixels")
     min_sharpness: float = Field(8.0, ge=0, description="Smallest Laplacian variance of the aligned crop")
     min_brightness: float = Field(35.0, ge=0, le=255, description="Darkest mean grey level of the face (0-255)")
@@ -140,13 +139,29 @@ class MqttConfig(BrokerConnection):
     prefix: str = Field("facegate/v1", pattern=r"^[^#+]+$", description="Topic prefix; topics are {prefix}/{device_id}/...")
     client_id: str = Field("", description="MQTT client id; empty = facegate-{device_id}")
     reconnect_min_s: float = Field(1.0, gt=0, description="First reconnect back-off, seconds")
-    reconnect_max_s: float = Field(60.0, gt=0, description="Largest reconnect back-off, seconds")
+    reconnect_max_s: float = Field(5.0, gt=0, le=300, description="Largest reconnect back-off, seconds: a terminal is back at most this long after its broker (60 made the first verify after a broker restart wait 38 s)")
     max_inflight: int = Field(20, ge=1, le=1000, description="Results published and not yet acknowledged at once")
     redeliver_s: float = Field(60.0, ge=0, le=86400, description="Results the broker acknowledged this long before a lost connection are published again after the reconnect: a crashed broker forgets what it took since its last save (set it to the broker's autosave_interval; 0 = off)")
     response_prefix: str = Field("facegate/v1/replies/", pattern=r"^([^#+$\x00][^#+\x00]*)?$", description="MQTT 5 response topics are honoured only for authenticated commands and only under this prefix (never under the device's own topics or ha_prefix; empty = never); R/result always gets the answer")
     ha_discovery: bool = Field(True, description="Publish Home Assistant MQTT discovery")
     ha_prefix: str = Field("homeassistant", pattern=r"^[^#+]+$", description="Home Assistant discovery prefix")
     trusted_keys: list[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]] = Field(default_factory=list, description="Ed25519 public keys (64 hex digits each) whose signed verify commands are accepted")
+
+
+class ScreenConfig(_Section):
+    """The kiosk screen: a page served to a browser on this machine only (facegate.screen)."""
+
+    enabled: bool = Field(True, description="Serve the kiosk page (live preview, face oval, hints, result) on `listen`")
+    listen: str = Field("127.0.0.1:8080", pattern=r"^(127\.0\.0\.1|localhost|\[::1\]):[0-9]{1,5}$", description="Loopback address and port of the page (127.0.0.1, localhost or [::1] only: frames never leave this machine; port 0 = any free one)")
+    language: Literal["en", "zh"] = Field("en", description="Language of the page (en: English, zh: Simplified Chinese); ?lang= in the URL overrides it")
+    preview_fps: float = Field(10.0, gt=0, le=30, description="Most preview frames per second sent to the page")
+    preview_width: int = Field(640, ge=160, le=1920, description="Preview frames are scaled down to at most this width, pixels")
+    result_show_s: float = Field(6.0, ge=1, le=60, description="How long the result screen stays before the idle screen, seconds")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 class DaemonConfig(_Section):
@@ -175,6 +190,7 @@ class Config(_Section):
     gpio: GpioConfig = GpioConfig()
     mqtt: MqttConfig = MqttConfig()
     daemon: DaemonConfig = DaemonConfig()
+    screen: ScreenConfig = ScreenConfig()
 
 
 def _line_of(text: str, loc: tuple) -> int | None:
@@ -202,16 +218,55 @@ def parse(text: str, source: str = "<config>", model: type[BaseModel] = Config):
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: TOML syntax error: {exc}") from None
+    if model is Config and BACKEND_ONLY_KEYS & data.keys():
+        raise ConfigError(f"{source}: a backend config ({', '.join(sorted(BACKEND_ONLY_KEYS & data.keys()))} are "
+                          f"backend keys): check it with 'facegate backend config check {source}'")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        lines = []
+        found = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
             ln = _line_of(text, err["loc"])
             where = f"{source}:{ln}" if ln else source
-            lines.append(f"{where}: {key}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+            found.append((ln or 0, f"{where}: {key}: {_words(err, model)}"))
+        raise ConfigError("\n".join(line for _, line in sorted(found, key=lambda f: f[0]))) from None
+
+
+BACKEND_ONLY_KEYS = frozenset({"key_file", "store", "serve", "command_lifetime_s"})
+
+
+def _words(err, model: type[BaseModel]) -> str:
+    """pydantic's message in words a technician acts on."""
+    example = "facegate config example" if model is Config else "docs/backend.md"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key (a misspelling, or in the wrong [section]? every key: {example})"
+    if err["type"] == "string_pattern_mismatch":
+        return f"{err['input']!r} is not allowed here (it must match {err['ctx']['pattern']})"
+    return str(err["msg"])
+
+
+def unusable(cfg: Config, text: str, source: str) -> list[str]:
+    """What validates but cannot run, as `config check` reports it (the daemon's own start
+    says the same later, at the worst time)."""
+    out = []
+    if cfg.camera.source == "file" and not cfg.camera.path:
+        ln = _line_of(text, ("camera", "path")) or _line_of(text, ("camera", "source"))
+        out.append(f"{source}{':' + str(ln) if ln else ''}: camera.path: empty, and camera.source = \"file\" needs "
+                   "one (a video, image or folder of frames), or set source = \"v4l2\" / \"picamera2\"")
+    return out
+
+
+def advice(cfg: Config) -> list[str]:
+    """What runs but will surprise on the first day (`config check` prints it as notes)."""
+    m, out = cfg.mqtt, []
+    if m.enabled and m.username and m.username != cfg.device_id:
+        out.append(f"mqtt.username '{m.username}' is not device_id '{cfg.device_id}': with the broker's per-device ACL "
+                   "(scripts/broker-setup.sh) every publish of this terminal is refused")
+    if m.enabled and not m.trusted_keys:
+        out.append("mqtt.trusted_keys is empty: no verify command will be accepted (add the backend's public key, "
+                   "'facegate keys show --path backend.pem' on the backend)")
+    return out
 
 
 def load(path: str | Path | None, model: type[BaseModel] = Config):

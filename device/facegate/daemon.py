@@ -5,8 +5,9 @@ ones (admission.Intake.receive); the command thread admits them and answers refu
 once, signed and bound to the command's ids (Intake.run); the delivery thread moves signed
 results from the outbox to the broker in seq order and drops them only on PUBACK; the
 camera thread keeps the newest frame; the main thread runs one session at a time
-(session.Session), publishes state and health (announce.Announcer), feeds systemd's
-watchdog while frames flow, and reacts to each decision (LEDs, relay) in one place.
+(session.Session), tells its events (state, guidance, answers) to the sinks (MQTT,
+status file, systemd, indicators, the kiosk screen: events.py), publishes health, and feeds
+systemd's watchdog while frames flow. The kiosk screen's server has its own threads.
 Signal handlers only set flags. With MQTT off the publisher is a NullPublisher.
 """
 from __future__ import annotations
@@ -28,29 +29,39 @@ from .announce import Announcer
 from .config import Config
 from .delivery import Delivery
 from .errors import FacegateError
+from .events import Ready, Sink
 from .feed import FrameFeed
-from .kiosk import Kiosk, StateObserver
+from .kiosk import Kiosk
 from .liveness.check import LivenessPlan
 from .messages import Topics
-from .outbox import Outbox, OutboxError, private_dir
+from .outbox import Outbox, OutboxError, lock_state_dir, private_dir
 from .pipeline import Verifier
 from .ports import Camera, Clock, Inbound, Indicators, Publisher
 from .results import Results
+from .screen import KioskScreen
 from .signing import key_path, key_source, load_or_create_key
+from .sinks.indicators import IndicatorSink
+from .sinks.mqtt import MqttSink
+from .sinks.statusfile import StatusFileSink
+from .sinks.systemd import SystemdSink
 from .status import BrokerDoc, Health, HealthDoc, KeyDoc, StateDoc, StatusDoc
 from .types import Frame
-from .vocab import Failure, State
+from .vocab import Failure
 
 log = logging.getLogger("facegate.daemon")
 
 
 class Daemon:
-    """One terminal; every collaborator comes in from outside (build() makes the real ones)."""
+    """One terminal; every collaborator comes in from outside (build() makes the real ones).
+    sinks: audiences told every event besides the standard ones (the screen, the demo's
+    narrator); services: objects started with the daemon and stopped after it (start(),
+    stop(): the screen's server)."""
 
     def __init__(self, cfg: Config, *, verifier: Verifier, liveness: LivenessPlan | None, camera,
                  open_camera: Callable[[], Camera], publisher: Publisher, indicators: Indicators, notifier,
                  models: dict[str, str], clock: Clock, config_path: str | None = None,
-                 model_selftest: dict[str, dict] | None = None, on_state: StateObserver | None = None):
+                 model_selftest: dict[str, dict] | None = None, sinks: list[Sink] | None = None,
+                 services: list | None = None):
         self.cfg, self.config_path, self.clock, self.models = cfg, config_path, clock, models
         self.publisher, self.indicators, self.notifier = publisher, indicators, notifier
         self.model_selftest = model_selftest or {}  # task -> variant chosen and why (modelstore.Choice)
@@ -63,12 +74,22 @@ class Daemon:
         self.outbox = Outbox(self.state_dir / "outbox.sqlite", cfg.daemon.outbox_max_age_s, cfg.daemon.outbox_max_rows,
                              clock=clock.time, keep_acked_s=cfg.mqtt.redeliver_s)
         self.delivery = Delivery(self.outbox, publisher, cfg.mqtt.max_inflight)
-        self.results = Results(cfg, self.topics, lambda: self.key, self.boot, models, self.delivery, clock.time)
+        self.results = Results(cfg, self.topics, lambda: self.key, self.boot, models, self.delivery, clock.time,
+                               verifier.policy)
         self.announce = Announcer(publisher, cfg, self.topics, lambda: self.key, self.boot, models, clock.time)
         self.health, self.stop_flag, self.reload_flag = Health(), threading.Event(), threading.Event()
         self.feed = FrameFeed(camera, max_fps=cfg.camera.idle_fps)  # camera: reopens itself (ReopeningCamera)
+        self.services = services or []
+        self.sinks: list[Sink] = [MqttSink(self.announce), SystemdSink(notifier), StatusFileSink(self._write_status),
+                                  IndicatorSink(indicators), *(sinks or [])]
+        self.screen = KioskScreen(cfg.screen, self.boot) if cfg.screen.enabled else None
+        if self.screen is not None:
+            self.sinks.append(self.screen)
+            self.services.append(self.screen)
         self.kiosk = Kiosk(cfg, verifier, liveness, self.feed, open_camera, indicators, notifier, self.results,
-                           self.announce, self.health, clock, self.stop_flag, on_state, self._write_status)
+                           self.health, clock, self.stop_flag, self.sinks)
+        if self.screen is not None:
+            self.kiosk.preview = self.screen.offer
         self.requests: queue.Queue = queue.Queue(maxsize=cfg.daemon.max_pending)
         self.gate = Gate(cfg, self.topics, self.outbox, clock.time, lambda: self.delivery.held)
         self.intake = Intake(self.gate, self.health, self.requests, self.kiosk.refuse, self.stop_flag)
@@ -121,6 +142,7 @@ class Daemon:
             broker=BrokerDoc(enabled=getattr(p, "enabled", True), connected=bool(p.connected),
                              error=getattr(p, "last_error", "")),
             camera=self.feed.health(), models=self.models, model_selftest=self.model_selftest,
+            match_policy=self.kiosk.verifier.policy.as_dict(),
             kid=self.key.kid.hex(), last_seq=self.outbox.last_seq, key=KeyDoc(path=str(path), source=source)))
 
     def request_stop(self, *_) -> None:  # SIGTERM, SIGINT
@@ -149,10 +171,14 @@ class Daemon:
 
     def run(self) -> int:
         """Run until stopped; returns the process exit code."""
+        self._state_lock = lock_state_dir(self.state_dir)  # raises StateDirBusy naming the running pid
         self.indicators.show("busy")
         try:
+            self._write_status()  # `facegate status` sees a running daemon from its first second
             self.outbox.expire()
             self.feed.start()
+            for service in self.services:
+                service.start()
             self._threads = [threading.Thread(target=lambda: self.intake.run(self.announce.discovery_if_asked),
                                               name="facegate-commands", daemon=True),
                              threading.Thread(target=self.delivery.run, name="facegate-delivery", daemon=True)]
@@ -166,7 +192,11 @@ class Daemon:
 
     def _main_loop(self) -> None:
         started, next_health = time.monotonic(), 0.0
+        seen = self._status_key()
         while not self.stop_flag.is_set():
+            if (now_key := self._status_key()) != seen:  # broker, camera or readiness changed
+                seen = now_key
+                self._write_status()
             if self.reload_flag.is_set():
                 self._reload()
             now = time.monotonic()
@@ -192,11 +222,12 @@ class Daemon:
         if frame is not None:  # next() returns only a frame newer than the last one
             self._last_frame = frame
             self.notifier.keepalive(True)
+            self.kiosk.preview(frame)  # between sessions: the idle feed
             if not self.ready:
                 self.ready = True
                 self.indicators.show("ready")
                 self.notifier.ready(f"ready: {self.cfg.device_id}, kid {self.key.kid.hex()}")
-                self.kiosk.on_state(State.IDLE, None, None)  # the first report: ready
+                self.kiosk.tell(Ready())  # the first report
                 log.info("ready")
         if self.ready and self.feed.ok != self._camera_ok:
             self._camera_ok = self.feed.ok
@@ -239,11 +270,19 @@ class Daemon:
         try:
             self.announce.stopped()
         finally:
+            for service in self.services:
+                service.stop()
             self.feed.stop()
             self.indicators.close()
             self._write_status()
             self.outbox.close()
             self.notifier.close()
+            os.close(self._state_lock)
+
+    def _status_key(self) -> tuple:
+        """What `status` shows that may change between two health intervals."""
+        return (bool(self.publisher.connected), getattr(self.publisher, "last_error", ""), self.feed.ok, self.ready,
+                getattr(self.publisher, "refused", 0))
 
 
 def install_signal_handlers(daemon: Daemon) -> None:
@@ -251,13 +290,14 @@ def install_signal_handlers(daemon: Daemon) -> None:
     signal.signal(signal.SIGINT, daemon.request_stop)
     signal.signal(signal.SIGHUP, daemon.request_reload)
 def build(cfg: Config, config_path: str | None = None, clock: Clock | None = None,
-          publisher: Publisher | None = None, on_state: StateObserver | None = None,
+          publisher: Publisher | None = None, sinks: list[Sink] | None = None,
           service: bool = True) -> Daemon:
     """A daemon with the real adapters named by the config (models verified on load);
     `clock`: the system clock unless given (tests step a FakeClock); `publisher`: used
     instead of the one mqtt.enabled asks for (PahoPublisher, or NullPublisher when off;
-    tests pass a FakePublisher); `on_state`: told every state change (the demo narrates
-    them), first idle when the camera delivers; `service`: False tells systemd nothing."""
+    tests pass a FakePublisher); `sinks`: told every event besides the standard audiences
+    (the demo's narrator), first Ready when the camera delivers; the kiosk screen
+    (screen.enabled) is one more; `service`: False tells systemd nothing."""
     from .adapters.cameras import ReopeningCamera, open_camera
     from .adapters.clock import SystemClock
     from .adapters.gpio import open_indicators
@@ -285,4 +325,4 @@ def build(cfg: Config, config_path: str | None = None, clock: Clock | None = Non
                   open_camera=lambda: open_camera(cfg.camera), publisher=publisher,
                   indicators=open_indicators(cfg.gpio), notifier=SystemdNotifier(None if service else {}),
                   models=models, clock=clock or SystemClock(), config_path=config_path,
-                  model_selftest={t: c.as_dict() for t, c in store.chosen.items()}, on_state=on_state)
+                  model_selftest={t: c.as_dict() for t, c in store.chosen.items()}, sinks=sinks)

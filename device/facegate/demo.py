@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import queue
+import re
 import threading
 import time
 import uuid
@@ -43,16 +44,21 @@ import numpy as np
 
 from . import daemon as daemon_mod
 from . import modelstore
-from .config import Config
+from .config import Config, ScreenConfig
 from .errors import FacegateError, InputError
+from .events import Event, Ready, StateChanged
+from .guidance import Guidance
 from .imageio import decode_image
 from .messages import verify_command
 from .ports import Inbound
+from .screen.strings import hint_key, text
 from .signing import SignatureError, SigningKey, key_path, load_key, public_from_hex, sign, verify
 from .vocab import LivenessMode, LivenessReason, State, Step, Verdict
 
 LIVENESS_MODES = tuple(LivenessMode)
 DEMO_DEVICE_ID = "demo-kiosk"
+SCREEN_WAIT_S = 60.0  # demo --screen: how long the session waits for a page to open
+SCREEN_LISTEN = ScreenConfig.model_fields["listen"].metadata[0].pattern.strip("^$")
 DEFAULT_TIMEOUT_S = 120.0  # from daemon start to verified result
 STOP_TIMEOUT_S = 20.0
 COMMAND_LIFETIME_S = 120
@@ -77,8 +83,6 @@ SPOOF_WHY: dict[str, str] = {
     LivenessReason.TIMEOUT: "a challenge step was not seen within its step timeout",
     LivenessReason.FACE_CHANGED: "the tracked face was lost, replaced or changed during the session",
     LivenessReason.CHALLENGE_INCOMPLETE: "the challenge was not completed"}
-STEP_PROMPTS: dict[str, str] = {Step.TURN_LEFT: "turn your head to your left", Step.TURN_RIGHT: "turn your head to your right",
-                Step.BLINK: "blink"}
 
 
 class DemoError(FacegateError):
@@ -313,13 +317,18 @@ def _check_video(path: Path) -> None:
 
 
 def demo_config(video: Path, workdir: Path, liveness: str, backend_public_hex: str,
-                step_timeout_s: float | None = None) -> Config:
+                step_timeout_s: float | None = None, screen: str | None = None) -> Config:
     """The daemon's config: the video as camera (as fast as it decodes), MQTT off, state
-    and signing key inside workdir, the backend key trusted."""
+    and signing key inside workdir, the backend key trusted; screen: the kiosk page's
+    listen address (the video then plays in real time, for a person to watch), None: no page."""
     lc = {} if step_timeout_s is None else {"step_timeout_s": step_timeout_s}
+    if screen is not None and not re.fullmatch(SCREEN_LISTEN, screen):
+        raise InputError(f"--screen {screen}: the page is served on loopback only: 127.0.0.1:PORT, "
+                         "localhost:PORT or [::1]:PORT")
     return Config.model_validate({
         "device_id": DEMO_DEVICE_ID,
-        "camera": {"source": "file", "path": str(video), "realtime": False},
+        "camera": {"source": "file", "path": str(video), "realtime": screen is not None},
+        "screen": {"enabled": True, "listen": screen} if screen else {"enabled": False},
         "mqtt": {"enabled": False, "trusted_keys": [backend_public_hex]},
         "daemon": {"state_dir": str(workdir / "state"), "key_file": str(workdir / "device-signing.key"),
                    "liveness": liveness},
@@ -329,40 +338,46 @@ def demo_config(video: Path, workdir: Path, liveness: str, backend_public_hex: s
 
 # -- progress -----------------------------------------------------------------------------
 class _StateTap:
-    """The daemon's state observer (daemon.build(on_state=...)): it is told every state
-    change, in order, on the daemon's thread, and queues them for the demo thread; the
-    first one (idle) says the camera delivers frames."""
+    """The demo's sink (daemon.build(sinks=...)): told the terminal's events, in order, on
+    the daemon's thread; it queues them for the demo thread. Ready: the camera delivers."""
 
     def __init__(self) -> None:
         self.events: queue.Queue = queue.Queue()
         self.is_ready = threading.Event()
         self.last: tuple[str, str | None] = (State.IDLE, None)
 
-    def __call__(self, state: State, step: str | None, session: str | None) -> None:
-        if not self.is_ready.is_set():
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Ready):
             self.is_ready.set()
             self.events.put(("ready", None, None))
-        else:
-            self.events.put((state, step, session))
-        self.last = (state, step)
+        elif isinstance(event, StateChanged):
+            self.events.put((event.state, event.step, event.session))
+            self.last = (event.state, event.step)
+        elif isinstance(event, Guidance):
+            self.events.put(("hint", event.hint, event.session))
 
 
 class _Narrator:
-    """Turns state changes into progress lines."""
+    """Turns state changes and the hints shown to the person into progress lines."""
 
     def __init__(self, on_progress: Callable[[str], None]):
         self.say = on_progress
         self.step: str | None = None
+        self.hint: str | None = None
 
     def __call__(self, state: str, step: str | None, session: str | None) -> None:
-        if state == "ready":
+        if state == "hint":
+            if step != self.hint:
+                self.hint = step
+                self.say(f"  the kiosk shows: \"{text(hint_key(str(step)))}\"")
+        elif state == "ready":
             self.say("daemon ready: the camera delivers frames (idle)")
         elif state == "waiting_face":
             self.say(f"state waiting_face: session {session} started, looking for one face in the frames")
         elif state == "challenge" and step and step != self.step:
             if self.step:
                 self.say(f"  step {self.step} seen")
-            self.say(f"state challenge: step {step} (the kiosk asks: \"{STEP_PROMPTS.get(step, step)}\")")
+            self.say(f"state challenge: step {step}")
             self.step = step
         elif state == "challenge" and not step and self.step is None:
             self.say("state challenge: face found, checking liveness")
@@ -399,8 +414,10 @@ def explain(payload: dict) -> str:
 # -- the run ------------------------------------------------------------------------------
 def run_demo(video: Path, reference: Path, workdir: Path, liveness: str, challenge: list[str] | None,
              on_progress: Callable[[str], None], *, step_timeout_s: float | None = None,
-             timeout_s: float = DEFAULT_TIMEOUT_S) -> DemoResult:
+             timeout_s: float = DEFAULT_TIMEOUT_S, screen: str | None = None) -> DemoResult:
     """One verification through the real daemon: command in, signed result out, verified.
+    screen: serve the kiosk page on this loopback address (its URL is told; the result
+    screen stays up for its result_show_s before the daemon stops).
 
     Raises InputError for unusable inputs (before anything starts) and DemoError when no
     verified result arrives within timeout_s of the daemon's start, or the daemon fails or
@@ -411,11 +428,11 @@ def run_demo(video: Path, reference: Path, workdir: Path, liveness: str, challen
     t0 = time.monotonic()
     _check_video(video)
     backend = SigningKey.generate()  # throw-away: only this run's daemon trusts it
-    cfg = demo_config(video, workdir, liveness, backend.public.hex(), step_timeout_s)
+    cfg = demo_config(video, workdir, liveness, backend.public.hex(), step_timeout_s, screen)
     ref_bytes, note = _reference_bytes(reference, cfg.daemon.max_command_bytes, cfg.daemon.max_reference_pixels)
     workdir.mkdir(parents=True, exist_ok=True)
     tap = _StateTap()
-    d = daemon_mod.build(cfg, on_state=tap, service=False)
+    d = daemon_mod.build(cfg, sinks=[tap], service=False)
     device_public = load_key(key_path(cfg)).public  # as a backend would hold it: from the key file
     topics = d.topics
     t_built = time.monotonic()
@@ -446,6 +463,13 @@ def run_demo(video: Path, reference: Path, workdir: Path, liveness: str, challen
         tap.is_ready.wait(min(cfg.camera.frame_timeout_s + 1.0, timeout_s))
         t_ready = time.monotonic()
         drain()
+        if d.screen is not None:
+            on_progress(f"kiosk screen: open {d.screen.url} in a browser on this machine; the session starts "
+                        f"when the page is open (or in {SCREEN_WAIT_S:g} s)" if d.screen.url else
+                        f"kiosk screen: could not listen on {cfg.screen.listen} (see the log)")
+            until = time.monotonic() + SCREEN_WAIT_S
+            while d.screen.url and not d.screen.watched and time.monotonic() < min(until, deadline):
+                time.sleep(0.1)
         start_seq = d.outbox.last_seq
         rid = uuid.uuid4().hex
         cmd = verify_command(ref_bytes, time.time(), COMMAND_LIFETIME_S, rid, challenge)
@@ -486,6 +510,8 @@ def run_demo(video: Path, reference: Path, workdir: Path, liveness: str, challen
         on_progress(f"result: seq {row.seq} in the outbox ({len(row.message)} bytes COSE_Sign1 for {row.topic}); "
                     "taken as delivered")
         d.outbox.delivered(row.seq, row.topic)  # the demo is its consumer: keep the outbox empty
+        if d.screen is not None and d.screen.url:
+            time.sleep(cfg.screen.result_show_s)  # the result screen, before the page loses its daemon
     finally:
         d.request_stop()
         thread.join(STOP_TIMEOUT_S)

@@ -2,8 +2,8 @@
 publishes. Pure functions (time and randomness come in as arguments); nothing here
 touches the network.
 
-Topics under R = {prefix}/{device_id}: status, attest, state, health, event, result,
-cmd/verify. Results and attestations are COSE_Sign1 (see signing.py); the rest is JSON.
+Topics under R = {prefix}/{device_id}: status, attest, state, guide, health, event,
+result, cmd/verify. Results and attestations are COSE_Sign1 (see signing.py); the rest is JSON.
 Published payloads carry decisions, never similarity or liveness scores, images or
 embeddings.
 """
@@ -21,12 +21,13 @@ import numpy as np
 from .errors import InputError
 from .imageio import decode_image
 from .signing import SignatureError, Verified, verify
-from .vocab import State, Step, Verdict
+from .vocab import Hint, State, Step, Verdict
 
 RESULT_VERSION = 1
 DECISIONS = tuple(Verdict)  # the contract's words live in vocab.py
 STATES = tuple(State)
 STEPS = tuple(Step)
+HINTS = tuple(Hint)
 MAX_ID_CHARS = 128
 MAX_NONCE_BYTES = 64
 
@@ -52,6 +53,10 @@ class Topics:
     @property
     def state(self) -> str:
         return f"{self.root}/state"
+
+    @property
+    def guide(self) -> str:
+        return f"{self.root}/guide"
 
     @property
     def health(self) -> str:
@@ -85,14 +90,17 @@ class VerifyCommand:
     kid: bytes
 
 
+DETAIL_MAX_CHARS = 120  # a rejected result's detail, e.g. "image is too large (5472x3648 pixels > 4000000)"
+
+
 class CommandRejected(Exception):
     """A command that starts nothing. reason: a short word (health counter, result reason);
     request_id / nonce: the authentic command's ids when they could be read (well-typed),
     else None. Only an authentic command's refusal is ever answered (daemon.py)."""
 
-    def __init__(self, reason: str, request_id: str | None = None, nonce: bytes | None = None):
+    def __init__(self, reason: str, request_id: str | None = None, nonce: bytes | None = None, detail: str = ""):
         super().__init__(reason)
-        self.reason, self.request_id, self.nonce = reason, request_id, nonce
+        self.reason, self.request_id, self.nonce, self.detail = reason, request_id, nonce, detail
 
 
 # refusals of input that is not an authentic command: counted, never answered
@@ -191,11 +199,11 @@ def check_command(v: Verified, now: float, *, max_bytes: int, max_age_s: float, 
         raise CommandRejected("bad_payload", rid, nonce)
     ref = p["reference"]
     if not isinstance(ref, bytes):
-        raise CommandRejected("bad_reference", rid, nonce)
+        raise CommandRejected("bad_reference", rid, nonce, "not bytes")
     try:
-        image = decode_image(ref, max_bytes, max_pixels)
-    except InputError:
-        raise CommandRejected("bad_reference", rid, nonce) from None
+        image = decode_image(ref, max_bytes, max_pixels, what="reference")
+    except InputError as exc:  # its words name format and size only, never content
+        raise CommandRejected("bad_reference", rid, nonce, str(exc)[:DETAIL_MAX_CHARS]) from None
     return VerifyCommand(cast(str, rid), cast(bytes, nonce), float(iat), float(exp), image, None if challenge is None else list(challenge), v.kid)
 
 
@@ -253,13 +261,14 @@ def public_liveness(liveness: dict) -> dict:
 
 def result_payload(*, dev: str, boot: str, seq: int, iat: float, session: str | None,
                    request_id: str | None, nonce: bytes | None, decision: str, reason: str | None,
-                   liveness: dict, quality: dict, models: dict, policy: str) -> dict:
-    """The CBOR map signed into R/result (contract v1)."""
+                   liveness: dict, quality: dict, models: dict, policy: str, detail: str = "") -> dict:
+    """The CBOR map signed into R/result (contract v1); `detail` (a rejected command's
+    what-is-wrong, e.g. a bad_reference's size) only when there is one."""
     assert decision in DECISIONS, decision
     return {"v": RESULT_VERSION, "dev": dev, "boot": boot, "seq": seq, "iat": int(iat),
             "session": session, "request_id": request_id, "nonce": nonce, "decision": decision,
             "reason": reason, "liveness": public_liveness(liveness), "quality": public_quality(quality),
-            "models": dict(models), "policy": policy}
+            "models": dict(models), "policy": policy, **({"detail": detail} if detail else {})}
 
 
 def attest_payload(*, dev: str, kid: bytes, public: bytes, version: str, models: dict,
@@ -276,6 +285,17 @@ def event_json(session: str | None, request_id: str | None, decision: str, ts: f
 def state_json(state: str, step: str | None = None, session: str | None = None) -> bytes:
     assert state in STATES, state
     return json.dumps({"state": state, "step": step, "session": session}).encode()
+
+
+GUIDE_KEYS = ("session", "state", "step", "hint", "step_progress", "progress", "seconds_left", "step_seconds_left")
+
+
+def guide_json(guidance: dict) -> bytes:
+    """R/guide: one guidance update (guidance.Guidance.as_dict()): words from vocab and
+    fractions only -- the keys of GUIDE_KEYS and nothing else (no box, score or image)."""
+    assert set(guidance) == set(GUIDE_KEYS), sorted(guidance)
+    assert guidance["state"] in STATES and guidance["hint"] in HINTS, guidance
+    return json.dumps({k: guidance[k] for k in GUIDE_KEYS}).encode()
 
 
 def ha_discovery(topics: Topics, dev: str, version: str, ha_prefix: str) -> list[tuple[str, bytes]]:

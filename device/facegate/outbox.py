@@ -19,6 +19,7 @@ and the same bytes (at least once).
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
@@ -46,6 +47,29 @@ WAL_TRUNCATE_BYTES = 64 * 1024  # a purge cuts a WAL beyond this back to nothing
 
 class OutboxError(FacegateError):
     """The outbox cannot store a result (disk full, database unusable)."""
+
+
+class StateDirBusy(OutboxError):
+    """Another daemon holds the state dir (its outbox, seq counter and status file)."""
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """One daemon per state dir: an exclusive flock on {state_dir}/daemon.lock, held until
+    the returned descriptor is closed (by the process's end at the latest), the holder's
+    pid written in it. Two daemons on one config kicked each other off the broker (one
+    client id) and left `status` saying 'NOT running' while one ran."""
+    path = Path(state_dir) / "daemon.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StateDirBusy(f"another facegate daemon (pid {holder}) is running on state dir {state_dir}: stop it "
+                           "first (systemctl stop facegate), or give this one its own daemon.state_dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 @dataclass(frozen=True)

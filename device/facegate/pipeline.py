@@ -21,8 +21,10 @@ from .liveness.challenge import EyeLids
 from .liveness.check import LivenessCheck, LivenessPlan
 from .liveness.passive import V1SE_SCALE, V2_SCALE, PassiveLiveness
 from .modelstore import ModelEntry, ModelStore
+from .policy import MatchPolicy
+from .policy import resolve as resolve_policy
 from .ports import Runner
-from .types import Decision, Detection, FaceAnalysis, Frame
+from .types import Decision, Detection, FaceAnalysis, Frame, Glimpse
 from .vision.align import align, five_points
 from .vision.detect import FULL_RANGE, SHORT_RANGE, FaceDetector
 from .vision.embed import Embedder, cosine
@@ -137,13 +139,15 @@ def pad_portrait(image: np.ndarray, ratio: float) -> tuple[np.ndarray, tuple[int
 
 
 class Verifier:
-    """Holds the models of the verification pipeline (built once, used per request)."""
+    """Holds the models of the verification pipeline (built once, used per request) and the
+    match policy in force for its embedding model (facegate.policy)."""
 
     def __init__(self, short: FaceDetector, full: FaceDetector, mesh: FaceMesh,
-                 embedder: Embedder, cfg: VerifyConfig, models: dict[str, str] | None = None):
+                 embedder: Embedder, cfg: VerifyConfig, models: dict[str, str], policy: MatchPolicy):
         self.short, self.full, self.mesh, self.embedder = short, full, mesh, embedder
         self.cfg = cfg
-        self.models = models or {}
+        self.models = models
+        self.policy = policy
         self.peer: Verifier | None = None  # a second lane: its own models, its own thread
         self._pool: ThreadPoolExecutor | None = None
 
@@ -168,17 +172,20 @@ class Verifier:
     @classmethod
     def from_store(cls, store: ModelStore, config: Config, make_runner: RunnerFactory) -> Verifier:
         """Load the verified model files named by the config, each of which passed its
-        known-answer self-test on this CPU (facegate.kat.load; raises ModelError). The
-        second lane's runners are more interpreters of the same files."""
+        known-answer self-test on this CPU (facegate.kat.load; raises ModelError), with the
+        match policy of the embedding model loaded (raises ModelError when it has no
+        calibration and the config sets no threshold of its own). The second lane's runners
+        are more interpreters of the same files."""
         lanes, nt = lanes_and_threads(config)
         runners, entries = {}, {}
         for task in VERIFIER_TASKS:
             runners[task], entries[task] = _load(store, config, make_runner, task)
         models = {task: entry.sha256 for task, entry in entries.items()}
+        policy = resolve_policy(config.verify, models["embed"], Embedder.METHOD)
 
         def lane(r: dict) -> Verifier:
             return cls(FaceDetector(r["detect_short"], SHORT_RANGE), FaceDetector(r["detect_full"], FULL_RANGE),
-                       FaceMesh(r["mesh"]), Embedder(r["embed"]), config.verify, models)
+                       FaceMesh(r["mesh"]), Embedder(r["embed"]), config.verify, models, policy)
 
         main = lane(runners)
         if lanes == 2:
@@ -220,7 +227,7 @@ class Verifier:
         crop = align(image, five_points(mesh.points))
         q = measure(mesh.points, crop)
         t0 = t.add("align", t0)
-        emb = self.embedder.embed(crop) if embed else np.zeros(0, np.float32)
+        emb = self.embedder.embed_mirrored(crop) if embed else np.zeros(0, np.float32)
         if embed:
             t.add("embed", t0)
         return FaceAnalysis(det, mesh, crop, emb, q, decide.gate(q, mesh.presence, self.cfg), n_faces)
@@ -256,18 +263,18 @@ class Verifier:
                 d = Decision(decide.NO_FACE, pr.reason, None, quality)
             else:
                 d = decide.decide_match(cosine(ref.face.embedding, pr.face.embedding),
-                                        self.cfg.match_threshold, quality, 1)
+                                        self.policy.threshold, quality, 1)
         t.add("total", t_start)
         return d, t.rounded()
 
     def verify_frames(self, reference: np.ndarray, frames: Iterable[Frame],
                       liveness: LivenessCheck | None = None, stop_early: bool = False,
-                      on_frame: Callable[[bool], None] | None = None) -> tuple[Decision, dict]:
+                      on_frame: Callable[[Glimpse], None] | None = None) -> tuple[Decision, dict]:
         """Reference vs live frames: follow one face, keep its best frames, fuse their
         embeddings and decide once. With `liveness`, a session that fails it is a spoof
         whatever the similarity. stop_early: stop reading frames once `fusion_frames`
         good frames are kept and liveness is settled (a live camera never ends by
-        itself); on_frame(face_tracked) is called after every frame."""
+        itself); on_frame(Glimpse) is called after every frame (what it showed, for guidance)."""
         t = Timings()
         t_start = time.perf_counter()
         pending = self._analyze_reference(reference)
@@ -292,7 +299,7 @@ class Verifier:
                 if liveness:
                     liveness.observe(frame.t_mono_s, None, frame.image)
                 if on_frame:
-                    on_frame(False)
+                    on_frame(Glimpse(frame.t_mono_s, False, reason, None, (w, h)))
                 if stop_early and liveness and liveness.failed:
                     break
                 continue
@@ -303,7 +310,7 @@ class Verifier:
                 liveness.observe(frame.t_mono_s, face, frame.image)
                 t.add("liveness", t0)
             if on_frame:
-                on_frame(True)
+                on_frame(Glimpse(frame.t_mono_s, True, face.reason, det.box, (w, h)))
             if face.reason:
                 reasons[face.reason] = reasons.get(face.reason, 0) + 1
             else:
@@ -326,11 +333,11 @@ class Verifier:
             t.add("total", t_start)
             return Decision(decide.NO_FACE, reason, None, quality), t.rounded()
         t0 = time.perf_counter()
-        embs = [self.embedder.embed(f.crop) for _, f in best]
+        embs = [self.embedder.embed_mirrored(f.crop) for _, f in best]
         t.add("embed", t0)
         quality["probe"] = best[0][1].quality.as_dict()
         d = decide.decide_match(cosine(ref.face.embedding, decide.fuse(embs)),
-                                self.cfg.match_threshold, quality, len(embs))
+                                self.policy.threshold, quality, len(embs))
         if liveness:
             spoof, summary = liveness.verdict()
             d = Decision(decide.SPOOF if spoof else d.decision, spoof or d.reason, d.similarity,

@@ -8,14 +8,19 @@ from collections.abc import Callable
 from .config import Config
 from .delivery import Delivery
 from .messages import Topics, policy_hash, result_payload
+from .policy import MatchPolicy
 from .signing import SigningKey, sign
 
 
-def decision_policy(cfg: Config) -> str:
-    """Hash of every setting that changes a decision (published in each result)."""
-    return policy_hash({"verify": cfg.verify.model_dump(), "liveness": cfg.liveness.model_dump(),
-                        "mode": cfg.daemon.liveness, "session_timeout_s": cfg.daemon.session_timeout_s,
-                        "precision": cfg.models.precision})
+def decision_policy(cfg: Config, match: MatchPolicy) -> str:
+    """What each result says of the policy that decided it: the match policy by name (its
+    false-match-rate target, calibration table and embedding variant, or the operator's own
+    threshold) and the hash of every setting that changes a decision, e.g.
+    `fmr=1e-04 table=lfw5-1 int8 h=0123456789abcdef`."""
+    return match.tag() + " h=" + policy_hash({
+        "verify": cfg.verify.model_dump(), "liveness": cfg.liveness.model_dump(), "mode": cfg.daemon.liveness,
+        "session_timeout_s": cfg.daemon.session_timeout_s, "precision": cfg.models.precision,
+        "threshold": match.threshold})
 
 
 class Results:
@@ -23,15 +28,15 @@ class Results:
     sha256 of the files loaded; clock: wall time, seconds."""
 
     def __init__(self, cfg: Config, topics: Topics, key: Callable[[], SigningKey], boot: str,
-                 models: dict[str, str], delivery: Delivery, clock: Callable[[], float]):
+                 models: dict[str, str], delivery: Delivery, clock: Callable[[], float], match: MatchPolicy):
         self.dev, self.topics, self.key, self.boot, self.models = cfg.device_id, topics, key, boot, models
-        self.policy = decision_policy(cfg)
+        self.policy = decision_policy(cfg, match)
         self.delivery, self.clock = delivery, clock
 
     def emit(self, decision: str, reason: str | None, *, session: str | None = None,
              request_id: str | None = None, nonce: bytes | None = None, liveness: dict | None = None,
              quality: dict | None = None, response_topic: str | None = None,
-             correlation: bytes | None = None) -> int | None:
+             correlation: bytes | None = None, detail: str = "") -> int | None:
         """Sign the result and store it in the outbox (then it will be delivered); its
         seq, or None while it is held in memory until the disk has room."""
         def make(seq: int) -> list[tuple[str, bytes, bytes | None]]:
@@ -39,7 +44,7 @@ class Results:
             payload = result_payload(dev=self.dev, boot=self.boot, seq=seq, iat=self.clock(), session=session,
                                      request_id=request_id, nonce=nonce, decision=decision, reason=reason,
                                      liveness=liveness or {}, quality=quality or {}, models=self.models,
-                                     policy=self.policy)
+                                     policy=self.policy, detail=detail)
             rows: list[tuple[str, bytes, bytes | None]] = [(self.topics.result, sign(payload, key, self.topics.result),
                                                             None)]
             if response_topic and response_topic != self.topics.result:

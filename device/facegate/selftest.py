@@ -15,6 +15,7 @@ GPIO lines are exclusive, so a running daemon makes those checks fail as busy.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import ssl
@@ -30,6 +31,7 @@ import numpy as np
 from . import kat, modelstore
 from .config import Config
 from .errors import FacegateError
+from .messages import Topics
 from .pipeline import model_plan
 from .signing import key_path
 
@@ -137,6 +139,16 @@ def check_models(cfg: Config, make_runner: Callable | None = None) -> list[Check
             c = store.chosen[task]
             return f"{c.why}; self-test {c.kat_ms:.0f} ms, one run {run_ms:.1f} ms"
         checks.append(_timed(f"model {task}", one))
+
+    def policy():
+        from .policy import resolve
+        from .vision.embed import Embedder
+
+        chosen = store.chosen.get("embed")
+        if chosen is None:
+            return False, "no embedding model passed its self-test: no match policy"
+        return resolve(cfg.verify, chosen.entry.sha256, Embedder.METHOD).describe()
+    checks.append(_timed("match policy", policy))
     return checks
 
 
@@ -226,19 +238,32 @@ def check_broker(cfg: Config, timeout_s: float = 10.0) -> Check:
         # the will is an empty retained message on a selftest topic: if this process dies
         # mid-check the broker publishes nothing retained and the daemon's status stays
         pub = PahoPublisher(m, client_id, will=None, persistent=False)
-        acked = threading.Event()
+        acked, published = threading.Event(), threading.Event()
+        topic = Topics.of(m.prefix, cfg.device_id).event
         try:
             pub.start(lambda msg: None, acked.set, lambda: None)
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline and not acked.is_set() and not pub.last_error:
                 acked.wait(0.05)
+            if acked.is_set():
+                # may it publish on its own topics? (R/event: not retained, read by dashboards only)
+                pub.publish(topic, json.dumps({"selftest": "publish", "ts": round(time.time(), 3)}).encode(), qos=1,
+                            on_ack=published.set)
+                published.wait(max(0.5, deadline - time.monotonic()))
         finally:
             pub.stop()
         who = f" as {m.username}" if m.username else " anonymously"
+        if acked.is_set() and not published.is_set():
+            return False, f"connected to {target}{who}, but no PUBACK for a message to {topic} within {timeout_s:g} s"
+        if acked.is_set() and pub.refused:
+            return False, (f"connected to {target}{who}, but the broker refuses its messages to {topic} (its ACL "
+                           f"lets a terminal write only facegate/v1/<its user name>/...: is the broker user "
+                           f"'{m.username}' this terminal's device_id '{cfg.device_id}'?)")
         if acked.is_set():
-            return f"connected to {target}{' with TLS' if m.tls else ''}{who}"
+            return f"connected to {target}{' with TLS' if m.tls else ''}{who}; may publish on {topic}"
         if pub.last_error:
-            hint = " (check mqtt.username and mqtt.password_file)" if "refused" in pub.last_error else ""
+            hint = (" (check mqtt.username and mqtt.password_file)"
+                    if "refused" in pub.last_error and "(check" not in pub.last_error else "")
             return False, f"{target}{who}: {pub.last_error}{hint}"
         return False, f"{target}: no CONNACK within {timeout_s:g} s"
     return _timed("broker", run)

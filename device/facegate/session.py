@@ -20,10 +20,11 @@ from typing import Protocol
 import numpy as np
 
 from .errors import CameraError, FacegateError
+from .guidance import Guidance, Guide
 from .liveness.check import LivenessCheck, LivenessPlan
 from .pipeline import Verifier
 from .ports import Camera
-from .types import Decision, Frame
+from .types import Decision, Frame, Glimpse
 from .vocab import FaceReason, Failure, LivenessReason, State, Verdict
 
 log = logging.getLogger("facegate.session")
@@ -31,6 +32,9 @@ log = logging.getLogger("facegate.session")
 Progress = Callable[[State, "str | None"], None]
 """(state, challenge step or None): waiting_face when the session starts, challenge and
 the step being asked while a face is tracked, deciding when the frames have ended."""
+
+Guided = Callable[[Guidance], None]
+"""Told each guidance update for the person (guidance.Guide: a few a second at most)."""
 
 
 class Ended(StrEnum):
@@ -88,13 +92,16 @@ class Session:
     timeout_s: the session's length in frame time (None: until the frames end);
     cancelled / stopped: asked before every frame; on_progress: the one callback;
     stop_early: stop reading once enough good frames are kept and liveness is settled (a
-    live camera never ends by itself); False reads a file to its end (`facegate verify`)."""
+    live camera never ends by itself); False reads a file to its end (`facegate verify`);
+    guide / on_guide: the session's guidance and who is told its updates."""
 
     def __init__(self, verifier: Verifier, liveness: LivenessCheck | None = None, *,
                  timeout_s: float | None = None, on_progress: Progress | None = None,
                  cancelled: Callable[[], bool] = _never, stopped: Callable[[], bool] = _never,
-                 stop_early: bool = True):
+                 stop_early: bool = True, guide: Guide | None = None, on_guide: Guided | None = None):
         self.verifier, self.liveness, self.timeout_s = verifier, liveness, timeout_s
+        self.guide, self.on_guide = guide, on_guide or (lambda g: None)
+        self._state = State.WAITING_FACE
         self.stop_early = stop_early
         self.on_progress = on_progress or (lambda state, step: None)
         self.cancelled, self.stopped = cancelled, stopped
@@ -123,17 +130,23 @@ class Session:
                 return
             yield frame
 
-    def _on_frame(self, face: bool) -> None:
+    def _on_frame(self, g: Glimpse) -> None:
         """Waiting for a face until one is tracked, then each challenge step as it is asked
-        (a passive-only session stays waiting_face)."""
+        (a passive-only session stays waiting_face); then the guidance, when one is due."""
         step = self.liveness.step if self.liveness is not None else None
-        if face and step:
+        if g.tracked and step:
+            self._state = State.CHALLENGE
             self.on_progress(State.CHALLENGE, step)
+        if self.guide is not None:
+            steps = self.liveness.steps if self.liveness is not None else (0, 0, 0.0)
+            out = self.guide.update(g, self._state, step if self._state == State.CHALLENGE else None, steps)
+            if out is not None:
+                self.on_guide(out)
 
     def run(self, reference: np.ndarray, frames: Iterable[Frame]) -> Outcome:
         """Verify `reference` against `frames` (closed when the session ends); errors raise."""
         t0 = time.perf_counter()
-        self.ended = None
+        self.ended, self._state = None, State.WAITING_FACE
         self.on_progress(State.WAITING_FACE, None)
         source = iter(frames)
         try:

@@ -85,6 +85,7 @@ class StatusDoc(TypedDict, total=False):
     camera: dict  # adapters.cameras.CameraHealth as a dict, plus fps; {"ok": False} before the camera starts
     models: dict[str, str]  # task -> sha256 of the file loaded
     model_selftest: dict[str, dict]  # task -> modelstore.Choice.as_dict()
+    match_policy: dict  # policy.MatchPolicy.as_dict(): the threshold in force and why
     kid: str
     last_seq: int
     key: KeyDoc

@@ -102,3 +102,19 @@ class Decision:
     quality: dict = field(default_factory=dict)
     frames_used: int = 0
     liveness: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Glimpse:
+    """What one session frame showed, for guiding the person (guidance.Guide): t_s: the
+    frame's timestamp, seconds; tracked: the session's face was found in it; reason: why
+    the frame is unusable (a FaceReason: no_face, multiple_faces, face_changed or a failed
+    quality gate), None when it is usable; box: the tracked face (x0, y0, x1, y1) in frame
+    pixels, None without one; size: the frame's (width, height) in pixels. Stays on the
+    device: the guidance made from it carries neither box nor image."""
+
+    t_s: float
+    tracked: bool
+    reason: str | None
+    box: tuple[float, float, float, float] | None
+    size: tuple[int, int]

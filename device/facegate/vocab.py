@@ -1,5 +1,5 @@
 """The contract's words, defined once: decisions, the reasons that go with them, challenge
-steps, liveness modes and daemon states.
+steps, liveness modes, daemon states and the hints that guide the person at the terminal.
 
 Every value is a `StrEnum`: a member is the string itself (`Verdict.MATCH == "match"`,
 `json.dumps` and `cbor2` write it as that string), so code, tests, the soak and the docs
@@ -48,6 +48,24 @@ class Step(StrEnum):
     BLINK = "blink"
     TURN_LEFT = "turn_left"
     TURN_RIGHT = "turn_right"
+
+
+class Hint(StrEnum):
+    """The one thing the person at the terminal is told now (R/guide `hint`, the kiosk
+    screen): a fix for what makes the frames unusable, or the challenge step asked
+    (the same words as `Step`), or hold_still while good frames are collected."""
+
+    ONE_FACE_ONLY = "one_face_only"
+    LOOK_AT_CAMERA = "look_at_camera"
+    MOVE_CLOSER = "move_closer"
+    MOVE_BACK = "move_back"
+    MORE_LIGHT = "more_light"
+    LESS_LIGHT = "less_light"
+    CENTER_FACE = "center_face"
+    HOLD_STILL = "hold_still"
+    BLINK = Step.BLINK.value
+    TURN_LEFT = Step.TURN_LEFT.value
+    TURN_RIGHT = Step.TURN_RIGHT.value
 
 
 class LivenessMode(StrEnum):

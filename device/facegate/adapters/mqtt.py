@@ -24,6 +24,10 @@ from ..errors import ConfigError
 from ..ports import Inbound
 
 log = logging.getLogger("facegate.mqtt")
+_paho_log = logging.getLogger("facegate.mqtt.paho")
+# paho logs "Client is not connected. Socket: None) ..." at error level on every loop while
+# the broker is away; the adapter says that once, in its own words (_handle_connect_fail)
+_paho_log.addFilter(lambda r: not str(r.msg).startswith("Client is not connected"))
 SESSION_EXPIRY_S = 3600
 PACKET_HEADROOM_BYTES = 64 * 1024  # fixed and variable header, topic, properties, beyond the payload
 
@@ -46,6 +50,7 @@ class PahoPublisher:
         self.connected = False
         self.refused = 0  # QoS 1 publishes the broker answered with a failure reason code
         self.last_error = ""
+        self._refused_logged = self._unreachable_logged = False  # said once per outage
         self._acks: dict[int, Callable[[], None] | None] = {}
         self._early: set[int] = set()
         self._lock = threading.Lock()  # never held while calling into paho
@@ -55,9 +60,10 @@ class PahoPublisher:
         self._gate = threading.RLock()
         self._on_message = self._on_connect = self._on_disconnect = None
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        c.enable_logger(log)
+        c.enable_logger(_paho_log)
         if cfg.username:
             c.username_pw_set(cfg.username, cfg.read_password())
+        c.on_pre_connect = self._handle_pre_connect
         if cfg.tls:
             for name in ("ca_file", "cert_file", "key_file"):
                 value = getattr(cfg, name)
@@ -79,11 +85,29 @@ class PahoPublisher:
         self._client = c
 
     # -- paho callbacks (network thread) -------------------------------------------------
+    def _handle_pre_connect(self, client, userdata) -> None:
+        """The password file is read again before every attempt: a corrected file is used
+        at the next reconnect, without a restart."""
+        if self.cfg.username:
+            try:
+                client.username_pw_set(self.cfg.username, self.cfg.read_password())
+            except ConfigError as exc:
+                log.warning("%s (keeping the password read before)", exc)
+
     def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self.last_error = f"connection refused: {reason_code}"
-            log.warning("broker refused the connection: %s", reason_code)
+            why = ""
+            if reason_code.value in (134, 135):  # bad user name or password / not authorized
+                self.last_error += " (check mqtt.username and mqtt.password_file)"
+                why = (f" (check mqtt.username '{self.cfg.username}' and mqtt.password_file: the broker's password"
+                       " file must hold this user with that password; the file is read again at every attempt)")
+            if not self._refused_logged:
+                log.warning("broker %s:%d refused the connection: %s%s", self.cfg.host, self.cfg.port, reason_code,
+                            why)
+                self._refused_logged = True
             return
+        self._refused_logged = self._unreachable_logged = False
         # paho would now re-send what it still holds, ahead of anything newer; the outbox
         # re-sends all of it in seq order instead (and the daemon re-publishes its state).
         # The gate: no other thread's publish goes out on this connection before the
@@ -111,13 +135,18 @@ class PahoPublisher:
 
     def _handle_connect_fail(self, client, userdata) -> None:
         self.last_error = f"cannot reach {self.cfg.host}:{self.cfg.port} (connection or TLS handshake failed)"
+        if not self._unreachable_logged:
+            log.warning("%s; trying again every %g s at most (mqtt.reconnect_max_s)", self.last_error,
+                        max(1, int(self.cfg.reconnect_max_s)))
+            self._unreachable_logged = True
 
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected
         self.connected = False
         if was:
             self.last_error = f"disconnected: {reason_code}"
-            log.warning("disconnected from the broker: %s", reason_code)
+            log.warning("disconnected from the broker %s:%d: %s; reconnecting", self.cfg.host, self.cfg.port,
+                        reason_code)
             if self._on_disconnect:
                 self._on_disconnect()
 

@@ -11,7 +11,7 @@ Names are imported on first use, so `facegate` itself runs without the extra.
 from importlib import import_module
 
 _NAMES = {"BackendClient": "client", "DeviceNotTrusted": "client", "VerifiedResult": "client",
-          "VerifyRejected": "client", "VerifyTimeout": "client", "BackendConfig": "config", "load_config": "config",
+          "VerifyRejected": "client", "VerifyTimeout": "client", "ReferenceRefused": "client", "BackendConfig": "config", "load_config": "config",
           "Registry": "registry", "RegistryError": "registry", "Store": "store", "StoreError": "store",
           "Worker": "worker"}
 __all__ = sorted(_NAMES)

@@ -13,6 +13,7 @@ Exit codes: 0 success / match, 1 a negative decision, a rejection or a timeout, 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,8 @@ def cmd_devices(args) -> int:
             key += f" ({r['keys_dropped']} dropped)"
         depth = "-" if r["outbox_depth"] is None else str(r["outbox_depth"])
         last = "-" if r["last_decision"] is None else f"{r['last_decision']} (seq {r['last_seq']})"
+        if r["key"] == "revoked":  # what it decided before is history: its results now go to quarantine
+            last = f"revoked; before: {last}"
         print(f"{_shown(r['device']):20s} {key:16s} {r['status']:8s} {_age(r['last_seen'], now):10s} {depth:>6s}  {last}")
     return EXIT_OK
 
@@ -111,8 +114,8 @@ def cmd_pending(args) -> int:
     return EXIT_OK
 
 
-def _show_key(verb: str, row) -> None:
-    print(f"{verb} {row.dev}: kid {row.kid} public_key {row.pub.hex()} ({row.state})")
+def _show_key(verb: str, row, state: str | None = None) -> None:
+    print(f"{verb} {row.dev}: kid {row.kid} public_key {row.pub.hex()} ({state or row.state})")
 
 
 def _recheck(store, cfg, dev: str) -> None:
@@ -142,7 +145,7 @@ def cmd_revoke(args) -> int:
     store = _store(_config(args))
     try:
         for row in Registry(store).revoke(args.device, time.time(), args.kid):
-            _show_key("revoked", row)
+            _show_key("revoked", row, "was " + row.state + ", now revoked")
     finally:
         store.close()
     return EXIT_OK
@@ -155,8 +158,11 @@ def cmd_enrol(args) -> int:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
     except OSError as exc:
         raise RegistryError(f"cannot read {args.file}: {exc.strerror}") from None
-    pub, dev = parse_key_show(text)
-    dev = args.device or dev
+    pub, shown = parse_key_show(text)
+    if args.device and shown and args.device != shown:
+        raise RegistryError(f"{args.file} is the key of {shown} (its 'device' line), not of {args.device}: "
+                            f"enrolled as {args.device} it would let {shown} speak for {args.device}; check --device")
+    dev = args.device or shown
     if not dev:
         raise RegistryError("which device? give --device DEV ('facegate keys show' does not print it)")
     cfg = _config(args)
@@ -170,7 +176,7 @@ def cmd_enrol(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .client import BackendClient, VerifyRejected, VerifyTimeout
+    from .client import BackendClient, ReferenceRefused, VerifyRejected, VerifyTimeout
 
     cfg = _config(args)
     try:
@@ -179,21 +185,26 @@ def cmd_verify(args) -> int:
         print(f"facegate: cannot read {args.reference}: {exc.strerror}", file=sys.stderr)
         return EXIT_BAD_INPUT
     steps = None if args.challenge is None else [s for s in args.challenge.split(",") if s]
+    detail = ""
     with BackendClient(cfg) as client:
         try:
             r = client.verify(args.device, reference, steps, args.timeout_s)
         except VerifyRejected as exc:
-            r = exc.result
+            r, detail = exc.result, exc.detail
         except VerifyTimeout as exc:
             if args.json:
                 print(json.dumps({"device": args.device, "error": "timeout", "request_id": exc.request_id,
-                                  "refused": exc.refused}))
+                                  "refused": exc.refused, "hint": exc.hint}))
             print(f"facegate: {exc}", file=sys.stderr)
             return EXIT_NEGATIVE
+        except ReferenceRefused as exc:
+            print(f"facegate: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     if args.json:
-        print(json.dumps({**r.payload(), "kid": r.kid, "topic": r.topic, "message": r.message.hex()}))
+        print(json.dumps({**r.payload(), "kid": r.kid, "topic": r.topic, "message": r.message.hex(),
+                          **({"detail": detail} if detail else {})}))
     else:
-        print(f"{r.device}: {r.decision}" + (f" ({r.reason})" if r.reason else "")
+        print(f"{r.device}: {r.decision}" + (f" ({r.reason}{': ' + detail if detail else ''})" if r.reason else "")
               + f"  request {r.request_id}  seq {r.seq}  signature verified (kid {r.kid}, topic {r.topic})")
     return EXIT_OK if r.decision == Verdict.MATCH else EXIT_NEGATIVE
 
@@ -215,9 +226,66 @@ def cmd_serve(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     w = Worker(cfg)
-    s = w.run(stop)
+    try:
+        lock = _lock_worker(cfg, w.client_id)
+    except OSError as exc:
+        print(f"facegate: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        s = w.run(stop)
+    finally:
+        os.close(lock)
     logging.getLogger("facegate.backend").info("worker %s stopped: %s", cfg.serve.worker, s)
     return EXIT_OK
+
+
+def _lock_worker(cfg, client_id: str) -> int:
+    """One worker per client id on this machine: a second under the same --worker name
+    took the first one's session over and both flapped every ~2 s ('Unspecified error')
+    forever. An flock in the temp dir, keyed on broker and client id, held while it runs;
+    raises OSError naming the pid that holds it."""
+    import fcntl
+    import hashlib
+    import tempfile
+
+    key = hashlib.sha256(f"{cfg.mqtt.host}:{cfg.mqtt.port}/{client_id}".encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"facegate-serve-{key}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise OSError(f"worker {cfg.serve.worker} (client id {client_id}) already runs here (pid {holder}): give "
+                      "this one another --worker name (two workers under one name push each other off the "
+                      "broker)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def cmd_config_check(args) -> int:
+    """Every error with its key and line; then the files the config names, as resolved."""
+    from ..errors import ConfigError
+    from .config import load
+
+    try:
+        cfg = load(args.file)
+    except ConfigError as exc:  # every error on its own line, in the file's order
+        print(str(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    fixes = {"key_file": f" (make it: facegate keys init --path {cfg.key_file})",
+             "mqtt.password_file": " (the backend user's password, first line; broker-setup.sh add-user writes one)",
+             "mqtt.ca_file": " (the broker's CA certificate: ca.pem of broker-setup.sh init)"}
+    missing = [f"{name} = {value}: no such file{fixes[name]}" for name, value in
+               (("key_file", cfg.key_file), ("mqtt.password_file", cfg.mqtt.password_file),
+                ("mqtt.ca_file", cfg.mqtt.ca_file)) if value and not Path(value).is_file()]
+    store = cfg.store.dsn.split("@")[-1] if cfg.store.dsn else cfg.store.sqlite
+    print(f"{args.file}: ok (broker {cfg.mqtt.host}:{cfg.mqtt.port}{' TLS' if cfg.mqtt.tls else ''}, "
+          f"store {'postgresql ' if cfg.store.dsn else 'sqlite '}{store}, key {cfg.key_file})")
+    for m in missing:
+        print(f"{args.file}: {m}", file=sys.stderr)
+    return EXIT_BAD_INPUT if missing else EXIT_OK
 
 
 def _needs_extra(fn):
@@ -262,6 +330,12 @@ def add_parser(sub) -> None:
     e.add_argument("--device", help="the terminal's device_id")
     e.add_argument("--replace", action="store_true", help="retire the device's current key")
     e.set_defaults(func=_needs_extra(cmd_enrol))
+
+    c = bsub.add_parser("config", help="the backend's config: check")
+    csub = c.add_subparsers(dest="config_cmd", required=True)
+    cc = csub.add_parser("check", help="every error with its key and line; the files it names, resolved")
+    cc.add_argument("file")
+    cc.set_defaults(func=cmd_config_check, config=None)
 
     v = common(bsub.add_parser("verify", help="one verification on a terminal; its signed answer verified"))
     v.add_argument("--device", required=True)

@@ -19,7 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cbor2
+
 from ..errors import FacegateError
+from ..imageio import header_size
 from ..messages import Topics, verify_command
 from ..signing import SignatureError, SigningKey, load_key, sign, verify
 from ..vocab import Verdict
@@ -38,14 +41,21 @@ class DeviceNotTrusted(ClientError):
     """The device has no active (enrolled or approved, not revoked) key."""
 
 
+class ReferenceRefused(ClientError):
+    """The reference is not something the terminals take (format, pixels, bytes): said
+    before sending, instead of a silent broker drop or a bare `bad_reference`."""
+
+
 class VerifyTimeout(ClientError):
     """No acceptable answer within the timeout; `refused` lists why answers that did come
-    were not believed (e.g. bad_signature, wrong_nonce)."""
+    were not believed (e.g. bad_signature, wrong_nonce); `hint` says what to check."""
 
-    def __init__(self, device: str, request_id: str, timeout_s: float, refused: list[str]):
+    def __init__(self, device: str, request_id: str, timeout_s: float, refused: list[str], hint: str = ""):
         why = f"; refused answers: {', '.join(refused)}" if refused else ""
-        super().__init__(f"no answer from {device} to request {request_id} within {timeout_s:g} s{why}")
+        super().__init__(f"no answer from {device} to request {request_id} within {timeout_s:g} s{why}"
+                         + (f": {hint}" if hint else ""))
         self.device, self.request_id, self.timeout_s, self.refused = device, request_id, timeout_s, refused
+        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,7 @@ class VerifiedResult:
     kid: str
     topic: str
     message: bytes
+    detail: str = ""  # a rejected command's what-is-wrong, as the terminal signed it
 
     def payload(self) -> dict:
         return {"dev": self.device, "decision": self.decision, "reason": self.reason, "request_id": self.request_id,
@@ -77,11 +88,13 @@ class VerifiedResult:
 
 class VerifyRejected(ClientError):
     """The terminal refused the command (decision `rejected`), e.g. busy, expired,
-    bad_reference; `result` is its verified answer."""
+    bad_reference; `result` is its verified answer; `detail` says what is wrong with a
+    bad_reference (format, size: what the client can tell from the bytes it sent)."""
 
-    def __init__(self, result: VerifiedResult):
-        super().__init__(f"{result.device} rejected request {result.request_id}: {result.reason}")
-        self.result, self.reason = result, result.reason
+    def __init__(self, result: VerifiedResult, detail: str = ""):
+        super().__init__(f"{result.device} rejected request {result.request_id}: {result.reason}"
+                         + (f" ({detail})" if detail else ""))
+        self.result, self.reason, self.detail = result, result.reason, detail
 
 
 @dataclass
@@ -105,6 +118,7 @@ class BackendClient:
         self._lock = threading.Lock()
         self._connect_lock = threading.Lock()
         self._watched: set[str] = set()
+        self._status: dict[str, str] = {}  # device -> its retained R/status (online, offline, stopped)
         self._broker: BrokerClient | None = None
 
     def __enter__(self) -> BackendClient:
@@ -129,6 +143,13 @@ class BackendClient:
 
     def _on_message(self, msg: Message) -> None:
         with self._lock:
+            if msg.topic != self.reply_topic and msg.topic.endswith("/status"):
+                dev = msg.topic.split("/")[-2]
+                if msg.payload:
+                    self._status[dev] = msg.payload.decode(errors="replace")[:32]
+                else:  # the retained status was cleared
+                    self._status.pop(dev, None)
+                return
             if msg.topic == self.reply_topic:
                 w = self._waits.get(msg.correlation or b"")
                 targets = [w] if w else []
@@ -146,23 +167,29 @@ class BackendClient:
         DeviceNotTrusted, or BrokerError when the broker cannot be reached."""
         keys = self.registry.keyring().public_keys(device)
         if not keys:
-            raise DeviceNotTrusted(f"{device} has no active key: enrol it ('facegate backend devices enrol') "
-                                   "or approve its pending key")
-        broker = self._connect()
+            raise DeviceNotTrusted(self._why_untrusted(device))
+        self._check_reference(reference)
         topics = Topics.of(self.cfg.mqtt.prefix, device)
+        now = time.time()
+        cmd = verify_command(reference, now, min(self.cfg.command_lifetime_s, timeout_s + 30), request_id, challenge)
+        signed = sign(cmd, self.key, topics.cmd_verify)
+        if len(signed) > self.cfg.max_command_bytes:
+            raise ReferenceRefused(f"the command would be {len(signed):,} bytes, over the terminals' limit of "
+                                   f"{self.cfg.max_command_bytes:,} (daemon.max_command_bytes; the broker would drop it "
+                                   "without a word): send a smaller reference (a JPEG of the portrait, not a scan)")
+        broker = self._connect()
         with self._connect_lock:
             if device not in self._watched:
                 broker.subscribe(topics.result, 1)
+                broker.subscribe(topics.status, 1)
                 self._watched.add(device)
-        now = time.time()
-        cmd = verify_command(reference, now, min(self.cfg.command_lifetime_s, timeout_s + 30), request_id, challenge)
         corr = os.urandom(16)
         wait = _Wait(device, cmd["request_id"], queue.Queue())
         with self._lock:
             self._waits[corr] = wait
         refused: list[str] = []
         try:
-            broker.publish(topics.cmd_verify, sign(cmd, self.key, topics.cmd_verify), 1,
+            broker.publish(topics.cmd_verify, signed, 1,
                            response_topic=self.reply_topic, correlation=corr, timeout_s=min(timeout_s, 10.0))
             deadline = time.monotonic() + timeout_s
             while (left := deadline - time.monotonic()) > 0:
@@ -173,14 +200,59 @@ class BackendClient:
                 result, why = self._check(msg, device, keys, cmd, now)
                 if result is not None:
                     if result.decision == Verdict.REJECTED:
-                        raise VerifyRejected(result)
+                        raise VerifyRejected(result, result.detail or (_reference_detail(reference)
+                                             if result.reason == "bad_reference" else ""))
                     return result
                 if why:
                     refused.append(why)
         finally:
             with self._lock:
                 self._waits.pop(corr, None)
-        raise VerifyTimeout(device, cmd["request_id"], timeout_s, refused)
+        raise VerifyTimeout(device, cmd["request_id"], timeout_s, refused, self._why_silent(device, refused))
+
+    def _check_reference(self, reference: bytes) -> None:
+        """A reference over the terminals' limits is refused here, with its size (the
+        terminal would answer a bare bad_reference, or the broker drop the command)."""
+        head = header_size(reference)
+        if head is not None and head[1] * head[2] > self.cfg.max_reference_pixels:
+            fmt, w, h = head
+            raise ReferenceRefused(f"the reference is {w}x{h} ({w * h / 1e6:.1f} MP); the terminals take at most "
+                                   f"{self.cfg.max_reference_pixels / 1e6:.1f} MP (daemon.max_reference_pixels): "
+                                   "scale it down (an ID portrait needs well under 1 MP)")
+
+    def _why_untrusted(self, device: str) -> str:
+        rows = self.store.keys(device)
+        pending = [r.kid for r in rows if r.state == "pending"]
+        if pending:
+            return (f"{device}'s key {pending[0]} is pending, not approved: facegate backend devices approve {device}"
+                    " (after checking it is the terminal's: 'facegate keys show' on it)")
+        if any(r.state == "revoked" for r in rows):
+            return (f"{device}'s key is revoked: it gets no commands. To trust the terminal again, give it a new key "
+                    f"('facegate keys rotate' on it) and enrol that: facegate backend devices enrol FILE --device {device}")
+        return (f"{device} is not enrolled: on the terminal 'facegate keys show > {device}.key', then "
+                f"facegate backend devices enrol {device}.key --device {device}")
+
+    def _why_silent(self, device: str, refused: list[str]) -> str:
+        """What a timeout most likely means, from what did (not) arrive."""
+        with self._lock:
+            status = self._status.get(device)
+        unknown = [w.split(" ", 1)[1] for w in refused if w.startswith("unknown_key ")]
+        if unknown:
+            kid = unknown[0]
+            pend = [r for r in self.store.keys(device) if r.kid == kid and r.state == "pending"]
+            if pend:
+                return (f"its answers are signed by its pending key {kid} (a key rotation?): approve it with "
+                        f"facegate backend devices approve {device}")
+            return (f"its answers are signed by key {kid}, which is not {device}'s enrolled key (a key rotation?): "
+                    f"facegate backend devices pending --scan 2, then facegate backend devices approve {device}")
+        if status is None:
+            return (f"{device} never connected to this broker (no retained {self.cfg.mqtt.prefix}/{device}/status): "
+                    "check its device_id, its [mqtt] section and its broker user ('facegate selftest' on it)")
+        if status != "online":
+            return f"{device} is {status} (its retained status): start it, or check its network and broker login"
+        return (f"{device} is online but silent: it most likely does not trust this backend's key (kid "
+                f"{self.key.kid.hex()}): its mqtt.trusted_keys must hold {self.key.public.hex()} "
+                "(on the terminal: 'facegate status' counts such commands as 'ignored: unknown_key')")
 
     def _check(self, msg: Message, device: str, keys: dict, cmd: dict, sent: float
                ) -> tuple[VerifiedResult | None, str | None]:
@@ -189,6 +261,8 @@ class BackendClient:
         try:
             v = verify(msg.payload, keys, msg.topic)
         except SignatureError as exc:
+            if str(exc) == "unknown_key" and (kid := _kid_of(msg.payload)):
+                return None, f"unknown_key {kid}"
             return None, str(exc)
         p = v.payload
         if payload_problem(p):
@@ -206,4 +280,25 @@ class BackendClient:
             return None, "replayed_seq"
         return VerifiedResult(device, p["decision"], p.get("reason"), p["request_id"], p.get("session"), p["seq"],
                               float(p["iat"]), p.get("boot"), p.get("liveness") or {}, p.get("quality") or {},
-                              p.get("models") or {}, p.get("policy"), v.kid.hex(), msg.topic, msg.payload), None
+                              p.get("models") or {}, p.get("policy"), v.kid.hex(), msg.topic, msg.payload,
+                              p["detail"] if isinstance(p.get("detail"), str) else ""), None
+
+
+def _kid_of(message: bytes) -> str | None:
+    """The kid in a COSE_Sign1 message's protected header (not verified), as hex."""
+    try:
+        kid = cbor2.loads(cbor2.loads(message).value[0]).get(4)
+        return kid.hex() if isinstance(kid, bytes) else None
+    except Exception:  # garbage: no kid to name
+        return None
+
+
+def _reference_detail(reference: bytes) -> str:
+    """Why a terminal refused these bytes as bad_reference, as far as their header tells."""
+    head = header_size(reference)
+    if head is None:
+        return "not a JPEG, PNG, BMP or WebP image"
+    fmt, w, h = head
+    if w * h == 0:
+        return f"corrupt: no image size in its {fmt.upper()} header"
+    return f"a {w}x{h} {fmt.upper()} the terminal could not decode (corrupt or truncated?), or smaller than 16 pixels"

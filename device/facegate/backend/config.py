@@ -42,6 +42,8 @@ class ServeConfig(_Section):
 class BackendConfig(_Section):
     key_file: str = Field("backend.pem", description="The backend's Ed25519 signing key (PEM) that signs verify commands; its public key goes into each terminal's mqtt.trusted_keys")
     command_lifetime_s: float = Field(120.0, gt=0, le=3600, description="exp - iat of the verify commands sent (the terminals refuse more than their daemon.command_max_age_s)")
+    max_command_bytes: int = Field(2_000_000, ge=1000, description="The terminals' daemon.max_command_bytes: a verify command above it is refused here, before it is sent (the terminal would never see it)")
+    max_reference_pixels: int = Field(4_000_000, ge=10_000, description="The terminals' daemon.max_reference_pixels: a larger reference is refused here, with its size, instead of a bare bad_reference")
     clock_skew_s: float = Field(30.0, ge=0, description="Tolerated clock difference to the terminals when a result's iat is checked, seconds")
     mqtt: BrokerConfig = BrokerConfig()
     store: StoreConfig = StoreConfig()
@@ -49,5 +51,20 @@ class BackendConfig(_Section):
 
 
 def load(path: str | Path | None) -> BackendConfig:
-    """backend.toml at `path`, or every default when None (raises ConfigError)."""
-    return _load(path, BackendConfig)
+    """backend.toml at `path`, or every default when None (raises ConfigError). Relative
+    file names in it (key_file, store.sqlite, mqtt's password / CA / certificate files) are
+    taken relative to the config file's directory, not to wherever the command runs: run
+    from elsewhere, `devices` used to open a new, empty registry."""
+    cfg = _load(path, BackendConfig)
+    if path is None:
+        return cfg
+    base = Path(path).resolve().parent
+
+    def anchored(model, names):
+        upd = {n: str(base / getattr(model, n)) for n in names
+               if getattr(model, n) and not Path(getattr(model, n)).is_absolute()}
+        return model.model_copy(update=upd) if upd else model
+
+    return anchored(cfg, ("key_file",)).model_copy(update={
+        "mqtt": anchored(cfg.mqtt, ("password_file", "ca_file", "cert_file", "key_file")),
+        "store": anchored(cfg.store, ("sqlite",))})

@@ -20,10 +20,15 @@ from ..errors import FacegateError
 from .config import BrokerConfig
 
 log = logging.getLogger(__name__)
+SHORT_LIVED_S = 5.0  # a connection the broker drops sooner, again and again: another client with our id
 
 
 class BrokerError(FacegateError):
     """The broker cannot be reached, refuses us, or did not answer in time."""
+
+
+class PublishRefused(BrokerError):
+    """The broker answered a publish with a failure reason code (an ACL that denies it)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class BrokerClient:
                         manual_ack=manual_ack)
         if cfg.username:
             c.username_pw_set(cfg.username, cfg.read_password())
+        c.on_pre_connect = self._handle_pre_connect
         if cfg.tls:
             try:
                 c.tls_set(ca_certs=cfg.ca_file or None, certfile=cfg.cert_file or None, keyfile=cfg.key_file or None,
@@ -75,6 +81,12 @@ class BrokerClient:
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
         c.on_subscribe = self._handle_subscribe
+        c.on_publish = self._handle_publish
+        self._puback: dict[int, object] = {}  # mid -> the failure reason code the broker answered with
+        self._refused_connect = False
+        self.taken_over: str | None = None  # set when another client took this session over (same client id)
+        self._connected_at = 0.0
+        self._short_lived = 0  # connections in a row the broker dropped within SHORT_LIVED_S
         c.on_socket_open = self._handle_socket_open
         self._client = c
 
@@ -86,10 +98,28 @@ class BrokerClient:
         except (OSError, AttributeError):
             pass
 
+    def _handle_pre_connect(self, client, userdata) -> None:
+        """The password file is read again before every attempt: a corrected password is
+        used at the next reconnect, no restart needed."""
+        if self.cfg.username:
+            try:
+                client.username_pw_set(self.cfg.username, self.cfg.read_password())
+            except FacegateError as exc:
+                log.warning("%s (keeping the password read before)", exc)
+
     def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self.last_error = f"connection refused: {reason_code}"
+            if reason_code.value in (134, 135):  # bad user name or password / not authorized
+                self.last_error += (f" (the broker does not take user '{self.cfg.username}' with the password in "
+                                    f"mqtt.password_file {self.cfg.password_file or '(none)'}: check both; the "
+                                    "file is read again at every attempt)")
+            if not self._refused_connect:
+                log.warning("broker %s:%d: %s", self.cfg.host, self.cfg.port, self.last_error)
+            self._refused_connect = True  # paho's disconnect that follows says only "Protocol error"
             return
+        self._refused_connect = False
+        self._connected_at = time.monotonic()
         with self._lock:
             self.generation += 1
         for topic, qos in self.subscriptions:
@@ -101,9 +131,21 @@ class BrokerClient:
         with self._lock:
             self.generation += 1  # nothing received before may be acknowledged now
         self._connected.clear()
-        if reason_code.is_failure:
+        if reason_code.value == 142:  # Session taken over: another client connected with our client id
+            self.taken_over = (f"another client connected with client id {self.client_id} and took this session "
+                               "over: two serve workers with one --worker name (or two backends with one "
+                               "mqtt.client_id) push each other off the broker; give each its own name")
+            log.error("%s", self.taken_over)
+        if reason_code.is_failure and not self._refused_connect and self._connected_at:
+            lived = time.monotonic() - self._connected_at
+            self._short_lived = self._short_lived + 1 if lived < SHORT_LIVED_S else 0
+            if self._short_lived == 3:  # once per run of them
+                log.error("the broker dropped this connection 3 times within seconds of making it: is another "
+                          "client using client id %s? (two serve workers with one --worker name, or two backends "
+                          "with one mqtt.client_id, push each other off)", self.client_id)
+        if reason_code.is_failure and not self._refused_connect:
             self.last_error = f"disconnected: {reason_code}"
-            log.warning("disconnected from the broker: %s", reason_code)
+            log.warning("disconnected from the broker %s:%d: %s", self.cfg.host, self.cfg.port, reason_code)
 
     def _handle_message(self, client, userdata, msg) -> None:
         props = msg.properties
@@ -164,6 +206,11 @@ class BrokerClient:
             entry[1].extend(reason_codes)
             entry[0].set()
 
+    def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if reason_code is not None and reason_code.is_failure:
+            with self._lock:
+                self._puback[mid] = reason_code
+
     def publish(self, topic: str, payload: bytes, qos: int = 1, response_topic: str | None = None,
                 correlation: bytes | None = None, timeout_s: float = 10.0, wait: bool = True) -> None:
         """Publish and, for QoS 1 (unless wait=False), wait for the PUBACK (raises BrokerError)."""
@@ -184,6 +231,12 @@ class BrokerClient:
                 raise BrokerError(f"publish to {topic} failed: {exc}") from None
             if not info.is_published():
                 raise BrokerError(f"the broker did not acknowledge the message to {topic} within {timeout_s:g} s")
+            with self._lock:
+                refused = self._puback.pop(info.mid, None)
+            if refused is not None:
+                raise PublishRefused(f"the broker refused the message to {topic}: {refused} (its ACL does not let "
+                                     f"user '{self.cfg.username}' write there; the backend's user needs "
+                                     f"'topic readwrite {topic.split('/')[0]}/#')")
 
     def ack(self, msg: Message) -> bool:
         """Acknowledge a QoS 1 message on the connection it came on; False when that

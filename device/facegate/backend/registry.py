@@ -82,6 +82,11 @@ class Registry:
             raise RegistryError("an Ed25519 public key is 32 bytes")
         kid = kid_of(pub).hex()
         with self.store.transaction():
+            theirs = [r for r in self.store.keys() if r.kid == kid and r.dev != dev and r.state != "pending"]
+            if theirs:
+                raise RegistryError(f"key {kid} is {theirs[0].dev}'s ({theirs[0].state}): a terminal's key belongs "
+                                    f"to one device; is --device {dev} right? ('facegate keys show' on {dev} gives "
+                                    "its own)")
             rows = [r for r in self.store.keys(dev)]
             mine = next((r for r in rows if r.kid == kid), None)
             if mine and mine.state == "revoked":

@@ -40,6 +40,10 @@ from .store import ResultRow, Store, StoreError
 from .trust import Keyring, check_attest, check_result, topic_device
 
 log = logging.getLogger(__name__)
+QUARANTINE_LOG_S = 60.0  # one log line per device and reason this often
+QUARANTINE_HINTS = {"revoked_key": " ({dev}'s key is revoked: 'facegate backend devices' shows it)",
+                    "unapproved_key": " (a key of {dev} not yet approved: facegate backend devices approve {dev})",
+                    "unknown_device": " (not enrolled: facegate backend devices enrol FILE --device {dev})"}
 STATUS_WORDS = ("online", "offline", "stopped")
 STATS_EVERY_S = 60.0  # the worker's counters in its log
 
@@ -75,6 +79,7 @@ class Worker:
         s = cfg.serve
         self.name = s.worker
         self.client_id = f"{cfg.mqtt.client_id or 'facegate-backend'}-w{s.worker}"
+        self._quarantine_said: dict[tuple[str | None, str], float] = {}  # (dev, reason) -> last logged
         self.prefix = cfg.mqtt.prefix.rstrip("/")
         self.store = store
         self.stats = WorkerStats()
@@ -133,6 +138,8 @@ class Worker:
                 ready.set()
             next_log = time.monotonic()
             while not stop.is_set():
+                if self.broker.taken_over:  # a second worker under this name: refuse to flap forever
+                    raise BrokerError(self.broker.taken_over)
                 if time.monotonic() >= next_log:
                     self._purge()
                     log.info("worker %s: %s", self.name, self.stats)
@@ -293,6 +300,10 @@ class Worker:
         topic = m.topic[:limits.MAX_TEXT * 2].replace("\x00", "?")
         self._db.quarantine(digest, topic, dev, reason, kept, m.t_received, self.name, len(m.payload))
         counts.quarantined += 1
+        if now - self._quarantine_said.get((dev, reason), -QUARANTINE_LOG_S) >= QUARANTINE_LOG_S:  # no flood
+            self._quarantine_said[(dev, reason)] = now
+            log.warning("a result on %s quarantined: %s%s", m.topic, reason, QUARANTINE_HINTS.get(reason, "")
+                        .format(dev=dev))
 
     def _store_result(self, m: Message, v, now: float, counts: WorkerStats, ring: Keyring) -> None:
         if not v.accepted:

@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds from the daemon's start to a verified result, per session (default 120; "
                          "raise it on a slow or emulated CPU)")
     dm.add_argument("--json", action="store_true", help="one JSON object per session on stdout, progress on stderr")
+    dm.add_argument("--screen", nargs="?", const="127.0.0.1:8080", metavar="ADDR",
+                    help="serve the kiosk page (preview, hints, result) on this loopback address (default "
+                         "127.0.0.1:8080), print its URL, play the video in real time")
     dm.add_argument("--backend", action="store_true", help="also show the backend side: the device enrolled, "
                                                             "each result stored in {workdir}/backend.db as "
                                                             "'facegate backend serve' stores it (needs the backend extra)")

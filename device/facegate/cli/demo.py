@@ -50,7 +50,8 @@ def cmd_demo(args) -> int:
             res = demo.run_demo(run.video, run.reference, workdir, run.liveness, run.challenge,
                                 functools.partial(_timed_say, say, t0),
                                 step_timeout_s=run.step_timeout_s,
-                                timeout_s=args.deadline_s or demo.DEFAULT_TIMEOUT_S)
+                                timeout_s=args.deadline_s or demo.DEFAULT_TIMEOUT_S,
+                                screen=getattr(args, "screen", None))
         except InputError as exc:
             return _fail(str(exc))
         except demo.DemoError as exc:

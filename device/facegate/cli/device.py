@@ -49,8 +49,12 @@ def _key_path(args):
     return key_path(config_mod.load(args.config))
 
 
-def _print_key(key, path, as_json: bool) -> None:
+def _print_key(key, path, as_json: bool, device: str | None = None) -> None:
+    """device: the config's device_id, so that `backend devices enrol` can tell a key
+    enrolled under another device's name (kiosk-7's key as kiosk-8)."""
     info = {"path": str(path), "kid": key.kid.hex(), "public_key": key.public.hex(), "algorithm": "EdDSA (Ed25519)"}
+    if device:
+        info["device"] = device
     if as_json:
         print(json.dumps(info))
     else:
@@ -63,10 +67,19 @@ def cmd_keys_show(args) -> int:
 
     path = _key_path(args)
     if not path.exists():
-        return _fail(f"no signing key at {path} yet (created on first start, or by 'facegate keys rotate')",
-                     EXIT_NEGATIVE)
-    _print_key(load_key(path), path, args.json)
+        cfg_arg = f" --config {args.config}" if getattr(args, "config", None) else ""
+        return _fail(f"no signing key at {path} yet: make it with 'facegate keys init{cfg_arg}' "
+                     "(the daemon also makes one at its first start; an install.sh terminal keeps it in "
+                     "/etc/facegate/signing.key: --path /etc/facegate/signing.key)", EXIT_NEGATIVE)
+    _print_key(load_key(path), path, args.json, _device_of(args))
     return EXIT_OK
+
+
+def _device_of(args) -> str | None:
+    """The config's device_id when the key was found through --config (not --path)."""
+    if getattr(args, "path", None) or not getattr(args, "config", None):
+        return None
+    return config_mod.load(args.config).device_id
 
 
 def cmd_keys_init(args) -> int:
@@ -127,6 +140,23 @@ def _selftest_line(chosen: dict) -> str:
     return ", ".join(parts) or "-"
 
 
+def _when(ts) -> str:
+    """A wall-clock time as people read it, and how long ago."""
+    if not isinstance(ts, (int, float)):
+        return "-"
+    ago = max(0.0, time.time() - ts)
+    age = f"{ago:.0f} s" if ago < 120 else f"{ago / 60:.0f} min" if ago < 7200 else f"{ago / 3600:.0f} h"
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts)) + f" ({age} ago)"
+
+
+def _refused_text(doc, h) -> str:
+    n = h.get("publish_refused") or 0
+    if not n:
+        return ""
+    return (f"; {n} publish(es) REFUSED by the broker: its ACL lets a terminal write only under its own "
+            f"user name, so mqtt.username must be the device_id '{doc.get('device_id')}'")
+
+
 def cmd_status(args) -> int:
     doc = _status_doc(args)
     running = _daemon_pid(args, doc) is not None
@@ -148,20 +178,22 @@ def cmd_status(args) -> int:
         ("daemon", f"{'running' if running else 'NOT running'} (pid {doc.get('pid')}, version {doc.get('version')})"),
         ("device", f"{doc.get('device_id')}  kid {doc.get('kid')}"),
         ("state", f"{st.get('state')}" + (f" step={st.get('step')}" if st.get("step") else "")),
-        ("broker", "connected" if doc.get("broker", {}).get("connected") else
-         f"not connected {doc.get('broker', {}).get('error', '')}".strip()),
+        ("broker", ("connected" if doc.get("broker", {}).get("connected") else
+                    f"not connected {doc.get('broker', {}).get('error', '')}".strip()) + _refused_text(doc, h)),
         ("camera", ("ok" if doc.get("camera", {}).get("ok") else "NOT ok")
          + f", {h.get('fps', 0)} fps, failures {doc.get('camera', {}).get('failures', 0)}"),
         ("models", ", ".join(f"{k}={v[:12]}" for k, v in (doc.get("models") or {}).items())),
         ("selftest", _selftest_line(doc.get("model_selftest") or {})),
+        ("policy", (doc.get("match_policy") or {}).get("why", "-")),
         ("outbox", f"{h.get('outbox_depth')} waiting, {h.get('outbox_expired')} expired, last seq {doc.get('last_seq')}"),
         ("storage", "ok" if h.get("storage_ok") else "LOW: new sessions refused"),
         ("clock", {True: "synchronised", False: "NOT synchronised (commands may be refused as expired or "
                    "not yet valid)"}.get(synced, "synchronisation unknown") if synced is not None else "synchronisation unknown"),
         ("sessions", f"{h.get('sessions')} run, {h.get('rejected')} rejected, " + _ignored_text(h.get("ignored") or {})),
         ("latency", " ".join(f"{k}={v}ms" for k, v in (h.get("latency_ms") or {}).items()) or "-"),
-        ("last", f"{last.get('decision')} ({last.get('reason')}) at {last.get('ts')}" if last else "-"),
-        ("updated", f"{doc.get('ts')}"),
+        ("last", f"{last.get('decision')}" + (f" ({last.get('reason')})" if last.get("reason") else "")
+         + f" at {_when(last.get('ts'))}" if last else "none yet"),
+        ("updated", _when(doc.get("ts"))),
     ]
     for k, v in lines:
         print(f"{k:9s} {v}")
@@ -249,7 +281,12 @@ def cmd_selftest(args) -> int:
         for c in checks:
             word = "SKIP" if c.skipped else "PASS" if c.ok else "FAIL"
             print(f"{word}  {c.name:{width}s}  {c.detail}  ({c.ms:.0f} ms)")
-        print(f"selftest: {'PASS' if ok else 'FAIL'} ({len(checks) - failed} of {len(checks)} checks passed)")
+        skipped = [c.name for c in checks if c.skipped]
+        passed = len(checks) - failed - len(skipped)
+        failed_names = ", ".join(c.name for c in checks if not c.ok)
+        print(f"selftest: {'PASS' if ok else 'FAIL'} ({passed} passed"
+              + (f", {failed} failed: {failed_names}" if failed else "")
+              + (f", {len(skipped)} skipped: {', '.join(skipped)}" if skipped else "") + ")")
     return EXIT_OK if ok else EXIT_NEGATIVE
 
 
@@ -260,7 +297,16 @@ def cmd_config_check(args) -> int:
     except FacegateError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_BAD_INPUT
+    problems = config_mod.unusable(cfg, Path(args.file).read_text(), args.file)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(f"{args.file}: ok (device_id={cfg.device_id})")
+    if cfg.verify.match_threshold is not None:
+        print(f"note: verify.match_threshold = {cfg.verify.match_threshold} overrides the calibrated match policy "
+              f"(verify.target_fmr = {cfg.verify.target_fmr:.0e} is not used; the false-match rate is then yours to state)")
+    for note in config_mod.advice(cfg):
+        print(f"note: {note}")
     return EXIT_OK
 
 

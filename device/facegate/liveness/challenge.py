@@ -156,10 +156,28 @@ class Challenge:
     _turned: str | None = None  # the direction of an excursion not yet returned from
     _open: list[float] = field(default_factory=list)
     _closed_t: float | None = None
+    _yaw_off: float = 0.0  # the last frame's yaw away from the frontal baseline, degrees
 
     @property
     def step(self) -> str | None:
         return self.steps[self.index] if self.status == "running" and self.index < len(self.steps) else None
+
+    @property
+    def step_progress(self) -> float:
+        """How far the step asked now has come, 0-1, for guiding the person: a turn is
+        3/4 done at turn_min_deg towards the asked side and whole once back to frontal; a
+        blink half done while the eyes are closed."""
+        step = self.step
+        if step is None:
+            return 1.0 if self.status == "passed" else 0.0
+        if step == Step.BLINK:
+            return 0.5 if self._closed_t is not None else 0.0
+        if self._turned == step:
+            back = (abs(self._yaw_off) - self.opts.turn_return_deg) / max(
+                self.opts.turn_min_deg - self.opts.turn_return_deg, 1e-6)
+            return 0.75 + 0.25 * (1.0 - min(max(back, 0.0), 1.0))
+        toward = self._yaw_off if step == Step.TURN_LEFT else -self._yaw_off
+        return 0.75 * min(max(toward / self.opts.turn_min_deg, 0.0), 1.0)
 
     def _fail(self, reason: str) -> None:
         self.status, self.reason = "failed", reason
@@ -205,7 +223,7 @@ class Challenge:
             self._yaw_base = (self._yaw_base + [o.yaw_deg])[-15:]
         if base is None:
             return
-        d = o.yaw_deg - base
+        d = self._yaw_off = o.yaw_deg - base
         if abs(d) >= self.opts.turn_min_deg:
             self._turned = Step.TURN_LEFT if d > 0 else Step.TURN_RIGHT
         elif self._turned and abs(d) <= self.opts.turn_return_deg:

@@ -69,6 +69,13 @@ class LivenessCheck:
         return self.challenge.step if self.challenge is not None else None
 
     @property
+    def steps(self) -> tuple[int, int, float]:
+        """(steps done, steps asked, the current step's progress 0-1): (0, 0, 0.0) without
+        a challenge."""
+        ch = self.challenge
+        return (ch.index, len(ch.steps), ch.step_progress) if ch is not None else (0, 0, 0.0)
+
+    @property
     def failed(self) -> bool:
         """Already a spoof whatever comes next: the face changed or the challenge failed."""
         return self._changed or (self.challenge is not None and self.challenge.status == "failed")

@@ -19,7 +19,11 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class Embedder:
-    """`embed(crop)` with crop 112x112x3 uint8 RGB -> (128,) float32, unit length."""
+    """`embed(crop)` with crop 112x112x3 uint8 RGB -> (128,) float32, unit length.
+    `embed_mirrored(crop)`: the mean of the crop's and its mirror image's embeddings, unit
+    length: what the pipeline compares (METHOD; the calibration table names it)."""
+
+    METHOD = "flip"
 
     def __init__(self, runner: Runner):
         self.runner = runner
@@ -28,3 +32,11 @@ class Embedder:
     def embed(self, crop_rgb: np.ndarray) -> np.ndarray:
         x = to_input(crop_rgb[None], self.spec)
         return normalize(self.runner.run(x)[0])
+
+    def embed_mirrored(self, crop_rgb: np.ndarray) -> np.ndarray:
+        """(112, 112, 3) uint8 -> (128,) float32 unit: the crop and its left-right mirror
+        image embedded and averaged (lowers the false non-match rate at a low false-match
+        rate with ID-chip references: docs/measurements.md; one more model run)."""
+        a = self.embed(crop_rgb)
+        b = self.embed(np.ascontiguousarray(crop_rgb[:, ::-1]))
+        return normalize(a + b)

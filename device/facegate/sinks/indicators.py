@@ -1,0 +1,27 @@
+"""LEDs, relay and buzzer: busy while a session runs; the one place a decision reaches
+the hardware (the relay pulses only on a match)."""
+from __future__ import annotations
+
+from ..events import Answered, Event, StateChanged
+from ..ports import Indicators
+from ..vocab import State, Verdict
+
+
+def react(indicators: Indicators, decision: str) -> None:
+    if decision == Verdict.MATCH:
+        indicators.pulse_relay()
+        indicators.show("pass")
+    else:
+        indicators.show("fail")
+    indicators.beep()
+
+
+class IndicatorSink:
+    def __init__(self, indicators: Indicators):
+        self.indicators = indicators
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StateChanged) and event.state == State.WAITING_FACE:
+            self.indicators.show("busy")
+        elif isinstance(event, Answered) and event.session is not None:
+            react(self.indicators, event.decision)

@@ -1,0 +1,189 @@
+"""What the kiosk screen costs and what guidance buys, on this machine:
+
+1. the preview's encode cost per frame at 640x480 (mirror + JPEG, facegate.screen.preview);
+2. the frame loop's rate (session frames per second, camera as fast as it decodes) of the
+   real daemon on the replay of a real person, with no page, with a loopback client
+   reading the MJPEG preview and the event stream, and with headless Chromium showing
+   the page (on a terminal the browser runs on the same CPU);
+3. seconds from command to decision for a person who starts too far away (the shrunk
+   replay, in real time) against the original replay, both guided.
+
+    nice .venv/bin/python scripts/screen_bench.py [--rounds 3]
+
+Needs ../shared/data/replay/zubair/live.webm and the models; prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import screen_videos  # noqa: E402
+from chromium_cdp import Browser, chromium_path  # noqa: E402
+from daemon_helpers import command  # noqa: E402
+from facegate import config as config_mod  # noqa: E402
+from facegate import daemon as daemon_mod  # noqa: E402
+from facegate.adapters.null_mqtt import NullPublisher  # noqa: E402
+from facegate.ports import Inbound  # noqa: E402
+from facegate.screen.preview import encode  # noqa: E402
+from facegate.signing import SigningKey  # noqa: E402
+
+DEV = "bench-1"
+LIVE = ROOT.parent / "shared" / "data" / "replay" / "zubair" / "live.webm"
+
+
+def encode_cost(frames, n: int = 300) -> dict:
+    import cv2
+
+    imgs = [cv2.resize(f, (640, 480)) for f in frames[:60]]
+    ms = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        jpg = encode(imgs[i % len(imgs)], 640)
+        ms.append((time.perf_counter() - t0) * 1000)
+    return {"median_ms": statistics.median(ms), "p90_ms": sorted(ms)[int(0.9 * n)], "kb": len(jpg) / 1024}
+
+
+class Terminal:
+    def __init__(self, tmp: Path, video: Path, key: SigningKey, realtime: bool):
+        self.key = key
+        cfg = config_mod.parse(f'''
+device_id = "{DEV}"
+[camera]
+source = "file"
+path = "{video}"
+realtime = {"true" if realtime else "false"}
+[daemon]
+state_dir = "{tmp}"
+liveness = "active"
+[liveness]
+step_timeout_s = 10
+[mqtt]
+enabled = false
+trusted_keys = ["{key.public.hex()}"]
+[screen]
+listen = "127.0.0.1:0"
+''')
+        self.d = daemon_mod.build(cfg, publisher=NullPublisher(), service=False)
+        self.frames: list[float] = []
+        offer = self.d.kiosk.preview
+
+        def counted(frame):
+            self.frames.append(time.perf_counter())
+            offer(frame)
+        self.d.kiosk.preview = counted
+        self.thread = threading.Thread(target=self.d.run, daemon=True)
+        self.thread.start()
+        while not (self.d.ready and self.d.screen and self.d.screen.url):
+            time.sleep(0.05)
+        self.url = self.d.screen.url
+
+    def session(self, reference: bytes) -> tuple[float, int, float, str, float]:
+        """(frames per second of the session's loop, frames, seconds command -> decision,
+        decision, this process's CPU milliseconds per session frame: the daemon's threads,
+        preview encoding and page server included; the browser is another process)."""
+        topic = f"facegate/v1/{DEV}/cmd/verify"
+        before = self.d.health.last_decision
+        msg, _ = command(self.key, reference, topic=topic, challenge=["turn_right", "turn_left"])
+        t0 = time.perf_counter()
+        self.d.handle_inbound(Inbound(topic, msg))
+        while not self.d.kiosk.state[0] == "waiting_face":
+            time.sleep(0.001)
+        self.frames.clear()
+        cpu0 = time.process_time()
+        while self.d.health.last_decision is before:
+            time.sleep(0.01)
+        t1, cpu = time.perf_counter(), time.process_time() - cpu0
+        f = [t for t in self.frames if t <= t1]
+        return ((len(f) - 1) / (f[-1] - f[0]), len(f), t1 - t0, self.d.health.last_decision["decision"],
+                1000 * cpu / len(f))
+
+    def stop(self) -> None:
+        self.d.request_stop()
+        self.thread.join(30)
+
+
+def mjpeg_reader(url: str, stop: threading.Event) -> threading.Thread:
+    def run():
+        with urllib.request.urlopen(url + "preview.mjpg") as r, urllib.request.urlopen(url + "events") as ev:
+            ev.fp.raw._sock.settimeout(0.01)  # type: ignore[attr-defined]
+            while not stop.is_set():
+                r.read(65536)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    frames = screen_videos.original_frames(LIVE)
+    enc = encode_cost(frames)
+    print(f"preview encode at 640x480: median {enc['median_ms']:.2f} ms, p90 {enc['p90_ms']:.2f} ms, "
+          f"{enc['kb']:.0f} KiB per frame")
+    key = SigningKey.generate()
+    import cv2
+    ok, ref = cv2.imencode(".jpg", frames[20])
+    reference = ref.tobytes()
+    rates: dict[str, list[float]] = {"no page": [], "MJPEG + events client": [], "headless Chromium page": []}
+    cpu: dict[str, list[float]] = {k: [] for k in rates}
+    with tempfile.TemporaryDirectory() as tmp:
+        term = Terminal(Path(tmp) / "a", LIVE, key, realtime=False)
+        browser = Browser(800, 480) if chromium_path() else None
+        try:
+            for _ in range(args.rounds):
+                for mode in rates:
+                    stop = threading.Event()
+                    if mode.startswith("MJPEG"):
+                        mjpeg_reader(term.url, stop)
+                    elif mode.startswith("headless") and browser:
+                        browser.open(term.url)
+                        browser.wait("document.getElementById('preview').naturalWidth > 0 || true", 10)
+                    elif mode.startswith("headless"):
+                        continue
+                    time.sleep(1.0)
+                    fps, n, s, decision, ms = term.session(reference)
+                    rates[mode].append(fps)
+                    cpu[mode].append(ms)
+                    print(f"  {mode}: {fps:.1f} frames/s, {ms:.1f} CPU ms/frame ({n} frames, {s:.1f} s, {decision}), "
+                          f"preview encodes so far {len(term.d.screen.server.encode_ms)}", flush=True)
+                    stop.set()
+                    if mode.startswith("headless") and browser:
+                        browser.open("about:blank")
+                    time.sleep(1.0)
+        finally:
+            if browser:
+                browser.close()
+            term.stop()
+        print("\n| frame loop (session, camera as fast as it decodes) | frames/s, median of "
+              f"{args.rounds} | vs no page | daemon CPU ms per frame, median | vs no page |\n|---|---|---|---|---|")
+        base, cbase = statistics.median(rates["no page"]), statistics.median(cpu["no page"])
+        for mode, r in rates.items():
+            if r:
+                m, c = statistics.median(r), statistics.median(cpu[mode])
+                print(f"| {mode} | {m:.1f} ({', '.join(f'{x:.1f}' for x in r)}) | {100 * (m / base - 1):+.1f} % "
+                      f"| {c:.1f} ({', '.join(f'{x:.1f}' for x in cpu[mode])}) | {100 * (c / cbase - 1):+.1f} % |")
+        small = screen_videos.small(frames, Path(tmp) / "small.mp4")
+        print("\n| real-time replay | seconds command -> decision | decision |\n|---|---|---|")
+        for name, video in (("original (face near)", LIVE), ("shrunk (starts too far, comes closer)", small)):
+            t = Terminal(Path(tmp) / name[:5], video, key, realtime=True)
+            try:
+                _, _, s, decision, _ = t.session(reference)
+                print(f"| {name} | {s:.1f} | {decision} |", flush=True)
+            finally:
+                t.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
