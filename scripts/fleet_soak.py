@@ -19,7 +19,14 @@ Faults: at 1/3 of the run one worker is SIGKILLed and restarted 2 s later under 
 name; at 2/3 the broker is SIGKILLed and restarted 1 s later. Attacks, each about once a
 second: a forged result (signature bit flipped) on a terminal's own topic, a terminal's old
 result replayed, a result copied onto another terminal's topic, a result by an unenrolled
-device, a result by a revoked device.
+device, a result by a revoked device. Poison messages (issue 22), one a second in turn: an
+outbox_depth of 2**64 and health JSON nested 10 000 deep on a terminal's health topic, a
+result signed by its terminal with iat = 10**400, with a NUL in its reason, with a quality
+map nested 200 deep, a 1 MiB message on a result topic (above the workers' MQTT Maximum
+Packet Size: the broker drops it), a result by a retired key (seq far beyond its bound), a
+self-signed attestation with a NUL in sw, and a flood of 50 self-signed attestations of
+one device (pending keys bounded per device). Each worker's RSS and the database's size are
+printed before and after.
 
 Checked from the database at the end: lost = a genuine (dev, seq) never stored;
 duplicates = rows beyond one per (dev, seq) or a stored message other than the one sent;
@@ -38,11 +45,12 @@ alternate batches, both ways in this run; the hooks' and scrapes' CPU time over 
 CPU per result must be at most 5 %. An A/A control (off both ways) shows the noise of the
 paired CPU and wall-clock comparisons, which are printed too.
 Ends with a metrics line and one line:
-  fleet: terminals=T results=N lost=0 duplicates=0 forged_accepted=0 quarantined=Q rate=R/s p99_ms=P
+  fleet: terminals=T results=N lost=0 duplicates=0 forged_accepted=0 quarantined=Q poison=P rate=R/s p99_ms=P
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import signal
@@ -59,6 +67,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from broker import Mosquitto, free_port, password  # noqa: E402
+from facegate import messages, signing  # noqa: E402
 from facegate.backend.config import StoreConfig  # noqa: E402
 from facegate.backend.registry import Registry  # noqa: E402
 from facegate.backend.store import Store  # noqa: E402
@@ -93,6 +102,37 @@ def total(m: dict[str, float] | None, name: str) -> float:
     return sum(v for k, v in (m or {}).items() if k.split("[", 1)[0] == name)
 
 
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def self_signed_attest(dev: str, sw: str = "0.1.0") -> bytes:
+    t = Terminal(dev)
+    p = messages.attest_payload(dev=dev, kid=t.key.kid, public=t.key.public, version=sw, models={}, boot=t.boot,
+                                iat=time.time())
+    return signing.sign(p, t.key, t.topics.attest)
+
+
+def nested(depth: int) -> dict:
+    d: dict = {}
+    for _ in range(depth):
+        d = {"x": d}
+    return d
+
+
+POISONS = ("health_int", "health_deep", "iat_10_400", "reason_nul", "deep_quality", "oversized", "retired_key",
+           "attest_nul", "attest_flood")
+EXPECTED_REASON = {"health_int": "bad_health", "health_deep": "bad_health", "iat_10_400": "bad_payload",
+                   "reason_nul": "bad_payload", "deep_quality": "bad_payload", "retired_key": "retired_key",
+                   "attest_nul": "bad_attest"}  # oversized: dropped by the broker; a flood: pending keys
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--terminals", type=int, default=200)
@@ -113,13 +153,18 @@ def main() -> int:
     pg = Postgres().start()
     dsn = pg.fresh_dsn()
     fleet = [Terminal(f"term-{i:04d}") for i in range(args.terminals)]
-    rogue, revoked = Terminal("rogue-1"), Terminal("revoked-1")
+    rogue, revoked, rotated = Terminal("rogue-1"), Terminal("revoked-1"), Terminal("rotated-1")
+    flooder = "flooded-1"
     store = Store.open(StoreConfig(dsn=dsn))
     reg = Registry(store)
-    for t in fleet + [revoked]:
+    for t in fleet + [revoked, rotated]:
         reg.enrol(t.dev, t.key.public, time.time())
     reg.revoke(revoked.dev, time.time())
-    add_users(broker, [t.dev for t in fleet] + [rogue.dev, revoked.dev, "backend"])
+    retired_key = rotated.key  # rotated-1's first key, retired by a rotation: bound to seq <= 32
+    rotated.key = signing.SigningKey.generate()
+    reg.enrol(rotated.dev, rotated.key.public, time.time(), replace=True)
+    rotated.key = retired_key
+    add_users(broker, [t.dev for t in fleet] + [rogue.dev, revoked.dev, rotated.dev, flooder, "backend"])
     (d / "backend.password").write_text(password("backend") + "\n")
     toml = d / "backend.toml"
     toml.write_text(f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntls = true\nca_file = "{broker.tls["ca"]}"\n'
@@ -137,7 +182,7 @@ def main() -> int:
 
     workers = {str(i + 1): start_worker(str(i + 1)) for i in range(args.workers)}
     t0 = time.monotonic()
-    links = Links(broker, [t.dev for t in fleet] + [rogue.dev, revoked.dev], redeliver_s=3.0)
+    links = Links(broker, [t.dev for t in fleet] + [rogue.dev, revoked.dev, rotated.dev, flooder], redeliver_s=3.0)
     if not links.wait_connected(60):
         log("not every terminal connected")
         return 2
@@ -151,6 +196,45 @@ def main() -> int:
             log("a worker did not subscribe")
             return 2
         time.sleep(0.2)
+
+    def db_mb() -> float:
+        return store.query("SELECT pg_database_size(current_database())")[0][0] / 2**20
+
+    def rss() -> str:
+        return ", ".join(f"worker {w} {rss_mb(p.pid):.0f} MB" for w, p in sorted(workers.items()))
+
+    rss_before, db_before = rss(), db_mb()
+    log(f"before: RSS {rss_before}; database {db_before:.1f} MiB")
+    poisons = dict.fromkeys(POISONS, 0)
+    poison_n = 0
+
+    def poison() -> None:
+        nonlocal poison_n
+        kind = POISONS[poison_n % len(POISONS)]
+        poison_n += 1
+        poisons[kind] += 1
+        t = rnd.choice(fleet)
+        k = poison_n
+        if kind == "health_int":
+            links.publish(t.dev, t.topics.health, json.dumps({"outbox_depth": 2**64, "n": k}).encode())
+        elif kind == "health_deep":
+            links.publish(t.dev, t.topics.health, b"[" * (10_000 + k))
+        elif kind in ("iat_10_400", "reason_nul", "deep_quality"):
+            over = {"iat_10_400": {"iat": 10**400}, "reason_nul": {"reason": f"x\x00{k}"},
+                    "deep_quality": {"quality": nested(200)}}[kind]
+            m = t.result(decision="no_match", **over)[1]
+            t.seq -= 1  # the poison does not use up the terminal's seq
+            links.publish(t.dev, t.topics.result, m)
+        elif kind == "oversized":
+            links.publish(t.dev, t.topics.result, os.urandom(2**20))
+        elif kind == "retired_key":
+            rotated.seq = 10**6 + k
+            links.publish(rotated.dev, rotated.topics.result, rotated.result()[1])
+        elif kind == "attest_nul":
+            links.publish(flooder, f"{PREFIX}/{flooder}/attest", self_signed_attest(flooder, f"1.0\x00{k}"))
+        else:
+            for _ in range(50):
+                links.publish(flooder, f"{PREFIX}/{flooder}/attest", self_signed_attest(flooder))
 
     sent: dict[tuple[str, int], tuple[bytes, float]] = {}
     attacks = {"forged": 0, "replayed": 0, "wrong_topic": 0, "unknown_device": 0, "revoked": 0}
@@ -214,6 +298,7 @@ def main() -> int:
             attacks["wrong_topic"] += copied[0] != b.dev
             attacks["unknown_device"] += 1
             attacks["revoked"] += 1
+            poison()
     publish_s = time.monotonic() - start
     stop.set()
     ft.join()
@@ -231,6 +316,13 @@ def main() -> int:
     quarantine = store.query("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason ORDER BY reason")
     log(f"load average {os.getloadavg()[0]:.1f}")
     metrics_ok = check_metrics(store, {w: scrape(ports[w]) for w in workers}, victim, before_kill, len(fleet))
+    rss_after, db_after = rss(), db_mb()
+    q_max = store.query("SELECT MAX(LENGTH(message)), MAX(size) FROM quarantine")[0]
+    pend = [k for k in store.keys(flooder) if k.state == "pending"]
+    dropped = {d["dev"]: d.get("keys_dropped") for d in store.devices()}.get(flooder)
+    log(f"after: RSS {rss_after}; database {db_after:.1f} MiB (+{db_after - db_before:.1f}); "
+        f"largest quarantine row keeps {q_max[0]} of {q_max[1]} bytes")
+    log(f"poison sent: {poisons}; {flooder}: {len(pend)} pending keys kept, {dropped} dropped")
 
     got: dict[tuple[str, int], tuple[bytes, float, str]] = {}
     duplicates = forged_accepted = 0
@@ -252,12 +344,18 @@ def main() -> int:
         per_worker[w] = per_worker.get(w, 0) + 1
     q_total = sum(c for _, c in quarantine)
     q_expected = attacks["forged"] + attacks["wrong_topic"] + attacks["unknown_device"] + attacks["revoked"]
+    q_expected += sum(n for kind, n in poisons.items() if kind in EXPECTED_REASON and not kind.startswith("health"))
+    by_reason = dict(quarantine)
+    # health goes out at QoS 0 (as the daemon's does): one in flight when a worker or the broker is killed is gone
+    health = by_reason.get("bad_health", 0)
+    poison_ok = len(pend) <= 3 and 0 < health <= poisons["health_int"] + poisons["health_deep"]
+    q_total -= health
     for w in sorted(per_worker):
         log(f"worker {w}: {per_worker[w]} results, {per_worker[w] / max(1e-9, last - first):.0f}/s")
     log(f"publish -> commit: p50 {pct(latency, 50):.0f} ms, p99 {pct(latency, 99):.0f} ms, max {max(latency):.0f} ms, "
         f"mean {statistics.fmean(latency):.0f} ms")
     log(f"attacks sent: {attacks}; quarantine by reason: {dict(quarantine)} "
-        f"({q_total} of the {q_expected} expected)")
+        f"({q_total} of the {q_expected} expected, besides {health} bad_health)")
     if lost:
         missing = sorted(set(sent) - set(got), key=lambda k: sent[k][1])
         log(f"lost {lost}, published at (s into the run): "
@@ -286,9 +384,11 @@ def main() -> int:
 
         shutil.rmtree(d, ignore_errors=True)
     print(f"fleet: terminals={len(fleet)} results={len(got)} lost={lost} duplicates={duplicates} "
-          f"forged_accepted={forged_accepted} quarantined={q_total} rate={rate:.0f}/s p99_ms={pct(latency, 99):.0f}")
-    return 0 if (lost == duplicates == forged_accepted == 0 and q_total == q_expected and metrics_ok
-                 and overhead["overhead_pct"] <= 5.0) else 1
+          f"forged_accepted={forged_accepted} quarantined={q_total + health} poison={poison_n} rate={rate:.0f}/s "
+          f"p99_ms={pct(latency, 99):.0f}")
+    print(f"fleet: worker RSS before {rss_before}; after {rss_after}; database {db_before:.1f} -> {db_after:.1f} MiB")
+    return 0 if (lost == duplicates == forged_accepted == 0 and q_total == q_expected and poison_ok
+                 and metrics_ok and overhead["overhead_pct"] <= 5.0) else 1
 
 
 def check_metrics(store: Store, final: dict, victim: str, before_kill: dict | None, terminals: int) -> bool:

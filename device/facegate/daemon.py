@@ -34,7 +34,7 @@ from .feed import FrameFeed
 from .kiosk import Kiosk
 from .liveness.check import LivenessPlan
 from .messages import Topics
-from .outbox import Outbox, OutboxError, lock_state_dir
+from .outbox import Outbox, OutboxError, lock_state_dir, private_dir
 from .pipeline import Verifier
 from .ports import Camera, Clock, Inbound, Indicators, Publisher
 from .results import Results
@@ -67,7 +67,7 @@ class Daemon:
         self.model_selftest = model_selftest or {}  # task -> variant chosen and why (modelstore.Choice)
         self.topics, self.boot = Topics.of(cfg.mqtt.prefix, cfg.device_id), uuid.uuid4().hex
         self.state_dir = Path(cfg.daemon.state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)  # 0700 when made here, whatever the umask
         self.key, created = load_or_create_key(key_path(cfg))
         (log.info if created else log.debug)("signing key %s (kid %s)%s", key_path(cfg), self.key.kid.hex(),
                                              " created" if created else "")

@@ -83,6 +83,30 @@ class Pending:
     created: float
 
 
+def private_dir(path: Path) -> Path:
+    """Make the state directory (and its parents) if absent; one this call made is mode
+    0700 whatever the umask (an existing one, e.g. systemd's StateDirectory, is left as is)."""
+    path = Path(path)
+    if not path.is_dir():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.chmod(0o700)
+    return path
+
+
+def private_file(path: Path) -> None:
+    """Create `path` empty with mode 0600 if it does not exist (never through a symlink),
+    so that what SQLite makes beside it (-wal, -shm: it copies the database's mode) is
+    private too. An existing file is left as is."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 class Outbox:
     """Thread-safe; one connection guarded by a lock (the daemon's threads share it)."""
 
@@ -96,7 +120,8 @@ class Outbox:
         # like the table and written to it as soon as there is room (_flush_seen)
         self._unstored_seen: dict[str, tuple[bytes, float]] = {}
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
+            private_file(self.path)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
             self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file (else below)
             self._db.execute("PRAGMA journal_mode=WAL")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import statistics
 import threading
 import time
@@ -127,20 +128,36 @@ class Health:
         return round(time.monotonic() - self.started_mono, 1)
 
 
-def write(state_dir: Path, doc: StatusDoc) -> None:
-    """Replace status.json atomically; on a full disk overwrite it in place (reusing the
-    old file's blocks); failing that, log and go on."""
-    text = json.dumps(doc, indent=1)
-    path, tmp = state_dir / STATUS_FILE, state_dir / (STATUS_FILE + ".tmp")
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def _write_fd(fd: int, data: bytes) -> None:
     try:
-        tmp.write_text(text)
+        os.fchmod(fd, 0o600)  # whatever the umask
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def write(state_dir: Path, doc: StatusDoc) -> None:
+    """Replace status.json atomically, mode 0600, as the signing key is written: a new,
+    randomly named temp file (O_EXCL, O_NOFOLLOW: nothing left under any name is written
+    through) renamed over it. On a full disk overwrite it in place (reusing the old file's
+    blocks, never through a symlink); failing that, log and go on."""
+    data = json.dumps(doc, indent=1).encode()
+    path = Path(state_dir) / STATUS_FILE
+    tmp = path.with_name(f".{STATUS_FILE}.{secrets.token_hex(6)}.tmp")
+    try:
+        _write_fd(os.open(tmp, _NEW, 0o600), data)
         os.replace(tmp, path)
     except OSError as exc:
         try:
             tmp.unlink(missing_ok=True)
-            with open(path, "r+" if path.exists() else "w") as f:
-                f.truncate(0)
-                f.write(text)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+            os.ftruncate(fd, 0)
+            _write_fd(fd, data)
         except OSError:
             log.warning("cannot write the status file: %s", exc)
 

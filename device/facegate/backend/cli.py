@@ -36,6 +36,14 @@ def _store(cfg):
     return Store.open(cfg.store)
 
 
+def _shown(text) -> str:
+    """A string a terminal supplied (sw, a device id), printable: control characters and
+    other unprintable ones escaped (\\r, \\x1b, \\u202e), so it cannot rewrite the operator's screen."""
+    if text is None:
+        return "-"
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 def _age(t, now) -> str:
     if t is None:
         return "-"
@@ -63,7 +71,8 @@ def cmd_devices(args) -> int:
         rows.append({"device": dev, "key": key, "pending": [k.kid for k in mine if k.state == "pending"],
                      "status": st.get("status") or "unknown", "last_seen": st.get("last_seen"),
                      "outbox_depth": st.get("outbox_depth"), "last_decision": st.get("last_decision"),
-                     "last_seq": st.get("last_seq"), "sw": st.get("sw")})
+                     "last_seq": st.get("last_seq"), "sw": st.get("sw"),
+                     "keys_dropped": st.get("keys_dropped") or 0})
         if active:  # an enrolled terminal: its state (online / stale / offline / stopped / unknown) and problems
             t = classify(dev, st or None, now, cfg.metrics.stale_after_s)
             rows[-1].update(state=t.state, problems=list(t.problems))
@@ -80,7 +89,9 @@ def cmd_devices(args) -> int:
         print("no devices (enrol one with 'facegate backend devices enrol FILE --device DEV')")
     print(f"{'device':20s} {'key':16s} {'status':8s} {'last seen':10s} {'outbox':>6s}  last decision")
     for r in rows:
-        key = r["key"] + (" +pending" if r["pending"] else "")
+        key = r["key"] + (f" +{len(r['pending'])} pending" if r["pending"] else "")
+        if r["keys_dropped"]:  # an attestation flood: only the newest pending keys were kept
+            key += f" ({r['keys_dropped']} dropped)"
         depth = "-" if r["outbox_depth"] is None else str(r["outbox_depth"])
         last = "-" if r["last_decision"] is None else f"{r['last_decision']} (seq {r['last_seq']})"
         if r["key"] == "revoked":  # what it decided before is history: its results now go to quarantine
@@ -88,7 +99,7 @@ def cmd_devices(args) -> int:
         state = r.get("state", r["status"])
         shown = (args.stale or args.problems) and r.get("problems")  # the plain list keeps its columns
         problems = f"  problems: {', '.join(r['problems'])}" if shown else ""
-        print(f"{r['device']:20s} {key:16s} {state:8s} {_age(r['last_seen'], now):10s} {depth:>6s}  {last}{problems}")
+        print(f"{_shown(r['device']):20s} {key:16s} {state:8s} {_age(r['last_seen'], now):10s} {depth:>6s}  {last}{problems}")
     return EXIT_OK
 
 
@@ -113,7 +124,7 @@ def cmd_pending(args) -> int:
         print("no pending keys")
     for p in pend:
         what = "key rotation" if p.rotation else "new device"
-        print(f"{p.key.dev:20s} kid {p.key.kid}  {what:12s} sw {p.key.sw or '-'}  seen {_age(p.key.first_seen, time.time())}"
+        print(f"{_shown(p.key.dev):20s} kid {p.key.kid}  {what:12s} sw {_shown(p.key.sw)}  seen {_age(p.key.first_seen, time.time())}"
               f"  public_key {p.key.pub.hex()}")
     return EXIT_OK
 

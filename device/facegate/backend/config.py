@@ -15,6 +15,7 @@ class BrokerConfig(BrokerConnection):
     response_prefix: str = Field("", pattern=r"^([^#+$][^#+]*)?$", description="Where the terminals send answers to this backend's requests (MQTT 5 response topic {response_prefix}/{client_id}); must lie under the prefix the terminals honour (their mqtt.response_prefix); empty = {prefix}/replies")
     client_id: str = Field("", pattern=r"^[A-Za-z0-9_.-]{0,64}$", description="MQTT client id of the request client; empty = facegate-backend-<random>. A serve worker uses {client_id or 'facegate-backend'}-w{worker}")
     connect_timeout_s: float = Field(10.0, gt=0, description="Longest wait for the first CONNACK, seconds")
+    max_packet_bytes: int = Field(65536, ge=4096, le=268435455, description="MQTT 5 Maximum Packet Size sent in CONNECT (serve workers and the request client): the broker drops a bigger message to us instead of sending it (a result is about 1 KiB)")
 
     @property
     def replies(self) -> str:
@@ -34,6 +35,8 @@ class ServeConfig(_Section):
     receive_max: int = Field(200, ge=1, le=65535, description="MQTT 5 Receive Maximum: unacknowledged results the broker may have in flight to this worker")
     journal: bool = Field(False, description="Also hold a persistent session with a plain subscription to every result ({client id}-journal), stored at most once like the rest: a broker that forgets shared subscriptions when it restarts (Mosquitto 2.0 does) still queues the results for it while the workers re-subscribe. Costs one more copy of every result; turn it on in one worker of the group")
     key_refresh_s: float = Field(2.0, gt=0, description="How often the worker re-reads the device keys (a revocation takes effect within this), seconds")
+    probe_s: float = Field(15.0, gt=0, description="An idle worker sends itself a message this often and reconnects when it does not come back within as long: Mosquitto 2.0.11 never gives back the send quota of a message it dropped for our Maximum Packet Size, so receive_max such messages would stop the session for good, seconds")
+    quarantine_max_age_s: float = Field(30 * 86400, gt=0, description="Quarantine rows older than this are purged (by every worker, once a minute), seconds")
 
 
 class MetricsConfig(_Section):

@@ -159,6 +159,7 @@ class BrokerClient:
         props.SessionExpiryInterval = self._session_expiry_s
         if self._receive_max:
             props.ReceiveMaximum = self._receive_max
+        props.MaximumPacketSize = self.cfg.max_packet_bytes  # the broker drops what is bigger, never sends it
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
                                    clean_start=self._session_expiry_s == 0, properties=props)
         self._client.loop_start()
@@ -211,8 +212,8 @@ class BrokerClient:
                 self._puback[mid] = reason_code
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, response_topic: str | None = None,
-                correlation: bytes | None = None, timeout_s: float = 10.0) -> None:
-        """Publish and, for QoS 1, wait for the PUBACK (raises BrokerError)."""
+                correlation: bytes | None = None, timeout_s: float = 10.0, wait: bool = True) -> None:
+        """Publish and, for QoS 1 (unless wait=False), wait for the PUBACK (raises BrokerError)."""
         props = None
         if response_topic or correlation:
             props = Properties(PacketTypes.PUBLISH)
@@ -223,7 +224,7 @@ class BrokerClient:
         info = self._client.publish(topic, payload, qos=qos, properties=props)
         if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
             raise BrokerError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
-        if qos:
+        if qos and wait:
             try:
                 info.wait_for_publish(timeout_s)
             except (RuntimeError, ValueError) as exc:
@@ -246,6 +247,17 @@ class BrokerClient:
             if msg.generation != self.generation or not self._connected.is_set():
                 return False
             return self._client.ack(msg.mid, msg.qos) == mqtt.MQTT_ERR_SUCCESS
+
+    def reconnect(self) -> None:
+        """Drop the connection and make it again (the session, if persistent, is kept)."""
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+        try:
+            self._client.reconnect()
+        except OSError as exc:  # the loop keeps trying with back-off
+            self.last_error = f"reconnect failed: {exc}"
+        self._client.loop_start()
 
     def close(self) -> None:
         self._client.disconnect()

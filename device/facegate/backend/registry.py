@@ -2,8 +2,9 @@
 operator said so. `enrol` takes the key from `facegate keys show` output (an out-of-band
 approval); an `R/attest` seen on the broker only makes a *pending* key, and so does a key
 rotation; `approve` makes a pending key the device's active one (the previous one is
-retired: results it signed before the rotation are still accepted); `revoke` refuses a
-device's keys from then on."""
+retired: results it signed before the rotation are still accepted, up to a bound on seq);
+`revoke` refuses a device's keys from then on. An attestation flood keeps only a device's
+newest PENDING_KEEP pending keys (the rest are counted in devices.keys_dropped)."""
 from __future__ import annotations
 
 import json
@@ -13,9 +14,13 @@ from dataclasses import dataclass
 from ..errors import FacegateError
 from ..signing import kid_of
 from .store import KeyRow, Store
-from .trust import Attestation, Keyring
+from .trust import DEVICE_ID, Attestation, Keyring
 
-DEVICE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# A retired key vouches only for seq <= the device's highest stored seq at the rotation +
+# RETIRED_SEQ_WINDOW (results it signed before the rotation but had not delivered yet),
+# and, once the new key's first result is stored, only for seq below that one.
+RETIRED_SEQ_WINDOW = 32
+PENDING_KEEP = 3  # pending keys kept per device (the newest)
 
 
 class RegistryError(FacegateError):
@@ -71,7 +76,7 @@ class Registry:
     def enrol(self, dev: str, pub: bytes, now: float, replace: bool = False) -> KeyRow:
         """Trust `pub` for `dev` now. A device that has another active key needs
         replace=True (that key is then retired); a revoked key stays revoked."""
-        if not DEVICE_ID.match(dev):
+        if not DEVICE_ID.fullmatch(dev):
             raise RegistryError(f"bad device id {dev!r} (letters, digits, '_', '.', '-'; at most 64)")
         if len(pub) != 32:
             raise RegistryError("an Ed25519 public key is 32 bytes")
@@ -90,19 +95,26 @@ class Registry:
             if others and not replace:
                 raise RegistryError(f"{dev} already has the active key {others[0].kid}; give --replace to retire it")
             for r in others:
-                self.store.set_key_state(dev, r.kid, "retired", now)
+                self._retire(dev, r.kid, now)
             if mine:
                 self.store.set_key_state(dev, kid, "active", now)
             else:
                 self.store.add_key(KeyRow(dev, kid, pub, "active", "enrol", None, now, now))
         return next(r for r in self.store.keys(dev) if r.kid == kid)
 
+    def _retire(self, dev: str, kid: str, now: float) -> None:
+        self.store.set_key_state(dev, kid, "retired", now, (self.store.highest_seq(dev) or 0) + RETIRED_SEQ_WINDOW)
+
     def observe_attest(self, att: Attestation, now: float) -> bool:
         """Record an attestation: its key becomes pending unless already known for the
-        device (in any state). True when a new pending key was recorded."""
+        device (in any state); of the device's pending keys only the PENDING_KEEP newest
+        stay. True when a new pending key was recorded."""
         with self.store.transaction():
             self.store.device_attest(att.dev, att.sw, att.boot, now)
-            return self.store.add_key(KeyRow(att.dev, att.kid.hex(), att.pub, "pending", "attest", att.sw, now, now))
+            new = self.store.add_key(KeyRow(att.dev, att.kid.hex(), att.pub, "pending", "attest", att.sw, now, now))
+            if new:
+                self.store.prune_pending(att.dev, PENDING_KEEP)
+            return new
 
     def pending(self) -> list[Pending]:
         rows = self.store.keys()
@@ -123,7 +135,7 @@ class Registry:
                                     "give --kid")
             for r in rows:
                 if r.state == "active":
-                    self.store.set_key_state(dev, r.kid, "retired", now)
+                    self._retire(dev, r.kid, now)
             self.store.set_key_state(dev, pend[0].kid, "active", now)
         return next(r for r in self.store.keys(dev) if r.kid == pend[0].kid)
 

@@ -3,14 +3,17 @@ with the same tables and the same SQL (written with `?` placeholders; PostgreSQL
 
 Tables:
   device_keys (dev, kid) -> pub, state (pending | active | retired | revoked), source
-                (enrol | attest), sw, first_seen, changed_at
+                (enrol | attest), sw, first_seen, changed_at, max_seq (a retired key: the
+                highest seq it may still vouch for)
   devices     dev -> status (online | offline | stopped), status_at, last_seen, health (JSON),
-                outbox_depth, last_seq, last_decision, last_result_at, sw, boot
+                outbox_depth, last_seq, last_decision, last_result_at, sw, boot,
+                keys_dropped (pending keys pushed out by newer ones: an attestation flood)
   results     (dev, seq) -> the audit row: decision, reason, request_id, session, iat, boot,
                 kid, liveness / quality / models (JSON), policy, topic, message (the signed
                 bytes), received_at, stored_at, worker
   quarantine  digest (sha256 of topic + message) -> topic, dev (from the topic), reason,
-                message, received_at, worker
+                message (whole when it may verify later, else its first KiB), size (of the
+                whole message), received_at, worker
   client_seq  dev -> the highest seq the request client accepted
 Times are Unix seconds (float). This module is the backend's only importer of sqlite3 and
 psycopg.
@@ -46,12 +49,24 @@ CREATE INDEX IF NOT EXISTS results_request ON results (request_id);
 CREATE TABLE IF NOT EXISTS quarantine (
   digest TEXT PRIMARY KEY, topic TEXT NOT NULL, dev TEXT, reason TEXT NOT NULL, message {blob} NOT NULL,
   received_at {real} NOT NULL, worker TEXT);
+CREATE INDEX IF NOT EXISTS quarantine_received ON quarantine (received_at);
 CREATE TABLE IF NOT EXISTS client_seq (dev TEXT PRIMARY KEY, last_seq BIGINT NOT NULL);
 """
+# columns added after the first release: a database made before gets them on open
+_ADDED = (("device_keys", "max_seq", "BIGINT"), ("devices", "keys_dropped", "BIGINT"), ("quarantine", "size", "BIGINT"))
+# PostgreSQL SQLSTATE classes that say the message is at fault, not the database: data
+# exception, integrity violation, program limit exceeded (e.g. an index row too large)
+_DATA_CLASSES = ("22", "23", "54")
 
 
 class StoreError(FacegateError):
-    """The database cannot be opened or used."""
+    """The database cannot be opened or used. outage: the database (connection, lock,
+    disk, serialization) failed and the same work may succeed later; False: the data was
+    refused (a value no column holds) and retrying it can never succeed."""
+
+    def __init__(self, message: str, outage: bool = True):
+        super().__init__(message)
+        self.outage = outage
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,7 @@ class KeyRow:
     sw: str | None
     first_seen: float
     changed_at: float
+    max_seq: int | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,30 @@ class Store:
                                        real="DOUBLE PRECISION" if kind == "postgres" else "REAL").split(";"):
                 if stmt.strip():
                     self.execute(stmt)
+            self._add_columns()
+
+    def _add_columns(self) -> None:
+        for table, col, kind in _ADDED:  # looked up first: an ALTER TABLE would wait for every worker's batch
+            if self.kind == "postgres":
+                have = {r[0] for r in self.execute("SELECT column_name FROM information_schema.columns WHERE "
+                                                   "table_schema = current_schema() AND table_name = ?",
+                                                   (table,)).fetchall()}
+            else:
+                have = {r[1] for r in self.execute(f"PRAGMA table_info({table})").fetchall()}
+            if col not in have:
+                self.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
+
+    def _is_outage(self, exc: BaseException) -> bool:
+        """Is `exc` (one of the driver's errors) the database failing, rather than the data?"""
+        if self.kind == "sqlite":
+            return isinstance(exc, sqlite3.OperationalError)  # locked, busy, disk I/O, full
+        import psycopg
+
+        state = getattr(exc, "sqlstate", None)
+        if state:
+            return state[:2] not in _DATA_CLASSES
+        # raised by psycopg itself: a lost connection, or a value it cannot send (a NUL in text)
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
 
     @classmethod
     def open(cls, cfg: StoreConfig) -> Store:
@@ -157,7 +197,7 @@ class Store:
                 if self.kind == "sqlite":
                     self.conn.execute("BEGIN IMMEDIATE")
             except self._db_errors as exc:
-                raise StoreError(f"{self.kind}: {' '.join(str(exc).split())}") from exc
+                raise StoreError(f"{self.kind}: {' '.join(str(exc).split())}", self._is_outage(exc)) from exc
             self._depth = 1
             try:
                 yield self
@@ -170,7 +210,7 @@ class Store:
                 except Exception:  # a broken connection has nothing to roll back
                     pass
                 if isinstance(exc, self._db_errors):
-                    raise StoreError(f"{self.kind}: {' '.join(str(exc).split())}") from exc
+                    raise StoreError(f"{self.kind}: {' '.join(str(exc).split())}", self._is_outage(exc)) from exc
                 raise
 
     def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
@@ -188,7 +228,7 @@ class Store:
 
     # -- device keys -----------------------------------------------------------------------
     def keys(self, dev: str | None = None) -> list[KeyRow]:
-        sql = "SELECT dev, kid, pub, state, source, sw, first_seen, changed_at FROM device_keys"
+        sql = "SELECT dev, kid, pub, state, source, sw, first_seen, changed_at, max_seq FROM device_keys"
         rows = self.query(sql + (" WHERE dev = ?" if dev else "") + " ORDER BY dev, first_seen",
                           (dev,) if dev else ())
         return [KeyRow(r[0], r[1], bytes(r[2]), *r[3:]) for r in rows]
@@ -200,10 +240,35 @@ class Store:
                            (row.dev, row.kid, row.pub, row.state, row.source, row.sw, row.first_seen, row.changed_at))
         return cur.rowcount == 1
 
-    def set_key_state(self, dev: str, kid: str, state: str, now: float) -> None:
+    def set_key_state(self, dev: str, kid: str, state: str, now: float, max_seq: int | None = None) -> None:
         assert state in KEY_STATES, state
-        self.execute("UPDATE device_keys SET state = ?, changed_at = ? WHERE dev = ? AND kid = ?",
-                     (state, now, dev, kid))
+        self.execute("UPDATE device_keys SET state = ?, changed_at = ?, max_seq = ? WHERE dev = ? AND kid = ?",
+                     (state, now, max_seq, dev, kid))
+
+    def highest_seq(self, dev: str) -> int | None:
+        """Inside a transaction: the highest seq stored for `dev` (its last_seq), or None."""
+        r = self.execute("SELECT MAX(seq) FROM results WHERE dev = ?", (dev,)).fetchone()
+        return None if r is None or r[0] is None else int(r[0])
+
+    def cap_retired(self, dev: str, below: int) -> int:
+        """Inside a transaction: `dev`'s retired keys vouch for no seq >= `below` (a newer
+        key signed that one); returns how many keys were capped."""
+        cur = self.execute("UPDATE device_keys SET max_seq = ? WHERE dev = ? AND state = 'retired' "
+                           "AND (max_seq IS NULL OR max_seq >= ?)", (below - 1, dev, below))
+        return cur.rowcount
+
+    def prune_pending(self, dev: str, keep: int) -> int:
+        """Inside a transaction: only `dev`'s `keep` newest pending keys stay; the others are
+        deleted and counted in devices.keys_dropped. Returns how many were deleted."""
+        rows = self.execute("SELECT kid FROM device_keys WHERE dev = ? AND state = 'pending' "
+                            "ORDER BY first_seen DESC, kid", (dev,)).fetchall()
+        drop = [r[0] for r in rows[keep:]]
+        for kid in drop:
+            self.execute("DELETE FROM device_keys WHERE dev = ? AND kid = ? AND state = 'pending'", (dev, kid))
+        if drop:
+            self._upsert_device(dev, {"keys_dropped": len(drop)},
+                                "keys_dropped = COALESCE(devices.keys_dropped, 0) + excluded.keys_dropped")
+        return len(drop)
 
     # -- results and quarantine (inside a transaction) ---------------------------------
     def insert_result(self, row: ResultRow) -> bool:
@@ -219,11 +284,18 @@ class Store:
         return bytes(r[0]) if r else None
 
     def quarantine(self, digest: str, topic: str, dev: str | None, reason: str, message: bytes,
-                   received_at: float, worker: str | None) -> bool:
-        cur = self.execute("INSERT INTO quarantine (digest, topic, dev, reason, message, received_at, worker) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING",
-                           (digest, topic, dev, reason, message, received_at, worker))
+                   received_at: float, worker: str | None, size: int | None = None) -> bool:
+        """`message` as kept (maybe cut short), `size` the whole message's length."""
+        cur = self.execute("INSERT INTO quarantine (digest, topic, dev, reason, message, size, received_at, worker) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING",
+                           (digest, topic, dev, reason, message, len(message) if size is None else size,
+                            received_at, worker))
         return cur.rowcount == 1
+
+    def purge_quarantine(self, before: float) -> int:
+        """Delete quarantine rows received before `before` (Unix s); returns how many."""
+        with self.transaction():
+            return self.execute("DELETE FROM quarantine WHERE received_at < ?", (before,)).rowcount
 
     # -- device status ---------------------------------------------------------------------
     def _upsert_device(self, dev: str, cols: dict, update_sql: str) -> None:
@@ -267,7 +339,7 @@ class Store:
 
     def devices(self) -> list[dict]:
         cols = ("dev", "status", "status_at", "last_seen", "health", "outbox_depth", "last_seq", "last_decision",
-                "last_result_at", "sw", "boot")
+                "last_result_at", "sw", "boot", "keys_dropped")
         return [dict(zip(cols, r)) for r in self.query(f"SELECT {', '.join(cols)} FROM devices ORDER BY dev")]
 
     # -- the request client's seq high-water mark -------------------------------------------

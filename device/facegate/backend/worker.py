@@ -11,8 +11,15 @@ database transaction — the audit row once per (dev, seq) with INSERT ... ON CO
 NOTHING, or a quarantine row with the reason — and only after the COMMIT acknowledged
 (PUBACK, paho's manual ack) in the order received. A worker killed at any point loses
 nothing: the broker sends what was not acknowledged again, and what was already stored is
-a duplicate that changes nothing. A database that fails keeps the batch unacknowledged and
-retried with back-off.
+a duplicate that changes nothing. A database that fails (StoreError.outage: connection,
+lock, disk, serialization) keeps the batch unacknowledged and retried with back-off.
+
+A message that cannot be stored never stalls the rest: every terminal-supplied field is
+checked before the database (limits.py) and a message that fails is quarantined with its
+reason; anything that still fails to store (any other exception, or a database refusal of
+the data) sends the batch through again one message per transaction, and the message that
+fails alone becomes a quarantine row `unstorable` (or, if even that fails, is counted in
+`dropped`) and is acknowledged.
 """
 from __future__ import annotations
 
@@ -24,11 +31,13 @@ import threading
 import time
 from dataclasses import dataclass
 
+from . import limits
 from .config import BackendConfig
 from .metrics import NoMetrics
 from .mqtt import BrokerClient, BrokerError, Message
+from .probe import Probe
 from .registry import Registry
-from .store import ResultRow, Store
+from .store import ResultRow, Store, StoreError
 from .trust import Keyring, check_attest, check_result, topic_device
 
 log = logging.getLogger(__name__)
@@ -49,6 +58,15 @@ class WorkerStats:
     batches: int = 0
     db_errors: int = 0
     not_acked: int = 0  # acks whose connection was gone (the broker re-sends those)
+    unstorable: int = 0  # messages the database refused alone: quarantined as `unstorable`
+    dropped: int = 0  # messages that could not even be quarantined (acknowledged, logged)
+    purged: int = 0  # quarantine rows deleted for age
+    reconnects: int = 0  # sessions found stalled by the probe (probe.py) and reconnected
+
+
+def _outage(exc: BaseException) -> bool:
+    """The database failed (retry later), as opposed to the message being unstorable."""
+    return isinstance(exc, StoreError) and exc.outage
 
 
 def _json(d) -> str:
@@ -71,17 +89,32 @@ class Worker:
         self._ring, self._ring_at, self._ring_stale = Keyring(), 0.0, False
         self.subscriptions = ((f"$share/{s.group}/{self.prefix}/+/result", 1),
                               (f"$share/{s.group}/{self.prefix}/+/health", 0),
-                              (f"{self.prefix}/+/status", 1), (f"{self.prefix}/+/attest", 1))
-        self.broker = BrokerClient(cfg.mqtt, self.client_id, on_message=self._inbox.put,
+                              (f"{self.prefix}/+/status", 1), (f"{self.prefix}/+/attest", 1),
+                              (self._probe_topic(self.client_id), 1))
+        self.broker = BrokerClient(cfg.mqtt, self.client_id, on_message=self._receive,
                                    session_expiry_s=s.session_expiry_s, manual_ack=True, receive_max=s.receive_max)
+        self._probes = {self._probe_topic(self.client_id): Probe(self.broker, self._probe_topic(self.client_id),
+                                                                 s.probe_s)}
+        self._busy_at = 0.0
         # the journal: one more persistent session with a plain (not shared) subscription to
         # every result, which a broker restores after a restart even where it forgets shared
         # subscriptions (Mosquitto 2.0); its copies are mostly duplicates, stored at most once
         self.journal = None
         if s.journal:
-            self.journal = BrokerClient(cfg.mqtt, f"{self.client_id}-journal", on_message=self._inbox.put,
+            self.journal = BrokerClient(cfg.mqtt, f"{self.client_id}-journal", on_message=self._receive,
                                         session_expiry_s=s.session_expiry_s, manual_ack=True,
                                         receive_max=s.receive_max, journal=True)
+            topic = self._probe_topic(f"{self.client_id}-journal")
+            self._probes[topic] = Probe(self.journal, topic, s.probe_s)
+
+    def _probe_topic(self, client_id: str) -> str:
+        return f"{self.prefix}/_probe/{client_id}/ping"  # three levels: no +/result etc. matches it
+
+    def _receive(self, m: Message) -> None:
+        """paho's thread: a message for the inbox, or one of our probes coming back."""
+        probe = self._probes.get(m.topic)
+        if probe is None or not probe.receive(m):
+            self._inbox.put(m)
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, stop: threading.Event, ready: threading.Event | None = None) -> WorkerStats:
@@ -100,20 +133,24 @@ class Worker:
                 if not self._wait_for_broker(self.journal, stop):
                     return self.stats
                 self.journal.subscribe(f"{self.prefix}/+/result", 1)
+                self.journal.subscribe(self._probe_topic(f"{self.client_id}-journal"), 1)
             log.info("worker %s (client id %s) subscribed: %s", self.name, self.client_id,
                      ", ".join(t for t, _ in self.subscriptions))
             if ready:
                 ready.set()
-            next_log = time.monotonic() + STATS_EVERY_S
+            next_log = time.monotonic()
             while not stop.is_set():
                 if self.broker.taken_over:  # a second worker under this name: refuse to flap forever
                     raise BrokerError(self.broker.taken_over)
                 if time.monotonic() >= next_log:
+                    self._purge()
                     log.info("worker %s: %s", self.name, self.stats)
                     next_log += STATS_EVERY_S
                 try:
                     batch = [self._inbox.get(timeout=0.2)]
                 except queue.Empty:
+                    for probe in self._probes.values():
+                        self.stats.reconnects += probe.tick(self._busy_at)
                     continue
                 while len(batch) < self.cfg.serve.batch_max:
                     try:
@@ -121,6 +158,7 @@ class Worker:
                     except queue.Empty:
                         break
                 self._commit_with_retry(batch, stop)
+                self._busy_at = time.monotonic()
         finally:
             self.broker.close()
             if self.journal:
@@ -145,11 +183,30 @@ class Worker:
                     waited = 0.0
         return False
 
+    def _purge(self) -> None:
+        try:
+            n = self._db.purge_quarantine(time.time() - self.cfg.serve.quarantine_max_age_s)
+        except StoreError as exc:
+            log.error("purging the quarantine failed: %s", exc)
+            return
+        self.stats.purged += n
+        if n:
+            log.info("worker %s: %d quarantine row(s) older than %g s purged", self.name, n,
+                     self.cfg.serve.quarantine_max_age_s)
+
     def _commit_with_retry(self, batch: list[Message], stop: threading.Event) -> None:
         delay = 0.5
         while True:
             try:
-                self.process(batch)
+                try:
+                    self.process(batch)
+                except Exception as exc:
+                    if _outage(exc):
+                        raise
+                    log.warning("a message in a batch of %d cannot be stored (%s); storing them one by one",
+                                len(batch), _why(exc))
+                    for m in batch:
+                        self._store_alone(m)
                 break
             except Exception as exc:  # the database failed: nothing acked, the batch retried
                 self.stats.db_errors += 1
@@ -162,6 +219,31 @@ class Worker:
             client = self.journal if m.via_journal and self.journal else self.broker
             if not client.ack(m):
                 self.stats.not_acked += 1
+
+    def _store_alone(self, m: Message) -> None:
+        """One message in its own transaction; a failure that is not an outage makes it an
+        `unstorable` quarantine row (raises on an outage)."""
+        try:
+            self.process([m])
+            return
+        except Exception as exc:
+            if _outage(exc):
+                raise
+            why = _why(exc)
+        self.stats.unstorable += 1
+        log.warning("message on %.200r unstorable (%s): quarantined", m.topic, why)
+        try:
+            self.metrics.begin()  # what the failed attempt staged is not counted
+            with self._db.transaction():
+                self._quarantine(m, topic_device(m.topic, self.prefix, m.topic.rsplit("/", 1)[-1]),
+                                 "unstorable", time.time(), WorkerStats())
+            self.stats.quarantined += 1
+            self.metrics.committed()
+        except Exception as exc:
+            if _outage(exc):
+                raise
+            self.stats.dropped += 1
+            log.error("message on %.200r could not be quarantined either (%s): dropped", m.topic, _why(exc))
 
     def _reopen(self) -> None:
         try:
@@ -191,7 +273,10 @@ class Worker:
         with self._db.transaction():
             now = time.time()
             for m in batch:
-                if m.topic.endswith("/result"):
+                if len(m.payload) > self.cfg.mqtt.max_packet_bytes:  # the broker should not have sent it
+                    self._quarantine(m, topic_device(m.topic, self.prefix, m.topic.rsplit("/", 1)[-1]), "too_large",
+                                     now, counts)
+                elif m.topic.endswith("/result"):
                     if self._ring_stale:  # an attestation in this batch added a key
                         ring, self._ring_stale = self._keyring(force=True), False
                     v = check_result(m.payload, m.topic, self.prefix, ring)
@@ -199,9 +284,9 @@ class Worker:
                             time.monotonic() - self._ring_at > 0.5:  # enrolled a moment ago?
                         ring = self._keyring(force=True)
                         v = check_result(m.payload, m.topic, self.prefix, ring)
-                    self._store_result(m, v, now, counts)
+                    self._store_result(m, v, now, counts, ring)
                 else:
-                    self._store_other(m, now)
+                    self._store_other(m, now, counts)
                     counts.other += 1
         s = self.stats
         s.stored += counts.stored
@@ -212,8 +297,14 @@ class Worker:
         self.metrics.committed()
 
     def _quarantine(self, m: Message, dev: str | None, reason: str, now: float, counts: WorkerStats) -> None:
+        """A quarantine row: the digest of the whole message, and the message itself only
+        when it may be stored later (a key not yet trusted; `unstorable`, which a fixed
+        backend can ingest again) and fits a packet, else its first QUARANTINE_KEEP_BYTES."""
         digest = hashlib.sha256(m.topic.encode() + b"\0" + m.payload).hexdigest()
-        new = self._db.quarantine(digest, m.topic, dev, reason, m.payload, m.t_received, self.name)
+        whole = reason in (*KEY_REASONS, "unstorable") and len(m.payload) <= self.cfg.mqtt.max_packet_bytes
+        kept = m.payload if whole else m.payload[:limits.QUARANTINE_KEEP_BYTES]
+        topic = m.topic[:limits.MAX_TEXT * 2].replace("\x00", "?")
+        new = self._db.quarantine(digest, topic, dev, reason, kept, m.t_received, self.name, len(m.payload))
         counts.quarantined += 1
         self.metrics.quarantined(reason, new)
         if now - self._quarantine_said.get((dev, reason), -QUARANTINE_LOG_S) >= QUARANTINE_LOG_S:  # no flood
@@ -221,7 +312,7 @@ class Worker:
             log.warning("a result on %s quarantined: %s%s", m.topic, reason, QUARANTINE_HINTS.get(reason, "")
                         .format(dev=dev))
 
-    def _store_result(self, m: Message, v, now: float, counts: WorkerStats) -> None:
+    def _store_result(self, m: Message, v, now: float, counts: WorkerStats, ring: Keyring) -> None:
         if not v.accepted:
             self._quarantine(m, v.dev, v.reason, now, counts)
             return
@@ -234,13 +325,20 @@ class Worker:
         if self._db.insert_result(row):
             counts.stored += 1
             self.metrics.stored(p["decision"], p["iat"])
+            if v.retired:  # signed before a rotation: in the audit, never the device's newest
+                self._db.device_seen(v.dev, now)
+                return
             self._db.device_result(v.dev, p["seq"], p["decision"], now)
+            if p["seq"] <= ring.retired_bound.get(v.dev, -1):
+                # the new key's first result: the retired key vouches for nothing from this seq on
+                self._db.cap_retired(v.dev, p["seq"])
+                self._ring_stale = True
         elif self._db.stored_message(v.dev, p["seq"]) == m.payload:
             counts.duplicates += 1  # at-least-once delivery: the same signed bytes again
         else:  # the device signed two different results with one seq: keep the first, show the second
             self._quarantine(m, v.dev, "conflicting_duplicate", now, counts)
 
-    def _store_other(self, m: Message, now: float) -> None:
+    def _store_other(self, m: Message, now: float, counts: WorkerStats) -> None:
         leaf = m.topic.rsplit("/", 1)[-1]
         dev = topic_device(m.topic, self.prefix, leaf)
         if dev is None:
@@ -250,16 +348,17 @@ class Worker:
             if word in STATUS_WORDS:
                 self._db.device_status(dev, word, now, seen=not m.retain)
         elif leaf == "health":
-            try:
-                h = json.loads(m.payload)
-            except ValueError:
+            h, why = limits.parse_json_map(m.payload)
+            if h is None:
+                self._quarantine(m, dev, "bad_health", now, counts)
                 return
-            if isinstance(h, dict):
-                depth = h.get("outbox_depth")
-                self._db.device_health(dev, _json(h), depth if isinstance(depth, int) else None, now)
+            depth = h.get("outbox_depth")
+            self._db.device_health(dev, _json(h), depth if limits.int63(depth) else None, now)
         elif leaf == "attest":
             att = check_attest(m.payload, m.topic, self.prefix)
-            if att is not None and Registry(self._db).observe_attest(att, now):
+            if att is None:
+                self._quarantine(m, dev, "bad_attest", now, counts)
+            elif Registry(self._db).observe_attest(att, now):
                 self._ring_stale = True
                 log.warning("%s announced a key not yet approved (kid %s): 'facegate backend devices pending'",
                             att.dev, att.kid.hex())
@@ -285,6 +384,11 @@ def ingest(store: Store, prefix: str, topic: str, message: bytes, worker: str = 
 
 
 KEY_REASONS = ("unknown_device", "unknown_key", "unapproved_key")
+
+
+def _why(exc: BaseException) -> str:
+    """An exception in one bounded line for the log (a poison message's text is the attacker's)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]!r}"
 
 
 def recheck_quarantine(store: Store, prefix: str, dev: str) -> int:
