@@ -222,6 +222,40 @@ def test_a_batch_rolled_back_is_counted_once(tmp_path):
     store.close()
 
 
+def test_an_unstorable_message_is_counted_once_after_its_own_commit(tmp_path, monkeypatch):
+    """A batch with a result Python cannot store (iat = -10^400, the payload checks switched
+    off) goes through one message at a time; the refused one is quarantined as `unstorable`
+    in a transaction of its own, outside process(): counted there, once, and what its failed
+    attempts staged is not."""
+    import threading
+
+    import facegate.backend.trust as trust
+    from facegate.backend.config import BackendConfig
+    from facegate.backend.mqtt import Message
+
+    monkeypatch.setattr(trust, "payload_problem", lambda p: None)
+    cfg = BackendConfig.model_validate({"store": {"sqlite": str(tmp_path / "u.db")}, "mqtt": {"prefix": PREFIX}})
+    store = Store.open(cfg.store)
+    t = Terminal("un-1")
+    Registry(store).enrol(t.dev, t.key.public, time.time())
+    metrics = WorkerMetrics(cfg)
+    w = Worker(cfg, store=store, metrics=metrics)
+    metrics.worker = w
+    batch = [Message(t.topics.result, t.result(decision=d, **over)[1], 1, 0, False, False, None, 0)
+             for d, over in (("match", {}), ("spoof", {"iat": -(10**400)}), ("no_match", {}))]
+    w._commit_with_retry(batch, threading.Event())
+    from prometheus_client import generate_latest
+
+    m = {(s.name, tuple(sorted(s.labels.items()))): s.value
+         for f in text_string_to_metric_families(generate_latest(metrics.registry).decode()) for s in f.samples}
+    assert dict(store.query("SELECT decision, COUNT(*) FROM results GROUP BY decision")) == {"match": 1, "no_match": 1}
+    assert by_label(m, "facegate_results_stored_total", "decision") == {"match": 1, "no_match": 1}
+    assert by_label(m, "facegate_results_quarantined_total", "reason") == {"unstorable": 1}
+    assert w.stats.unstorable == 1
+    metrics.close()
+    store.close()
+
+
 def test_labels_stay_bounded_and_a_busy_address_does_not_stop_the_worker(tmp_path, caplog):
     bounded = _Bounded(("match",))
     values = {bounded(f"reason_{i}") for i in range(500)} | {bounded("kiosk/7"), bounded(None), bounded("x" * 100)}
