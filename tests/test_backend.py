@@ -267,7 +267,10 @@ def test_exactly_once_through_a_worker_kill_and_a_broker_restart(broker, store, 
     sent: dict[tuple[str, int], bytes] = {}
     try:
         assert links.wait_connected()
-        time.sleep(1.5)  # both workers subscribed
+        # both workers subscribed (a result published before reaches no one in the new group): their
+        # logs say so; a fixed sleep was too short for two Python processes starting on a loaded machine
+        wait_until(lambda: all("subscribed" in (tmp_path / f"worker-{n}.log").read_text() for n in workers), 60,
+                   "both workers subscribed")
 
         def publish(n: int, pause: float = 0.004):
             for i in range(n):
