@@ -270,24 +270,18 @@ def _lock_worker(cfg, client_id: str) -> int:
     took the first one's session over and both flapped every ~2 s ('Unspecified error')
     forever. An flock in the temp dir, keyed on broker and client id, held while it runs;
     raises OSError naming the pid that holds it."""
-    import fcntl
     import hashlib
     import tempfile
 
+    from .. import pidlock
+
     key = hashlib.sha256(f"{cfg.mqtt.host}:{cfg.mqtt.port}/{client_id}".encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"facegate-serve-{key}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise OSError(f"worker {cfg.serve.worker} (client id {client_id}) already runs here (pid {holder}): give "
-                      "this one another --worker name (two workers under one name push each other off the "
+        return pidlock.take(Path(tempfile.gettempdir()) / f"facegate-serve-{key}.lock")
+    except pidlock.Busy as busy:
+        raise OSError(f"worker {cfg.serve.worker} (client id {client_id}) already runs here (pid {busy.holder}): "
+                      "give this one another --worker name (two workers under one name push each other off the "
                       "broker)") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def cmd_config_check(args) -> int:
