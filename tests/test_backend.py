@@ -267,7 +267,12 @@ def test_exactly_once_through_a_worker_kill_and_a_broker_restart(broker, store, 
     sent: dict[tuple[str, int], bytes] = {}
     try:
         assert links.wait_connected()
-        time.sleep(1.5)  # both workers subscribed
+
+        def subscribed(name: str) -> bool:  # logged once each SUBACK came back (worker.py)
+            log = (tmp_path / f"worker-{name}.log").read_text(errors="replace")
+            return f"worker {name} (client id" in log and "subscribed:" in log
+        # both workers subscribed: their SUBACKs, not a sleep (issue 25)
+        wait_until(lambda: subscribed("1") and subscribed("2"), 60, "both workers' SUBACKs")
 
         def publish(n: int, pause: float = 0.004):
             for i in range(n):
