@@ -163,3 +163,17 @@ def test_a_result_whose_making_fails_leaves_nothing_and_the_outbox_usable(tmp_pa
     assert ob.last_seq == 0 and ob.depth() == 0 and not ob._db.in_transaction
     assert ob.add(rows) == 1
     ob.close()
+
+
+def test_an_outbox_in_a_missing_directory_used_from_another_thread(tmp_path):
+    """Survivors: mkdir without parents=True (a fresh state dir two levels deep), the
+    connection bound to its opening thread (the delivery thread shares it)."""
+    import threading
+
+    ob = Outbox(tmp_path / "var" / "lib" / "facegate" / "outbox.sqlite")
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.append(ob.add(rows)))
+    t.start()
+    t.join(10)
+    assert got == [1] and ob.depth() == 1
+    ob.close()
