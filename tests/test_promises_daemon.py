@@ -93,7 +93,7 @@ def test_sighup_loads_a_changed_trusted_key_and_drops_the_old_one(tmp_path, brok
 def test_a_camera_that_never_delivers_answers_camera_unavailable(tmp_path, broker, faces, backend_key, model_dir):
     """`error` / `camera_unavailable` if the camera never delivered (instead of a command
     waiting forever). Mutation: _serve() without its `if not self.ready` answer - fails
-    (no result within the wait)."""
+    (the session runs on a camera that never delivered and answers something else)."""
     d = DaemonProc(tmp_path, broker, {**faces, "video": tmp_path / "no-such-camera.webm"}, backend_key).start()
     be = Backend(broker)
     try:
