@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS: dict[str, list[str]] = {
     "outbox": ["tests/test_outbox.py", "tests/test_promises_outbox.py", "tests/test_admission.py"],
     "admission": ["tests/test_admission.py"],
-    "signing": ["tests/test_signing.py"],
+    "signing": ["tests/test_signing.py", "tests/test_promises_signing.py"],
     "decide": ["tests/test_vision_pure.py", "tests/test_session.py"],
     "messages": ["tests/test_signing.py", "tests/test_admission.py", "tests/test_contract_doc.py"],
     "delivery": ["tests/test_delivery.py", "tests/test_delivery_inprocess.py", "tests/test_outbox.py"],
