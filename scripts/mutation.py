@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 # package's source (test_vocab, test_architecture): under mutmut every mutant is in the file.
 TESTS: dict[str, list[str]] = {
     "outbox": ["tests/test_outbox.py", "tests/test_promises_outbox.py", "tests/test_admission.py"],
-    "admission": ["tests/test_admission.py"],
+    "admission": ["tests/test_admission.py", "tests/test_promises_admission.py"],
     "signing": ["tests/test_signing.py", "tests/test_promises_signing.py"],
     "decide": ["tests/test_vision_pure.py", "tests/test_session.py", "tests/test_promises_decide.py"],
     "messages": ["tests/test_signing.py", "tests/test_admission.py", "tests/test_contract_doc.py",
