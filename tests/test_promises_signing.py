@@ -143,3 +143,16 @@ def test_sign_writes_what_the_contract_says(key):
     assert cbor2.loads(protected) == {1: -8, 4: hashlib.sha256(_raw(key.public_key())).digest()[:8]}
     assert unprotected == {} and cbor2.loads(body) == {"a": 1}
     key.public_key().verify(sig, cbor2.dumps(["Signature1", protected, TOPIC.encode(), body]))
+
+
+def test_a_key_is_saved_into_a_directory_that_does_not_exist_yet(tmp_path):
+    """Survivor: save_key's mkdir without parents=True (a fresh /var/lib/facegate)."""
+    path = tmp_path / "var" / "lib" / "facegate" / "signing.key"
+    k = signing.SigningKey.generate()
+    signing.save_key(k, path)
+    assert path.stat().st_mode & 0o777 == 0o600 and signing.load_key(path).public == k.public
+    (path.parent / "x").write_text("no key")
+    with pytest.raises(SignatureError, match="not an unencrypted PEM"):
+        signing.load_key(path.parent / "x")
+    with pytest.raises(SignatureError, match="a public key is 64 hex digits"):
+        signing.public_from_hex("abcd")
