@@ -34,7 +34,7 @@ TESTS: dict[str, list[str]] = {
     "signing": ["tests/test_signing.py", "tests/test_promises_signing.py"],
     "decide": ["tests/test_vision_pure.py", "tests/test_session.py", "tests/test_promises_decide.py"],
     "messages": ["tests/test_signing.py", "tests/test_admission.py", "tests/test_contract_doc.py",
-                 "tests/test_promises_commands.py", "tests/test_promises_signing.py"],
+                 "tests/test_promises_commands.py", "tests/test_promises_signing.py", "tests/test_promises_messages.py"],
     "delivery": ["tests/test_delivery.py", "tests/test_delivery_inprocess.py", "tests/test_outbox.py"],
     "backend/trust": ["tests/test_backend.py"],
     "backend/store": ["tests/test_backend.py"],

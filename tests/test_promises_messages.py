@@ -1,0 +1,80 @@
+"""What the terminal tells Home Assistant and dashboards agrees with what it publishes
+(mutation testing: ha_discovery, event_json, state_json, attest_payload, policy_hash had
+no test that reaches them outside the daemon tests - 286 mutants "no tests"). Every
+`value_json.X` a discovery template reads is a key of the payload on its state topic;
+availability is the contract's `online` / `offline`; the event entity knows every decision."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import typing
+
+from facegate import messages
+from facegate.status import HealthDoc
+from facegate.vocab import State, Verdict
+
+T = messages.Topics.of("facegate/v1", "kiosk-9")
+
+
+def _configs(prefix: str = "homeassistant") -> dict[str, dict]:
+    return {topic: json.loads(p) for topic, p in messages.ha_discovery(T, "kiosk-9", "1.2.3", prefix)}
+
+
+def test_discovery_topics_ids_device_and_availability():
+    cfgs = _configs("ha")
+    keys = {"online", "state", "decision", "outbox_depth", "fps", "uptime_s", "sessions", "camera"}
+    assert set(cfgs) == {f"ha/{c}/facegate_kiosk-9/{k}/config" for c, k in
+                         [("binary_sensor", "online"), ("sensor", "state"), ("event", "decision"),
+                          ("sensor", "outbox_depth"), ("sensor", "fps"), ("sensor", "uptime_s"),
+                          ("sensor", "sessions"), ("binary_sensor", "camera")]}
+    for topic, c in cfgs.items():
+        key = topic.split("/")[3]
+        assert c["unique_id"] == c["object_id"] == f"facegate_kiosk-9_{key}" and key in keys
+        assert c["device"] == {"identifiers": ["facegate_kiosk-9"], "name": "facegate kiosk-9",
+                               "manufacturer": "facegate", "model": "face verification terminal",
+                               "sw_version": "1.2.3"}
+        if key == "online":
+            assert (c["state_topic"], c["payload_on"], c["payload_off"], c["device_class"]) == (
+                T.status, "online", "offline", "connectivity")
+        else:
+            assert (c["availability_topic"], c["payload_available"], c["payload_not_available"]) == (
+                T.status, "online", "offline")
+        assert c["name"]
+
+
+def test_every_template_reads_a_key_its_topic_carries():
+    carried = {T.health: set(typing.get_type_hints(HealthDoc)),
+               T.state: set(json.loads(messages.state_json(State.IDLE))),
+               T.event: set(json.loads(messages.event_json("s", "r", Verdict.MATCH, 1.0)))}
+    seen = set()
+    for topic, c in _configs().items():
+        for name in re.findall(r"value_json\.(\w+)", c.get("value_template", "")):
+            assert name in carried[c["state_topic"]], (topic, name)
+            seen.add((c["state_topic"], name))
+        if c["state_topic"] == T.health:
+            assert c["entity_category"] == "diagnostic"
+    assert {(T.health, k) for k in ("outbox_depth", "fps", "uptime_s", "sessions", "camera_ok")} <= seen
+    assert (T.state, "state") in seen and (T.event, "decision") in seen
+    cfgs = _configs()
+    decision = cfgs["homeassistant/event/facegate_kiosk-9/decision/config"]
+    assert decision["event_types"] == list(Verdict) and decision["state_topic"] == T.event
+    assert cfgs["homeassistant/sensor/facegate_kiosk-9/state/config"]["json_attributes_topic"] == T.state
+    units = {k: cfgs[f"homeassistant/sensor/facegate_kiosk-9/{k}/config"].get("unit_of_measurement")
+             for k in ("outbox_depth", "fps", "uptime_s", "sessions")}
+    assert units == {"outbox_depth": None, "fps": "fps", "uptime_s": "s", "sessions": None}
+    camera = cfgs["homeassistant/binary_sensor/facegate_kiosk-9/camera/config"]
+    assert "'ON' if value_json.camera_ok else 'OFF'" in camera["value_template"] and camera["device_class"] == "running"
+
+
+def test_event_state_attest_and_policy_hash_by_value():
+    assert json.loads(messages.event_json("s1", "r1", Verdict.SPOOF, 12.34567)) == {
+        "session": "s1", "request_id": "r1", "decision": "spoof", "ts": 12.346}
+    assert json.loads(messages.state_json(State.CHALLENGE, "blink", "s1")) == {
+        "state": "challenge", "step": "blink", "session": "s1"}
+    a = messages.attest_payload(dev="d", kid=b"k", public=b"p", version="1", models={"embed": "h"}, boot="b",
+                                iat=99.9)
+    assert a == {"v": messages.RESULT_VERSION, "dev": "d", "kid": b"k", "pub": b"p", "sw": "1",
+                 "models": {"embed": "h"}, "boot": "b", "iat": 99}
+    settings = {"b": 1, "a": [0.5, "x"]}
+    assert messages.policy_hash(settings) == hashlib.sha256(b'{"a":[0.5,"x"],"b":1}').hexdigest()[:16]
