@@ -70,7 +70,10 @@ def tally(work: Path, modules: list[str]) -> dict[str, dict[str, list[str]]]:
     out: dict[str, dict[str, list[str]]] = {}
     for m in modules:
         meta = work / "mutants" / "src" / "facegate" / f"{m}.py.meta"
-        codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+        try:
+            codes = json.loads(meta.read_text())["exit_code_by_key"]
+        except (OSError, ValueError, KeyError):  # not written yet, or being written
+            codes = {}
         t: dict[str, list[str]] = {"killed": [], "survived": [], "other": []}
         for name, code in codes.items():
             t["killed" if code in KILLED else "survived" if code in SURVIVED else "other"].append(name)

@@ -74,6 +74,18 @@ def test_response_topic_bounds():
     for bad in ("a/b/+", "a/b/#", "a/b/x\0y"):
         assert not valid_response_topic(bad, "a/b"), bad
     assert valid_response_topic("a/b/c", "a/b/")  # a prefix with its slash
+    assert valid_response_topic("a/b/XYZ", "a/b")  # only + # and NUL are forbidden
+    assert not valid_response_topic("a/Xc", "a/X")  # under a/X/, not beside it
+
+
+def test_an_unusable_outbox_says_why_it_dropped_the_command(gate, backend_key):
+    from facegate.admission import Dropped
+
+    gate.outbox.close()
+    msg, _ = command(backend_key, REFERENCE)
+    a = gate.authenticate(Inbound(TOPIC, msg))
+    r = gate.admit(a, busy=False) if isinstance(a, Authentic) else a
+    assert isinstance(r, Dropped) and "outbox" in r.error and "closed" in r.error, r
 
 
 def test_never_the_device_s_own_topics_even_under_a_wide_prefix(gate, backend_key):
