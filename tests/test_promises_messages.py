@@ -78,3 +78,51 @@ def test_event_state_attest_and_policy_hash_by_value():
                  "models": {"embed": "h"}, "boot": "b", "iat": 99}
     settings = {"b": 1, "a": [0.5, "x"]}
     assert messages.policy_hash(settings) == hashlib.sha256(b'{"a":[0.5,"x"],"b":1}').hexdigest()[:16]
+
+
+def test_only_the_public_quality_and_liveness_figures_are_published():
+    """The result's quality / liveness maps by value: probe figures as floats, frames as an
+    int, pass / fail as bools - and nothing else (no scores: README "never a score")."""
+    q = {"probe": {"face_px": 41, "sharpness": 12.5, "brightness": 99, "yaw_deg": -3, "pitch_deg": 4,
+                   "similarity": 0.9, "pad_score": 0.1}, "frames": 7.0, "reference": {"face_px": 50},
+         "similarity": 0.8}
+    out = messages.public_quality(q)
+    assert out == {"face_px": 41.0, "sharpness": 12.5, "brightness": 99.0, "yaw_deg": -3.0, "pitch_deg": 4.0,
+                   "frames": 7}
+    assert all(type(v) is float for k, v in out.items() if k != "frames") and type(out["frames"]) is int
+    assert messages.public_quality({}) == {} and messages.public_quality({"probe": None, "frames": 2}) == {"frames": 2}
+    lv = {"steps": ("blink", "turn_left"), "active_pass": 1, "passive_pass": 0, "scores": [0.3], "p_real": 0.2}
+    assert messages.public_liveness(lv) == {"steps": ["blink", "turn_left"], "active_pass": True, "passive_pass": False}
+    assert messages.public_liveness({"steps": []}) == {"steps": [], "active_pass": False}
+    assert messages.public_liveness({"passive_pass": True}) == {"passive_pass": True}
+    assert messages.public_liveness({}) == {}
+
+
+def test_a_backend_s_command_round_trips_through_parse_verify():
+    """verify_command (what a backend signs) and parse_verify (authenticate, then check)."""
+    import cv2
+    import numpy as np
+
+    from facegate import signing
+
+    key = signing.SigningKey.generate()
+    ref = cv2.imencode(".png", np.zeros((20, 16, 3), np.uint8))[1].tobytes()
+    p = messages.verify_command(ref, 1000.4, 60, challenge=["blink"])
+    assert set(p) == {"request_id", "nonce", "iat", "exp", "reference", "challenge"}
+    assert len(p["nonce"]) == 16 and len(p["request_id"]) == 16 and (p["iat"], p["exp"]) == (1000, 1060)
+    assert "challenge" not in messages.verify_command(ref, 0, 1) and messages.verify_command(ref, 0, 1, "r")[
+        "request_id"] == "r"
+    topic = T.cmd_verify
+    msg = signing.sign(p, key, topic)
+    keys = {key.kid: signing.public_from_hex(key.public.hex())}
+    c = messages.parse_verify(msg, topic, keys, 1001, max_bytes=10_000, max_age_s=600, skew_s=5, max_pixels=10_000)
+    assert (c.request_id, c.nonce, c.challenge, c.reference.shape) == (p["request_id"], p["nonce"], ["blink"],
+                                                                         (20, 16, 3))
+    for kw, reason in (({"topic": T.result}, "bad_signature"), ({"now": 2000}, "expired")):
+        try:
+            messages.parse_verify(msg, kw.get("topic", topic), keys, kw.get("now", 1001), max_bytes=10_000,
+                                  max_age_s=600, skew_s=5, max_pixels=10_000)
+        except messages.CommandRejected as rej:
+            assert rej.reason == reason
+        else:
+            raise AssertionError(reason)
