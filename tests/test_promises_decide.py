@@ -36,3 +36,35 @@ def test_fuse_is_the_renormalised_mean_as_float32():
     f = decide.fuse([a, b, a])
     assert f.dtype == np.float32 and np.allclose(f, np.array([2, 1]) / np.sqrt(5))
     assert np.allclose(decide.fuse([np.zeros(2, np.float32)]), 0)  # no division by zero
+
+
+def test_each_quality_gate_lets_its_limit_through_and_refuses_past_it():
+    """decide.gate at its edges (mutation survivors: `<` / `>` turned into `<=` / `>=`)."""
+    from facegate.config import VerifyConfig
+
+    cfg = VerifyConfig()
+    ok = Quality(cfg.min_eye_distance_px, cfg.min_sharpness, cfg.min_brightness, cfg.max_yaw_deg, -cfg.max_pitch_deg)
+    assert decide.gate(ok, cfg.min_face_presence, cfg) is None
+    assert decide.gate(Quality(30, 100, cfg.max_brightness, 0, 0), cfg.min_face_presence, cfg) is None
+    e = 1e-6
+    for q, presence, reason in (
+            (ok, cfg.min_face_presence - e, FaceReason.NO_FACE),
+            (Quality(cfg.min_eye_distance_px - e, 100, 120, 0, 0), 1.0, FaceReason.FACE_TOO_SMALL),
+            (Quality(30, 100, 120, cfg.max_yaw_deg + e, 0), 1.0, FaceReason.POSE_OUT_OF_RANGE),
+            (Quality(30, 100, 120, 0, -cfg.max_pitch_deg - e), 1.0, FaceReason.POSE_OUT_OF_RANGE),
+            (Quality(30, 100, cfg.min_brightness - e, 0, 0), 1.0, FaceReason.TOO_DARK),
+            (Quality(30, 100, cfg.max_brightness + e, 0, 0), 1.0, FaceReason.TOO_BRIGHT),
+            (Quality(30, cfg.min_sharpness - e, 120, 0, 0), 1.0, FaceReason.TOO_BLURRY)):
+        assert decide.gate(q, presence, cfg) == reason, (q, presence)
+
+
+def test_prominence_is_the_visible_area_weighted_by_centrality():
+    from facegate.types import Detection
+
+    kp = np.zeros((6, 2), np.float32)
+    centred = Detection((40.0, 30.0, 60.0, 50.0), kp, 0.9)  # 20 x 20 at the centre of 100 x 80
+    assert decide.prominence(centred, 100, 80) == pytest.approx(400.0)
+    cut = Detection((-10.0, -10.0, 10.0, 20.0), kp, 0.9)  # 10 x 20 of it inside, centre (0, 5)
+    d = np.hypot(0 - 50, 5 - 40) / np.hypot(50, 40)
+    assert decide.prominence(cut, 100, 80) == pytest.approx(200.0 * (1 - d) ** 2)
+    assert decide.prominence(Detection((200.0, 200.0, 220.0, 230.0), kp, 0.9), 100, 80) == 0.0
