@@ -126,3 +126,28 @@ def test_a_backend_s_command_round_trips_through_parse_verify():
             assert rej.reason == reason
         else:
             raise AssertionError(reason)
+
+
+def test_templates_prefix_slash_and_the_size_limit_exactly():
+    """Survivors: a template wrapped in other text renders another value; a prefix given
+    with its trailing slash; a command of exactly max_command_bytes is accepted.
+    (Equivalent, not tested: the entities' display names; typing.cast's first argument.)"""
+    from facegate import signing
+
+    cfgs = _configs()
+    assert cfgs["homeassistant/sensor/facegate_kiosk-9/state/config"]["value_template"] == "{{ value_json.state }}"
+    assert cfgs["homeassistant/event/facegate_kiosk-9/decision/config"]["value_template"] == \
+        '{ "event_type": "{{ value_json.decision }}" }'
+    assert cfgs["homeassistant/sensor/facegate_kiosk-9/fps/config"]["value_template"] == "{{ value_json.fps }}"
+    assert messages.Topics.of("facegate/v1/", "k").root == "facegate/v1/k" == messages.Topics.of("facegate/v1", "k").root
+    assert messages.Topics.of("/x/", "k").root == "/x/k"
+    key = signing.SigningKey.generate()
+    msg = signing.sign({"request_id": "r"}, key, T.cmd_verify)
+    keys = {key.kid: signing.public_from_hex(key.public.hex())}
+    assert messages.authenticate(msg, T.cmd_verify, keys, max_bytes=len(msg)).payload == {"request_id": "r"}
+    try:
+        messages.authenticate(msg, T.cmd_verify, keys, max_bytes=len(msg) - 1)
+    except messages.CommandRejected as rej:
+        assert rej.reason == "too_large"
+    else:
+        raise AssertionError("too_large")
