@@ -75,7 +75,10 @@ case "$cmd" in
   test)
     setup
     shift
-    "$VENV/bin/python" -m pytest "$@"
+    # fixed order by default; FACEGATE_RANDOM_ORDER=1 shuffles (pytest-randomly, printed seed)
+    order=(-p no:randomly)
+    [ "${FACEGATE_RANDOM_ORDER:-0}" = 1 ] && order=()
+    "$VENV/bin/python" -m pytest "${order[@]}" "$@"
     ;;
   check)
     setup

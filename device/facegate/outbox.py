@@ -223,6 +223,12 @@ class Outbox:
         ago; not counted, they were delivered). Returns how many results expired now."""
         with self._lock:
             try:
+                # the records held in memory first, in a transaction of their own: on a full
+                # disk SQLite may roll back the whole transaction, not just the INSERT
+                self._db.execute("BEGIN IMMEDIATE")
+                self._flush_seen()
+                if self._db.in_transaction:
+                    self._db.execute("COMMIT")
                 self._db.execute("BEGIN IMMEDIATE")
                 now = self.clock()
                 self._db.execute("DELETE FROM results WHERE acked < ?",
@@ -235,7 +241,6 @@ class Outbox:
                         "SELECT DISTINCT seq FROM results WHERE acked IS NULL ORDER BY seq LIMIT ?", (over,))}
                 for s in seqs:
                     self._db.execute("DELETE FROM results WHERE seq = ? AND acked IS NULL", (s,))
-                self._flush_seen()
                 self._forget_seen(self.clock())
                 if seqs:
                     self._set_meta("expired", self._meta("expired") + len(seqs))
