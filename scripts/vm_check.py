@@ -239,7 +239,7 @@ class Guest:
         self.sock_path = work / f"agent-{tag}.sock"
         self.console = work / f"console-{tag}.log"
         fwd = f"guestfwd=tcp:{GUEST_BROKER}:{GUEST_PORT}-cmd:socat STDIO TCP:127.0.0.1:{broker_port}"
-        cmd = ["nice", "qemu-system-x86_64", "-accel", accel, "-m", "2048", "-smp", "2",
+        cmd = ["nice", "qemu-system-x86_64", "-accel", accel, *(["-cpu", "max"] if accel == "tcg" else []), "-m", "2048", "-smp", "2",
                "-kernel", str(work / "vmlinuz"), "-initrd", str(work / "initrd.img"),
                "-append", "root=/dev/vda rw console=ttyS0 panic=10",
                "-drive", f"file={work / 'disk.img'},format=raw,if=virtio",
