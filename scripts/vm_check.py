@@ -638,12 +638,16 @@ class Run:
         old = g.show(props="MainPID")["MainPID"]
         g.ok(f"mkdir -p {d} && printf '[Service]\\nExecStart=\\nExecStart={FG} run --config {conf}\\n' > {d}/v4l2.conf"
              " && systemctl daemon-reload && systemctl restart --no-block facegate")
-        s = self.wait_active(g, 600, old_pid=old)
-        st = wait(lambda: (lambda d: d if (d.get("camera") or {}).get("fps", 0) > 0 else None)(g.status()),
-                  120, "camera frames (fps > 0) in facegate status")
-        cam = st.get("camera", {})
-        g.ok(f"rm -f {d}/v4l2.conf {conf} && systemctl daemon-reload && systemctl restart --no-block facegate")
-        self.wait_active(g, 600, old_pid=s["MainPID"])
+        try:
+            s = self.wait_active(g, 400, old_pid=old)
+            st = wait(lambda: (lambda d: d if (d.get("camera") or {}).get("fps", 0) > 0 else None)(g.status()),
+                      120, "camera frames (fps > 0) in facegate status")
+            cam = st.get("camera", {})
+        finally:  # the file camera again, for the checks after this one
+            pid = g.show(props="MainPID")["MainPID"]
+            g.ok(f"rm -f {d}/v4l2.conf {conf} && systemctl daemon-reload && systemctl reset-failed facegate; "
+                 "systemctl restart --no-block facegate")
+            self.wait_active(g, 600, old_pid=pid)
         self.report("camera", True, f"vivid /dev/video0 as camera (source v4l2) under the unit's sandbox: "
                                     f"active by READY=1 (pid {s['MainPID']}), {cam.get('fps')} fps, "
                                     f"camera ok={cam.get('ok')}")
