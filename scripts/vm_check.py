@@ -665,13 +665,24 @@ class Run:
             wait(lambda g=g: (g.status().get("state") or {}).get("state") not in (None, "idle"), 120,
                  "the session to start")
             self.broker.stop()
-            delay = rng.uniform(0, 40)
+            # every other cut waits until the session's result waits in the outbox; the
+            # others fall at a random moment (often mid-session under TCG: no result yet)
+            wait_result = i % 2 == 0
+            delay = rng.uniform(0, 5 if wait_result else 40)
             t = time.monotonic()
             last = depth = 0
-            while time.monotonic() - t < delay:
+            while True:
                 st = g.status()
                 last = max(last, int(st.get("last_seq") or 0))
                 depth = max(depth, int((st.get("health") or {}).get("outbox_depth") or 0))
+                if wait_result and depth == 0 and time.monotonic() - t < 300:
+                    continue
+                if wait_result and depth and delay > 0:
+                    time.sleep(delay)
+                    delay = 0
+                if not wait_result and time.monotonic() - t < delay:
+                    continue
+                break
             g.kill()
             committed.append(last)
             self.broker.start()
