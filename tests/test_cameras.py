@@ -79,13 +79,17 @@ def test_webcam_frames_are_bgr_and_a_failed_read_is_a_camera_error(tmp_path, mon
     made = []
 
     class FakeCapture:
-        def __init__(self, dev, backend, params):
+        """As OpenCV 5.1's V4L2 backend: an open parameter it does not support
+        (CAP_PROP_OPEN_TIMEOUT_MSEC) leaves the device unopened."""
+
+        def __init__(self, dev, backend, params=()):
+            self.opened = cv2.CAP_PROP_OPEN_TIMEOUT_MSEC not in list(params)[::2]
             self.dev, self.props, self.released = dev, {}, False
             self.reads = [np.full((4, 6), 9, np.uint8), np.zeros((4, 6, 3), np.uint8)]
             made.append(self)
 
         def isOpened(self):
-            return True
+            return self.opened
 
         def set(self, prop, value):
             self.props[prop] = value

@@ -94,3 +94,18 @@ def test_a_failing_source_is_an_error_outcome_when_contained(verifier, clip):
     assert seen == [State.WAITING_FACE, State.DECIDING]
     with pytest.raises(CameraError):
         Session(verifier).run(clip[20].image, broken())
+
+
+def test_the_work_after_the_last_frame_reports_progress(verifier, clip):
+    """The daemon's watchdog is fed per frame; the reference's analysis and the fused
+    embeddings come after the last frame and took longer than WatchdogSec on a slow CPU
+    (vm-check under TCG: killed mid-session). Each step of it calls on_work, after the last
+    frame was read."""
+    src = Counted(clip)
+    work: list[int] = []
+    out = Session(verifier, timeout_s=60, on_work=lambda: work.append(src.read)).run(clip[20].image, iter(src))
+    assert out.decision.decision == Verdict.MATCH
+    fused = out.decision.frames_used
+    assert fused == verifier.cfg.fusion_frames
+    assert len(work) == 1 + fused  # the reference, then each fused embedding
+    assert set(work) == {src.read}  # all of it after the frames

@@ -85,7 +85,10 @@ class Kiosk:
         run = Session.planned(self.verifier, self.liveness, cmd.challenge, timeout_s=timeout_s,
                               on_progress=lambda state, step: self.set_state(state, step, session),
                               cancelled=self.cancel.is_set, stopped=self.stop.is_set, guide=guide,
-                              on_guide=self.tell)
+                              on_guide=self.tell,
+                              # the fused embeddings after the last frame are progress too: on
+                              # a slow CPU they took longer than WatchdogSec (vm-check, TCG)
+                              on_work=lambda: self.notifier.keepalive(True))
         out = run.run_contained(cmd.reference, self._frames(), session)
         if out.timings_ms:
             self.health.record(out.timings_ms)

@@ -269,12 +269,15 @@ class Verifier:
 
     def verify_frames(self, reference: np.ndarray, frames: Iterable[Frame],
                       liveness: LivenessCheck | None = None, stop_early: bool = False,
-                      on_frame: Callable[[Glimpse], None] | None = None) -> tuple[Decision, dict]:
+                      on_frame: Callable[[Glimpse], None] | None = None,
+                      on_work: Callable[[], None] | None = None) -> tuple[Decision, dict]:
         """Reference vs live frames: follow one face, keep its best frames, fuse their
         embeddings and decide once. With `liveness`, a session that fails it is a spoof
         whatever the similarity. stop_early: stop reading frames once `fusion_frames`
         good frames are kept and liveness is settled (a live camera never ends by
-        itself); on_frame(Glimpse) is called after every frame (what it showed, for guidance)."""
+        itself); on_frame(Glimpse) is called after every frame (what it showed, for guidance),
+        on_work() after each step of the work that follows the frames (the reference's
+        analysis, each fused embedding): the daemon's watchdog sees progress there too."""
         t = Timings()
         t_start = time.perf_counter()
         pending = self._analyze_reference(reference)
@@ -323,6 +326,8 @@ class Verifier:
             if stop_early and liveness and liveness.failed:
                 break
         ref, t_ref = pending()
+        work = on_work or (lambda: None)
+        work()
         t.merge(t_ref)
         if ref.face is None or ref.reason:
             t.add("total", t_start)
@@ -333,7 +338,10 @@ class Verifier:
             t.add("total", t_start)
             return Decision(decide.NO_FACE, reason, None, quality), t.rounded()
         t0 = time.perf_counter()
-        embs = [self.embedder.embed_mirrored(f.crop) for _, f in best]
+        embs = []
+        for _, f in best:
+            embs.append(self.embedder.embed_mirrored(f.crop))
+            work()
         t.add("embed", t0)
         quality["probe"] = best[0][1].quality.as_dict()
         d = decide.decide_match(cosine(ref.face.embedding, decide.fuse(embs)),

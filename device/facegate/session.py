@@ -98,11 +98,13 @@ class Session:
     def __init__(self, verifier: Verifier, liveness: LivenessCheck | None = None, *,
                  timeout_s: float | None = None, on_progress: Progress | None = None,
                  cancelled: Callable[[], bool] = _never, stopped: Callable[[], bool] = _never,
-                 stop_early: bool = True, guide: Guide | None = None, on_guide: Guided | None = None):
+                 stop_early: bool = True, guide: Guide | None = None, on_guide: Guided | None = None,
+                 on_work: Callable[[], None] | None = None):
         self.verifier, self.liveness, self.timeout_s = verifier, liveness, timeout_s
         self.guide, self.on_guide = guide, on_guide or (lambda g: None)
         self._state = State.WAITING_FACE
         self.stop_early = stop_early
+        self.on_work = on_work  # after each step of the work between the last frame and the decision
         self.on_progress = on_progress or (lambda state, step: None)
         self.cancelled, self.stopped = cancelled, stopped
         self.ended: Ended | None = None
@@ -152,7 +154,7 @@ class Session:
         try:
             with closing(self._frames(source)) as cut:
                 decision, timings = self.verifier.verify_frames(reference, cut, self.liveness, self.stop_early,
-                                                                on_frame=self._on_frame)
+                                                                on_frame=self._on_frame, on_work=self.on_work)
         finally:
             if hasattr(source, "close"):  # a generator (replay): its camera closes now
                 source.close()

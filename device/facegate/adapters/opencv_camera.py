@@ -48,12 +48,13 @@ class OpenCVCamera:
             if not os.access(node, os.R_OK | os.W_OK):
                 raise CameraError(f"V4L2 device {node}: permission denied (is this user in the 'video' group?)")
         self.name = node
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(cfg.frame_timeout_s * 1000),
-                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(cfg.frame_timeout_s * 1000)]
         backend = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
         self._cap: cv2.VideoCapture | None
         try:
-            self._cap = cv2.VideoCapture(dev, backend, params)
+            # no open parameters: OpenCV's V4L2 backend refuses CAP_PROP_OPEN_TIMEOUT_MSEC
+            # ("Failed to apply invalid or unsupported parameter: [53]") and then never opens
+            # the device - seen on a real /dev/video0 (vivid) in vm-check, OpenCV 5.1.0
+            self._cap = cv2.VideoCapture(dev, backend)
         except cv2.error as exc:
             raise CameraError(f"cannot open {node}: {exc}") from None
         if not self._cap.isOpened():
@@ -65,6 +66,7 @@ class OpenCVCamera:
         self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
         self._cap.set(cv2.CAP_PROP_FPS, cfg.fps)
         self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a stale queue
+        self._cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(cfg.frame_timeout_s * 1000))  # where supported
 
     def __enter__(self) -> OpenCVCamera:
         return self

@@ -1,0 +1,81 @@
+"""scripts/vm-check.sh's pure parts (it boots a VM for real; that run is not part of this
+suite): shellcheck-clean, and the host helper's parsing and counting on fixed inputs."""
+from __future__ import annotations
+
+import base64
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "vm-check.sh"
+
+
+def _helper():
+    spec = importlib.util.spec_from_file_location("vm_check", REPO / "scripts" / "vm_check.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["vm_check"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+vm = _helper()
+
+
+def test_vm_check_sh_is_shellcheck_clean():
+    exe = shutil.which("shellcheck")
+    if exe is None:
+        pytest.fail("shellcheck is not installed (scripts/dev.sh installs it)")
+    r = subprocess.run([exe, str(SCRIPT)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_help_needs_no_root():
+    r = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--power-cuts" in r.stdout
+
+
+def test_set_toml_replaces_only_in_its_section():
+    text = 'device_id = "a"\n[camera]\npath = ""\nsource = "file"\n[mqtt]\nhost = "localhost"\nport = 1883\n'
+    out = vm.set_toml(text, "mqtt", "port", "8883")
+    assert 'port = 8883' in out and "port = 1883" not in out
+    out = vm.set_toml(out, "", "device_id", '"kiosk-vm"')
+    assert out.splitlines()[0] == 'device_id = "kiosk-vm"'
+    out = vm.set_toml(out, "camera", "host", '"x"')  # a key new to its section goes into it
+    assert out.index('host = "x"') < out.index("[mqtt]")
+    out = vm.set_toml(out, "daemon", "liveness", '"none"')  # a missing section is added
+    assert out.endswith('[daemon]\nliveness = "none"\n')
+
+
+def test_exposure_figure():
+    text = "NAME  DESCRIPTION  EXPOSURE\n...\n→ Overall exposure level for facegate.service: 1.5 OK :-)\n"
+    assert vm.exposure(text) == 1.5
+    assert vm.exposure("no such line") is None
+
+
+def test_journal_biometric_finds_what_it_should_and_nothing_else():
+    ref = bytes(range(256)) * 4
+    clean = "Started facegate.service\nsession 3f2a decided match (similarity 0.73) in 4.1 s\nSTATUS=idle\n"
+    assert vm.journal_biometric(clean, [ref]) == []
+    assert vm.journal_biometric(clean + ref[:40].hex(), [ref])
+    assert vm.journal_biometric(clean + base64.b64encode(ref[:60]).decode(), [ref])
+    emb = "[" + ", ".join(f"{i / 100:.4f}" for i in range(-8, 120)) + "]"
+    assert vm.journal_biometric(clean + emb, [ref]) == ["a list of 16 or more numbers"]
+    assert vm.journal_biometric(clean + "A" * 300, []) == ["a run of 200+ base64 characters"]
+
+
+def test_delivery_counts_gaps_and_repeats():
+    assert vm.delivery([]) == (0, 0, 0)
+    assert vm.delivery([1, 2, 3, 4]) == (4, 0, 0)
+    assert vm.delivery([1, 2, 4]) == (3, 1, 0)
+    assert vm.delivery([1, 2, 2, 3, 3, 3]) == (3, 0, 3)
+
+
+def test_systemctl_show_parses_values_with_equals():
+    s = vm.systemctl_show("MainPID=42\nStatusText=state=idle\nResult=success\n")
+    assert s == {"MainPID": "42", "StatusText": "state=idle", "Result": "success"}
