@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -262,33 +263,59 @@ def test_exactly_once_through_a_worker_kill_and_a_broker_restart(broker, store, 
                                  "--worker", name, *journal], stdout=subprocess.DEVNULL,
                                 stderr=open(tmp_path / f"worker-{name}.log", "ab"))
 
+    def subscribed(name: str) -> bool:
+        """The worker's log says it holds its subscriptions (every SUBACK came back)."""
+        log = tmp_path / f"worker-{name}.log"
+        return log.exists() and " subscribed: " in log.read_text()
+
     workers = {n: start_worker(n) for n in ("1", "2")}
     links = Links(broker, [t.dev for t in fleet], redeliver_s=3.0)
     sent: dict[tuple[str, int], bytes] = {}
+    phase = {"now": "before the kill"}  # when each result was published: named when some are missing
+    published_in: dict[tuple[str, int], str] = {}
     try:
         assert links.wait_connected()
-        time.sleep(1.5)  # both workers subscribed
+        # A result published before any worker subscribed has no session to wait in: the
+        # broker drops it. A worker takes 2-6 s to start on a loaded 2-core machine; the fixed
+        # 1.5 s that stood here lost 23 to 361 of 600 results there (all published before
+        # the first SUBACK). Then worker 1's journal session must be on disk before the
+        # broker's SIGKILL, or the results of the restart have nowhere to wait either.
+        wait_until(lambda: subscribed("1") and subscribed("2"), 60, "both workers subscribed")
+        broker.wait_saved()
 
         def publish(n: int, pause: float = 0.004):
             for i in range(n):
                 t = fleet[i % len(fleet)]
                 seq, m = t.result()
                 sent[(t.dev, seq)] = m
+                published_in[(t.dev, seq)] = phase["now"]
                 links.publish(t.dev, t.topics.result, m)
                 time.sleep(pause)
 
         publish(150)
         workers["1"].send_signal(signal.SIGKILL)  # mid-stream: batches in hand, acks not sent
         workers["1"].wait(5)
+        phase["now"] = "worker 1 killed"
         publish(150)
         workers["1"] = start_worker("1")
+        phase["now"] = "worker 1 restarted"
         publish(100)
         broker.stop(kill=True)  # what it acknowledged since the last autosave is gone
+        phase["now"] = "broker killed"
         publish(50)  # queued by paho while the broker is away
         time.sleep(1.5)  # the workers' first reconnect fails: they re-subscribe 2 s later
         broker.start()
+        phase["now"] = "broker restarted"
         publish(150)
-        wait_until(lambda: len(audit(store)) >= len(sent) and links.unacked() == 0, 60, "every result stored")
+
+        def missing() -> str:
+            lost = sorted(set(sent) - set(audit(store)))
+            by_phase = Counter(published_in[k] for k in lost)
+            return f"{len(lost)} of {len(sent)} missing, published {dict(by_phase)}, e.g. {lost[:5]}"
+        try:
+            wait_until(lambda: len(audit(store)) >= len(sent) and links.unacked() == 0, 60, "every result stored")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {missing()}; {links.unacked()} unacknowledged by the broker") from None
         time.sleep(1.0)  # late duplicates would show up now
         got = audit(store)
         assert got == sent, (len(got), len(sent), sorted(set(sent) - set(got))[:5])
