@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${FACEGATE_VENV:-$ROOT/.venv}
 SHARED_MODELS=${FACEGATE_MODEL_MIRROR:-$ROOT/../shared/models}
-APT_PKGS=(python3 python3-venv python3-pip mosquitto mosquitto-clients openssl shellcheck systemd postgresql chromium fonts-noto-cjk)
+APT_PKGS=(python3 python3-venv python3-pip mosquitto mosquitto-clients openssl shellcheck systemd postgresql chromium fonts-noto-cjk prometheus)
 
 log() { printf '== %s\n' "$*" >&2; }
 
@@ -75,7 +75,10 @@ case "$cmd" in
   test)
     setup
     shift
-    "$VENV/bin/python" -m pytest "$@"
+    # fixed order by default; FACEGATE_RANDOM_ORDER=1 shuffles (pytest-randomly, printed seed)
+    order=(-p no:randomly)
+    [ "${FACEGATE_RANDOM_ORDER:-0}" = 1 ] && order=()
+    "$VENV/bin/python" -m pytest "${order[@]}" "$@"
     ;;
   check)
     setup

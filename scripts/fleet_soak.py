@@ -32,7 +32,19 @@ Checked from the database at the end: lost = a genuine (dev, seq) never stored;
 duplicates = rows beyond one per (dev, seq) or a stored message other than the one sent;
 forged_accepted = an audit row that is not a genuine result; quarantined = quarantine rows
 (every attack but the replays must be there). Latency = stored_at (set just before the
-COMMIT) - the publish time, for each result's first storing. Ends with one line:
+COMMIT) - the publish time, for each result's first storing.
+
+Through the metrics: each worker serves /metrics (--metrics-listen on its own loopback port);
+the killed worker is scraped every 0.5 s until the kill, every worker at the end. Each
+worker's counters (stored, quarantined) must equal its rows in the database (`worker`
+column) — for the killed one, its two lives' counters may fall short only by what it
+stored in the last 0.5 s before the SIGKILL — and the fleet gauges must count every
+terminal online. Then the metrics' cost (scripts/metrics_overhead.py): the worker's own
+check-and-store path on one worker whose metrics are on (scraped every second) and off on
+alternate batches, both ways in this run; the hooks' and scrapes' CPU time over the worker's
+CPU per result must be at most 5 %. An A/A control (off both ways) shows the noise of the
+paired CPU and wall-clock comparisons, which are printed too.
+Ends with a metrics line and one line:
   fleet: terminals=T results=N lost=0 duplicates=0 forged_accepted=0 quarantined=Q poison=P rate=R/s p99_ms=P
 """
 from __future__ import annotations
@@ -48,12 +60,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from broker import Mosquitto, password  # noqa: E402
+from broker import Mosquitto, free_port, password  # noqa: E402
 from facegate import messages, signing  # noqa: E402
 from facegate.backend.config import StoreConfig  # noqa: E402
 from facegate.backend.registry import Registry  # noqa: E402
@@ -71,6 +84,22 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def scrape(port: int) -> dict[str, float] | None:
+    """{sample name with labels: value} from a worker's /metrics; None when it does not answer."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    return {s.name + str(sorted(s.labels.items())): s.value for f in text_string_to_metric_families(text)
+            for s in f.samples}
+
+
+def total(m: dict[str, float] | None, name: str) -> float:
+    return sum(v for k, v in (m or {}).items() if k.split("[", 1)[0] == name)
 
 
 def rss_mb(pid: int) -> float:
@@ -112,6 +141,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--overhead-batches", type=int, default=100,
+                    help="batches of 200 results for the metrics' cost (half with, half without)")
     args = ap.parse_args()
     rnd = random.Random(args.seed)
     d = Path(tempfile.mkdtemp(prefix="fleet-soak-"))
@@ -138,12 +169,15 @@ def main() -> int:
     toml = d / "backend.toml"
     toml.write_text(f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntls = true\nca_file = "{broker.tls["ca"]}"\n'
                     f'username = "backend"\npassword_file = "{d / "backend.password"}"\nkeepalive_s = 5\n'
-                    f'client_id = "fleet"\n[store]\ndsn = "{dsn}"\n[serve]\ngroup = "fleet"\n')
+                    f'client_id = "fleet"\n[store]\ndsn = "{dsn}"\n[serve]\ngroup = "fleet"\n'
+                    '[metrics]\nstale_after_s = 3600\n')
+    ports = {str(i + 1): free_port() for i in range(args.workers)}
 
     def start_worker(name: str) -> subprocess.Popen:
         journal = ["--journal"] if name == "1" else []  # Mosquitto forgets shared subscriptions on a restart
         return subprocess.Popen([sys.executable, "-m", "facegate.cli", "backend", "serve", "--config", str(toml),
-                                 "--worker", name, "--log-level", "info", *journal], stdout=subprocess.DEVNULL,
+                                 "--worker", name, "--log-level", "info", "--metrics-listen",
+                                 f"127.0.0.1:{ports[name]}", *journal], stdout=subprocess.DEVNULL,
                                 stderr=open(d / f"worker-{name}.log", "ab"))
 
     workers = {str(i + 1): start_worker(str(i + 1)) for i in range(args.workers)}
@@ -153,6 +187,9 @@ def main() -> int:
         log("not every terminal connected")
         return 2
     log(f"{len(fleet)} terminals connected in {time.monotonic() - t0:.1f} s; {args.workers} workers")
+    for t in fleet:  # as each daemon does on connecting (its health then every 30 s; stale_after_s is long here)
+        links.publish(t.dev, t.topics.status, b"online", retain=True)
+        links.publish(t.dev, t.topics.health, b'{"outbox_depth": 0, "camera_ok": true, "clock_synchronized": true}')
     deadline = time.monotonic() + 60
     while not all("subscribed" in (d / f"worker-{w}.log").read_text() for w in workers):
         if time.monotonic() > deadline:
@@ -204,11 +241,17 @@ def main() -> int:
     events: list[str] = []
     stop = threading.Event()
 
+    victim = "2" if "2" in workers else "1"
+    before_kill: dict[str, float] | None = None
+
     def faults():
+        nonlocal before_kill
         third = args.duration / 3
-        if stop.wait(third):
-            return
-        victim = "2" if "2" in workers else "1"
+        kill_at = time.monotonic() + third
+        while time.monotonic() < kill_at:  # as Prometheus would, only more often
+            before_kill = scrape(ports[victim]) or before_kill
+            if stop.wait(min(0.5, max(0.0, kill_at - time.monotonic()))):
+                return
         workers[victim].send_signal(signal.SIGKILL)
         workers[victim].wait(5)
         events.append(f"worker {victim} SIGKILLed at {time.monotonic() - start:.1f} s")
@@ -272,6 +315,7 @@ def main() -> int:
     rows = store.query("SELECT dev, seq, message, stored_at, worker FROM results")
     quarantine = store.query("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason ORDER BY reason")
     log(f"load average {os.getloadavg()[0]:.1f}")
+    metrics_ok = check_metrics(store, {w: scrape(ports[w]) for w in workers}, victim, before_kill, len(fleet))
     rss_after, db_after = rss(), db_mb()
     q_max = store.query("SELECT MAX(LENGTH(message)), MAX(size) FROM quarantine")[0]
     pend = [k for k in store.keys(flooder) if k.state == "pending"]
@@ -325,6 +369,14 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             p.kill()
     store.close()
+    from metrics_overhead import measure
+
+    overhead = measure(pg.fresh_dsn(), batches=args.overhead_batches, log=log)
+    control = measure(pg.fresh_dsn(), batches=args.overhead_batches, log=log, control=True)  # the noise
+    log(f"metrics: counters {'agree' if metrics_ok else 'DISAGREE'} with the database; cost "
+        f"{overhead['overhead_pct']:+.1f} % of the worker's CPU per result (wall clock {overhead['wall_pct']:+.1f} %: "
+        f"{overhead['rate_off']:.0f}/s without, {overhead['rate_on']:.0f}/s with; the A/A control's wall clock "
+        f"{control['wall_pct']:+.1f} %, CPU {control['paired_pct']:+.1f} %)")
     broker.stop()
     pg.remove()
     if not args.keep:
@@ -335,7 +387,35 @@ def main() -> int:
           f"forged_accepted={forged_accepted} quarantined={q_total + health} poison={poison_n} rate={rate:.0f}/s "
           f"p99_ms={pct(latency, 99):.0f}")
     print(f"fleet: worker RSS before {rss_before}; after {rss_after}; database {db_before:.1f} -> {db_after:.1f} MiB")
-    return 0 if lost == duplicates == forged_accepted == 0 and q_total == q_expected and poison_ok else 1
+    return 0 if (lost == duplicates == forged_accepted == 0 and q_total == q_expected and poison_ok
+                 and metrics_ok and overhead["overhead_pct"] <= 5.0) else 1
+
+
+def check_metrics(store: Store, final: dict, victim: str, before_kill: dict | None, terminals: int) -> bool:
+    """Each worker's scraped counters against its rows in the database."""
+    ok = True
+    db_r = dict(store.query("SELECT worker, COUNT(*) FROM results GROUP BY worker"))
+    db_q = dict(store.query("SELECT worker, COUNT(*) FROM quarantine GROUP BY worker"))
+    for w, m in sorted(final.items()):
+        if m is None:
+            log(f"worker {w}: /metrics did not answer")
+            ok = False
+            continue
+        got_r, got_q = total(m, "facegate_results_stored_total"), total(m, "facegate_results_quarantined_total")
+        want_r, want_q = db_r.get(w, 0), db_q.get(w, 0)
+        if w == victim:  # two lives: the first one's last scrape before its SIGKILL, and this one
+            got_r += total(before_kill, "facegate_results_stored_total")
+            got_q += total(before_kill, "facegate_results_quarantined_total")
+            exact = got_r <= want_r and got_q <= want_q and want_r - got_r <= 200  # <= 0.5 s at the offered rate
+        else:
+            exact = (got_r, got_q) == (want_r, want_q)
+        log(f"worker {w}: scraped stored {got_r:.0f} quarantined {got_q:.0f}; database {want_r} / {want_q}"
+            + (f" (unscraped before the kill: {want_r - got_r:.0f} / {want_q - got_q:.0f})" if w == victim else "")
+            + ("" if exact else "  MISMATCH"))
+        ok &= exact
+    online = [(m or {}).get("facegate_terminals[('state', 'online')]") for m in final.values()]
+    log(f"fleet gauges: online {online} of {terminals} enrolled")
+    return ok and all(v == terminals for v in online)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,25 @@ class Mosquitto:
             time.sleep(0.2)
 
     def start(self) -> Mosquitto:
+        """Start and wait until ready. free_port() only names a port that was free a moment
+        ago: if another process took it meanwhile, mosquitto cannot bind and exits, and a
+        first start tries again on a new port (issue 25; a restart keeps its port, the
+        clients reconnect to it)."""
+        for _ in range(5):
+            log = self.dir / "mosquitto.log"
+            log_from = log.stat().st_size if log.exists() else 0
+            if self._start_once():
+                self.started = True
+                return self
+            said = log.read_bytes()[log_from:].decode(errors="replace")
+            if getattr(self, "started", False) or "Address already in use" not in said:
+                raise RuntimeError(said)
+            conf, old, self.port = self.dir / "mosquitto.conf", self.port, free_port()
+            conf.write_text(conf.read_text().replace(f"listener {old} ", f"listener {self.port} "))
+        raise RuntimeError("mosquitto found no free port in 5 tries")
+
+    def _start_once(self) -> bool:
+        """True once ready; False when mosquitto exited (its log says why)."""
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.dir / "mosquitto.conf")],
                                      stdout=subprocess.DEVNULL, stderr=open(self.dir / "mosquitto.log", "ab"))
         deadline = time.monotonic() + 10
@@ -122,11 +141,11 @@ class Mosquitto:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 if self._handles_sighup():
-                    return self
+                    return True
             except OSError:
                 pass
             if self.proc.poll() is not None:
-                raise RuntimeError((self.dir / "mosquitto.log").read_text())
+                return False
             time.sleep(0.05)
         raise RuntimeError("mosquitto did not start")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -237,8 +238,31 @@ def test_response_topics_are_honoured_only_under_the_configured_prefix(running, 
     assert not [m for m in be.messages[n0:] if m.correlation == b"x" and "/cmd/" not in m.topic]
 
 
-def test_state_health_attest_and_discovery_are_published(running, broker):
+def _session(d, be, backend_key, reference: bytes, **cmd_over) -> dict:
+    """Run one session to its result (this test's own: no test relies on another's)."""
+    msg, cmd = command(backend_key, reference, **cmd_over)
+    be.publish(f"{ROOT}/cmd/verify", msg)
+    return wait_result(be, d.public, cmd["request_id"])
+
+
+def test_state_health_attest_and_discovery_are_published(running, broker, faces, backend_key):
+    """Issue 25: the state check was `any(waiting_face) or no results at all`, true whatever
+    ran before; now the test runs its own session and checks its states in order.
+    Mutation: the session never publishes waiting_face (session.py's first state step
+    dropped) - fails."""
     d, be = running
+    n0 = len(be.messages)
+    r = _session(d, be, backend_key, faces["ref"])
+    def back_to_idle(ms):  # the session's states, once the last state published is idle again
+        st = [json.loads(m.payload) for m in ms[n0:] if m.topic == f"{ROOT}/state"]
+        done = any(x["session"] == r["session"] and x["state"] == "deciding" for x in st)
+        return st if done and st[-1]["state"] == "idle" else None
+    seen = be.wait_for(back_to_idle, 30)
+    mine = [x["state"] for x in seen if x["session"] == r["session"]]
+    collapsed = [a for i, a in enumerate(mine) if i == 0 or mine[i - 1] != a]
+    assert collapsed[0] == "waiting_face" and "deciding" in collapsed, seen
+    assert collapsed.index("waiting_face") < collapsed.index("deciding"), seen
+    assert seen[-1] == {"state": "idle", "step": None, "session": None}, seen
     late = Backend(broker, user="dashboard", subscribe=f"{ROOT}/#")  # joins later: sees the retained ones
     try:
         late.wait_for(lambda ms: {f"{ROOT}/{t}" for t in ("status", "attest", "state", "health")}
@@ -253,8 +277,7 @@ def test_state_health_attest_and_discovery_are_published(running, broker):
     assert {"uptime_s", "fps", "latency_ms", "outbox_depth", "camera_ok", "models_ok"} <= set(health)
     assert health["camera_ok"] is True
     states = [json.loads(m.payload) for m in be.on(f"{ROOT}/state")]
-    assert {"state", "step", "session"} == set(states[-1]) and states[-1]["state"] == "idle"
-    assert any(s["state"] == "waiting_face" for s in states) or len(results(be, d.public)) == 0
+    assert all({"state", "step", "session"} == set(x) for x in states)
     events = [json.loads(m.payload) for m in be.on(f"{ROOT}/event")]
     assert all(set(e) == {"session", "request_id", "decision", "ts"} for e in events)
     ha = Backend(broker, user="backend", subscribe="homeassistant/#")  # Home Assistant's view (retained)
@@ -266,17 +289,72 @@ def test_state_health_attest_and_discovery_are_published(running, broker):
         ha.close()
 
 
-def test_no_published_payload_carries_biometrics(running, faces):
-    d, be = running
+def _biometric_needles(faces, verifier) -> dict[str, list[bytes]]:
+    """What must never leave the session: pieces of the reference JPEG, of its decoded
+    pixels and of its embedding (as the daemon computes it: float32, also as float64)."""
+    import numpy as np
+
+    from facegate.imageio import decode_image
+
     ref = faces["ref"]
-    chunks = [ref[i:i + 64] for i in range(0, len(ref) - 64, 997)]
-    published = [m for m in be.messages if "/cmd/" not in m.topic]  # the rest is the device's
-    assert len({m.topic for m in published}) >= 7
-    for m in published:
-        assert not any(c in m.payload for c in chunks), m.topic
-        text = m.payload.decode("latin-1")
+    pixels = decode_image(ref).tobytes()
+    emb = verifier.analyze(decode_image(ref), reference=True).face.embedding
+    return {"jpeg": [ref[i:i + 64] for i in range(0, len(ref) - 64, 997)],
+            "pixels": [pixels[i:i + 48] for i in range(0, len(pixels) - 48, 4099)],
+            "embedding": [np.asarray(emb, dt).tobytes()[i:i + 16] for dt in (np.float32, np.float64)
+                          for i in range(0, 128 * np.dtype(dt).itemsize - 16, 64)]}
+
+
+def _scan(name: str, data: bytes, needles: dict[str, list[bytes]], words: bool = True) -> None:
+    """No piece of the needles in `data`; with `words`, not the words similarity / score /
+    embedding at all (a published payload), else not as a field (`"score":`, `similarity=`:
+    the status file's model self-test line may say '4 embeddings at cosine >= ...')."""
+    for kind, chunks in needles.items():
+        assert not any(c in data for c in chunks), (name, kind)
+    text = data.decode("latin-1").lower()
+    if words:
         for word in ("similarity", "score", "embedding"):
-            assert word not in text, (m.topic, word)
+            assert word not in text, (name, word)
+    else:
+        assert not re.search(r'(similarity|score|embedding)s?"?\s*[:=]', text), (name, text[-2000:])
+
+
+def test_no_published_payload_carries_biometrics(running, faces, backend_key, verifier):
+    """Runs its own sessions (a match and a no_match) and scans what they produced on every
+    topic. Issue 25: it used to scan whatever earlier tests had left (`assert 4 >= 7` run
+    alone). Mutation: the kiosk adding `similarity` to the quality map and public_quality
+    passing every key through - fails on R/result."""
+    d, be = running
+    n0 = len(be.messages)
+    assert _session(d, be, backend_key, faces["ref"])["decision"] == "match"
+    assert _session(d, be, backend_key, faces["stranger"])["decision"] == "no_match"
+    be.wait_for(lambda ms: [m for m in ms[n0:] if m.topic == f"{ROOT}/health"], 10)  # a health after both
+    published = [m for m in be.messages[n0:] if "/cmd/" not in m.topic]  # the rest is the device's
+    assert {f"{ROOT}/{t}" for t in ("state", "health", "event", "result")} <= {m.topic for m in published}
+    needles = _biometric_needles(faces, verifier)
+    for m in [*published, *(m for m in be.messages[:n0] if "/cmd/" not in m.topic)]:
+        _scan(m.topic, m.payload, needles)
+
+
+def test_nothing_biometric_is_left_in_the_state_dir_or_the_log(running, faces, backend_key, verifier):
+    """README: the portrait, frames, crops and embeddings live in memory for the session
+    only. After real sessions, every file in the state dir - outbox.sqlite and its -wal /
+    -shm, status.json, the key - and the daemon's log are searched for pieces of the
+    reference (JPEG and pixels), its embedding, and the words similarity / score /
+    embedding. Mutation checked by hand: the daemon logging the decision's similarity
+    (`log.info("similarity=%.3f", ...)` in session.py) - fails on the log; the kiosk adding
+    `similarity` to the quality map and public_quality passing it through - fails on the
+    outbox (and the payload test on R/result)."""
+    d, be = running
+    assert _session(d, be, backend_key, faces["ref"])["decision"] == "match"
+    assert _session(d, be, backend_key, faces["stranger"])["decision"] == "no_match"
+    files = sorted(p for p in d.state.rglob("*") if p.is_file())
+    names = {p.name for p in files}
+    assert {"outbox.sqlite", "status.json"} <= names, names
+    assert "outbox.sqlite-wal" in names or (d.state / "outbox.sqlite").stat().st_size > 0
+    needles = _biometric_needles(faces, verifier)
+    for p in [*files, d.dir / "daemon.log"]:
+        _scan(str(p.relative_to(d.dir)), p.read_bytes(), needles, words=p.name.startswith("outbox"))
 
 
 def test_discovery_is_republished_when_home_assistant_comes_online(running, broker):

@@ -55,11 +55,11 @@ class Rig:
     """Delivery wired to a FakePublisher as the daemon wires it to PahoPublisher."""
 
     def __init__(self, tmp_path, *, max_inflight: int = 4, ack_delay_s: float | None = 0.0,
-                 clock=None, keep_acked_s: float = 0.0, connect: bool = True):
+                 clock=None, keep_acked_s: float = 0.0, connect: bool = True, poll_s: float = 1.0):
         kw = {"clock": clock} if clock else {}
         self.outbox = FlakyOutbox(tmp_path / "outbox.sqlite", keep_acked_s=keep_acked_s, **kw)
         self.pub = FakePublisher(ack_delay_s=ack_delay_s, connect_on_start=connect)
-        self.delivery = Delivery(self.outbox, self.pub, max_inflight)
+        self.delivery = Delivery(self.outbox, self.pub, max_inflight, poll_s=poll_s)
         self.pub.start(lambda msg: None, self.delivery.connected, self.delivery.connection_lost)
         self.thread = threading.Thread(target=self.delivery.run, daemon=True)
         self.thread.start()
@@ -165,11 +165,14 @@ def test_a_pass_held_up_across_a_reconnect_does_not_put_its_row_on_the_new_conne
 
 def test_a_result_stored_during_a_publishing_pass_goes_out_at_once(rig):
     """The wake-up for a result stored while the delivery thread is publishing another one
-    is kept: it used to be lost, and the result waited for the thread's 1 s poll."""
-    r = rig()
+    is kept: it used to be lost, and the result waited for the thread's 1 s poll. The poll is
+    an hour here, so a lost wake-up cannot be hidden by it, and the wait is generous (issue
+    25: it was a 0.5 s wall-clock limit). Mutation: run() waiting even when woken during the
+    pass (`if not self._woken:` -> `if True:`) - fails (at the 20 s limit)."""
+    r = rig(poll_s=3600)
     r.pub.after_publish = lambda s: r.store(1) if len(r.pub.published) < 3 else None
     r.store(1)  # its publish stores the next one, from inside the pass, twice
-    r.pub.wait_for(lambda p: len(p.acked) == 3, timeout_s=0.5)
+    r.pub.wait_for(lambda p: len(p.acked) == 3, timeout_s=20)
     assert seqs(r.pub.published) == [1, 2, 3]
 
 

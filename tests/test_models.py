@@ -121,7 +121,11 @@ def test_pyproject_lists_every_subpackage():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    st = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(st["packages"])
     on_disk = {".".join(p.parent.relative_to(root / "device").parts)
                for p in (root / "device" / "facegate").rglob("__init__.py")}
-    assert listed == on_disk | {"facegate.models"}
+    # data folders are listed as packages too (else setuptools warns), each with its package-data
+    data = {n for n in listed if n.startswith(("facegate.models.", "facegate.screen.static"))}
+    assert data <= set(st["package-data"]), sorted(data - set(st["package-data"]))
+    assert listed - data == on_disk | {"facegate.models"}

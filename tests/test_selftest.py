@@ -103,7 +103,9 @@ def test_all_checks_pass_and_gpio_is_exercised(tmp_path, broker, faces, model_di
     relay = made[RELAY].states
     assert len(rises(RELAY)) == 1 and not relay[-1].state
     on = next(i for i, s in enumerate(relay) if s.state)
-    assert abs(relay[on + 1].timestamp * 1000 - PULSE_MS) < 40  # one pulse of relay_pulse_ms
+    # one pulse of relay_pulse_ms: a timer never fires early, but late by any amount on a
+    # loaded machine, so only the lower bound is a fact (issue 25: was abs(...) < 40 ms)
+    assert relay[on + 1].timestamp * 1000 >= PULSE_MS - 5, relay
     factory.reset()
 
 

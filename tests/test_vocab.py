@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from facegate import config, decide, messages, vocab
-from facegate.liveness import challenge
-from facegate.vocab import COMMAND_FIELDS, REASONS, FaceReason, LivenessMode, Refusal, State, Step, Verdict
+from facegate import config, messages, vocab
+from facegate.vocab import COMMAND_FIELDS, REASONS, FaceReason, LivenessMode, Refusal, Step, Verdict
 
 PKG = Path(vocab.__file__).parent
 README = (PKG.parents[1] / "README.md").read_text()
@@ -34,11 +33,9 @@ def _config_fields(name: str) -> list:
 
 
 def test_the_words_spelled_elsewhere_are_vocab_s():
-    assert set(messages.DECISIONS) == set(Verdict)
-    assert set(messages.STATES) == set(State)
-    assert set(messages.STEPS) == set(challenge.STEPS) == set(Step)
-    assert {decide.MATCH, decide.NO_MATCH, decide.NO_FACE, decide.SPOOF, decide.TIMEOUT, decide.REJECTED,
-            decide.ERROR} == set(Verdict)
+    """messages.DECISIONS / STATES / STEPS and challenge.STEPS are tuple(enum): comparing them
+    with their enum cannot fail (issue 25), so they are not. The page the words are promised
+    in, docs/contract.md, is read against the code both ways in tests/test_contract_doc.py."""
     modes = [_literal_values(a) for a in _config_fields("liveness")]
     modes = [m for m in modes if m]  # the Literal fields (another model may name a sub-config so)
     assert modes and all(m == set(LivenessMode) for m in modes)

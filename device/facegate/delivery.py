@@ -29,8 +29,9 @@ ACK_TIMEOUT_S = 30.0  # re-publish a row not acknowledged for this long while co
 class Delivery:
     """Thread-safe; `publisher` may be None (MQTT off: results stay in the outbox)."""
 
-    def __init__(self, outbox: Outbox, publisher: Publisher | None, max_inflight: int):
+    def __init__(self, outbox: Outbox, publisher: Publisher | None, max_inflight: int, poll_s: float = 1.0):
         self.outbox, self.publisher, self.max_inflight = outbox, publisher, max_inflight
+        self.poll_s = poll_s  # the thread's pass without a wake-up (a test lengthens it to see lost wake-ups)
         self.undeliverable = 0  # rows dropped because no broker takes their topic
         self._cv = threading.Condition()
         self._inflight: dict[tuple[int, str], float] = {}
@@ -133,7 +134,7 @@ class Delivery:
         while not self._stop.is_set():
             with self._cv:
                 if not self._woken:
-                    self._cv.wait(timeout=1.0)
+                    self._cv.wait(timeout=self.poll_s)
                 self._woken = False
             p = self.publisher
             # the publisher says connected before its on_connect ran connected(): a pass now

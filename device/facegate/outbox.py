@@ -19,7 +19,6 @@ and the same bytes (at least once).
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 import threading
@@ -28,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import pidlock
 from .errors import FacegateError
 
 SCHEMA = """
@@ -58,18 +58,11 @@ def lock_state_dir(state_dir: Path) -> int:
     the returned descriptor is closed (by the process's end at the latest), the holder's
     pid written in it. Two daemons on one config kicked each other off the broker (one
     client id) and left `status` saying 'NOT running' while one ran."""
-    path = Path(state_dir) / "daemon.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise StateDirBusy(f"another facegate daemon (pid {holder}) is running on state dir {state_dir}: stop it "
-                           "first (systemctl stop facegate), or give this one its own daemon.state_dir") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        return pidlock.take(Path(state_dir) / "daemon.lock")
+    except pidlock.Busy as busy:
+        raise StateDirBusy(f"another facegate daemon (pid {busy.holder}) is running on state dir {state_dir}: stop "
+                           "it first (systemctl stop facegate), or give this one its own daemon.state_dir") from None
 
 
 @dataclass(frozen=True)
@@ -230,6 +223,12 @@ class Outbox:
         ago; not counted, they were delivered). Returns how many results expired now."""
         with self._lock:
             try:
+                # the records held in memory first, in a transaction of their own: on a full
+                # disk SQLite may roll back the whole transaction, not just the INSERT
+                self._db.execute("BEGIN IMMEDIATE")
+                self._flush_seen()
+                if self._db.in_transaction:
+                    self._db.execute("COMMIT")
                 self._db.execute("BEGIN IMMEDIATE")
                 now = self.clock()
                 self._db.execute("DELETE FROM results WHERE acked < ?",
@@ -242,7 +241,6 @@ class Outbox:
                         "SELECT DISTINCT seq FROM results WHERE acked IS NULL ORDER BY seq LIMIT ?", (over,))}
                 for s in seqs:
                     self._db.execute("DELETE FROM results WHERE seq = ? AND acked IS NULL", (s,))
-                self._flush_seen()
                 self._forget_seen(self.clock())
                 if seqs:
                     self._set_meta("expired", self._meta("expired") + len(seqs))

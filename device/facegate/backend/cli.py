@@ -2,12 +2,13 @@
 module of the backend that prints).
 
   facegate backend devices [--json]                 every terminal: key, online, last seen, outbox, last decision
+  facegate backend devices --stale / --problems     only the terminals offline or silent / with a health problem
   facegate backend devices pending [--scan S]       keys waiting for approval (--scan: read R/attest first)
   facegate backend devices approve DEV [--kid K]    trust DEV's pending key (a rotation retires the old one)
   facegate backend devices revoke DEV [--kid K]     refuse DEV's keys from now on
   facegate backend devices enrol FILE [--device D]  trust the key in `facegate keys show` output
   facegate backend verify --device D --reference F  one verification, answer verified
-  facegate backend serve                            a fleet consumer worker
+  facegate backend serve [--metrics-listen H:P]     a fleet consumer worker (Prometheus /metrics on H:P)
 Exit codes: 0 success / match, 1 a negative decision, a rejection or a timeout, 2 bad input.
 """
 from __future__ import annotations
@@ -60,6 +61,8 @@ def cmd_devices(args) -> int:
         store.close()
     now = time.time()
     rows = []
+    from .fleet import classify
+
     for dev in sorted({k.dev for k in keys} | set(status)):
         mine = [k for k in keys if k.dev == dev]
         active = [k.kid for k in mine if k.state == "active"]
@@ -70,10 +73,19 @@ def cmd_devices(args) -> int:
                      "outbox_depth": st.get("outbox_depth"), "last_decision": st.get("last_decision"),
                      "last_seq": st.get("last_seq"), "sw": st.get("sw"),
                      "keys_dropped": st.get("keys_dropped") or 0})
+        if active:  # an enrolled terminal: its state (online / stale / offline / stopped / unknown) and problems
+            t = classify(dev, st or None, now, cfg.metrics.stale_after_s)
+            rows[-1].update(state=t.state, problems=list(t.problems))
+    if args.stale or args.problems:  # what needs a look: enrolled terminals not online (--stale), with a problem
+        rows = [r for r in rows if (args.stale and r.get("state", "online") != "online")
+                or (args.problems and r.get("problems"))]
     if args.json:
         print(json.dumps(rows))
         return EXIT_OK
-    if not rows:
+    if not rows and (args.stale or args.problems):
+        print("no enrolled terminal is " + " or ".join(w for w, on in (("stale, offline, stopped or unknown", args.stale),
+                                                                      ("reporting a problem", args.problems)) if on))
+    elif not rows:
         print("no devices (enrol one with 'facegate backend devices enrol FILE --device DEV')")
     print(f"{'device':20s} {'key':16s} {'status':8s} {'last seen':10s} {'outbox':>6s}  last decision")
     for r in rows:
@@ -84,7 +96,10 @@ def cmd_devices(args) -> int:
         last = "-" if r["last_decision"] is None else f"{r['last_decision']} (seq {r['last_seq']})"
         if r["key"] == "revoked":  # what it decided before is history: its results now go to quarantine
             last = f"revoked; before: {last}"
-        print(f"{_shown(r['device']):20s} {key:16s} {r['status']:8s} {_age(r['last_seen'], now):10s} {depth:>6s}  {last}")
+        state = r.get("state", r["status"])
+        shown = (args.stale or args.problems) and r.get("problems")  # the plain list keeps its columns
+        problems = f"  problems: {', '.join(r['problems'])}" if shown else ""
+        print(f"{_shown(r['device']):20s} {key:16s} {state:8s} {_age(r['last_seen'], now):10s} {depth:>6s}  {last}{problems}")
     return EXIT_OK
 
 
@@ -225,16 +240,27 @@ def cmd_serve(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    w = Worker(cfg)
+    listen = cfg.metrics.listen if args.metrics_listen is None else args.metrics_listen
+    metrics = None
+    if listen:
+        from .metrics import WorkerMetrics
+
+        metrics = WorkerMetrics(cfg)
+    w = Worker(cfg, metrics=metrics)
     try:
         lock = _lock_worker(cfg, w.client_id)
     except OSError as exc:
         print(f"facegate: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if metrics:
+        metrics.worker = w
+        metrics.serve(listen)
     try:
         s = w.run(stop)
     finally:
         os.close(lock)
+        if metrics:
+            metrics.close()
     logging.getLogger("facegate.backend").info("worker %s stopped: %s", cfg.serve.worker, s)
     return EXIT_OK
 
@@ -244,24 +270,18 @@ def _lock_worker(cfg, client_id: str) -> int:
     took the first one's session over and both flapped every ~2 s ('Unspecified error')
     forever. An flock in the temp dir, keyed on broker and client id, held while it runs;
     raises OSError naming the pid that holds it."""
-    import fcntl
     import hashlib
     import tempfile
 
+    from .. import pidlock
+
     key = hashlib.sha256(f"{cfg.mqtt.host}:{cfg.mqtt.port}/{client_id}".encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"facegate-serve-{key}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise OSError(f"worker {cfg.serve.worker} (client id {client_id}) already runs here (pid {holder}): give "
-                      "this one another --worker name (two workers under one name push each other off the "
+        return pidlock.take(Path(tempfile.gettempdir()) / f"facegate-serve-{key}.lock")
+    except pidlock.Busy as busy:
+        raise OSError(f"worker {cfg.serve.worker} (client id {client_id}) already runs here (pid {busy.holder}): "
+                      "give this one another --worker name (two workers under one name push each other off the "
                       "broker)") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def cmd_config_check(args) -> int:
@@ -294,7 +314,7 @@ def _needs_extra(fn):
         try:
             return fn(args)
         except ModuleNotFoundError as exc:
-            if exc.name and exc.name.split(".")[0] in ("paho", "cbor2", "cryptography", "psycopg"):
+            if exc.name and exc.name.split(".")[0] in ("paho", "cbor2", "cryptography", "psycopg", "prometheus_client"):
                 print(f"facegate: 'facegate backend' needs {exc.name.split('.')[0]}: pip install 'facegate[backend]'",
                       file=sys.stderr)
                 return EXIT_BAD_INPUT
@@ -313,6 +333,8 @@ def add_parser(sub) -> None:
 
     d = common(bsub.add_parser("devices", help="the terminals: status, keys; pending / approve / revoke / enrol"))
     d.add_argument("--json", action="store_true")
+    d.add_argument("--stale", action="store_true", help="only enrolled terminals not online (stale, offline, stopped, never seen)")
+    d.add_argument("--problems", action="store_true", help="only enrolled terminals whose last health reports a problem (clock, camera, models, storage, outbox)")
     d.set_defaults(func=_needs_extra(cmd_devices))
     dsub = d.add_subparsers(dest="devices_cmd")
     p = common(dsub.add_parser("pending", help="keys seen in R/attest and not yet approved"))
@@ -349,4 +371,6 @@ def add_parser(sub) -> None:
     s.add_argument("--worker", help="this worker's name (default: serve.worker)")
     s.add_argument("--journal", action="store_true", help="hold the journal session too (see serve.journal)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics here (default: metrics.listen, 127.0.0.1:9464; '' = not served)")
     s.set_defaults(func=_needs_extra(cmd_serve))

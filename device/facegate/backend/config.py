@@ -39,6 +39,12 @@ class ServeConfig(_Section):
     quarantine_max_age_s: float = Field(30 * 86400, gt=0, description="Quarantine rows older than this are purged (by every worker, once a minute), seconds")
 
 
+class MetricsConfig(_Section):
+    listen: str = Field("127.0.0.1:9464", pattern=r"^(|[^\s:]*:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5})$", description="Where `facegate backend serve` serves Prometheus metrics (host:port, /metrics); empty = not served. Loopback by default: several workers on one machine each need their own (serve --metrics-listen)")
+    stale_after_s: float = Field(120.0, gt=0, description="A terminal that says online but has not been heard of (R/health comes every daemon.health_interval_s, 30 s by default) for this long counts as stale, seconds")
+    fleet_refresh_s: float = Field(5.0, ge=0, description="The fleet gauges (read from the database at scrape time) are recomputed at most this often, seconds")
+
+
 class BackendConfig(_Section):
     key_file: str = Field("backend.pem", description="The backend's Ed25519 signing key (PEM) that signs verify commands; its public key goes into each terminal's mqtt.trusted_keys")
     command_lifetime_s: float = Field(120.0, gt=0, le=3600, description="exp - iat of the verify commands sent (the terminals refuse more than their daemon.command_max_age_s)")
@@ -48,6 +54,7 @@ class BackendConfig(_Section):
     mqtt: BrokerConfig = BrokerConfig()
     store: StoreConfig = StoreConfig()
     serve: ServeConfig = ServeConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 def load(path: str | Path | None) -> BackendConfig:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from . import limits
 from .config import BackendConfig
+from .metrics import NoMetrics
 from .mqtt import BrokerClient, BrokerError, Message
 from .probe import Probe
 from .registry import Registry
@@ -74,8 +75,9 @@ def _json(d) -> str:
 
 
 class Worker:
-    def __init__(self, cfg: BackendConfig, store: Store | None = None):
+    def __init__(self, cfg: BackendConfig, store: Store | None = None, metrics: NoMetrics | None = None):
         self.cfg = cfg
+        self.metrics = metrics or NoMetrics()  # metrics.WorkerMetrics: counted after each COMMIT
         s = cfg.serve
         self.name = s.worker
         self.client_id = f"{cfg.mqtt.client_id or 'facegate-backend'}-w{s.worker}"
@@ -231,10 +233,12 @@ class Worker:
         self.stats.unstorable += 1
         log.warning("message on %.200r unstorable (%s): quarantined", m.topic, why)
         try:
+            self.metrics.begin()  # what the failed attempt staged is not counted
             with self._db.transaction():
                 self._quarantine(m, topic_device(m.topic, self.prefix, m.topic.rsplit("/", 1)[-1]),
                                  "unstorable", time.time(), WorkerStats())
             self.stats.quarantined += 1
+            self.metrics.committed()
         except Exception as exc:
             if _outage(exc):
                 raise
@@ -266,6 +270,7 @@ class Worker:
         counts = WorkerStats()
         ring = self._keyring()
         devices: list[tuple[str, int, str | None]] = []  # (dev, seq, decision or None: seen only)
+        self.metrics.begin()
         with self._db.transaction():
             now = time.time()
             for m in batch:
@@ -297,6 +302,7 @@ class Worker:
         s.quarantined += counts.quarantined
         s.other += counts.other
         s.batches += 1
+        self.metrics.committed()
 
     def _quarantine(self, m: Message, dev: str | None, reason: str, now: float, counts: WorkerStats) -> None:
         """A quarantine row: the digest of the whole message, and the message itself only
@@ -306,8 +312,9 @@ class Worker:
         whole = reason in (*KEY_REASONS, "unstorable") and len(m.payload) <= self.cfg.mqtt.max_packet_bytes
         kept = m.payload if whole else m.payload[:limits.QUARANTINE_KEEP_BYTES]
         topic = m.topic[:limits.MAX_TEXT * 2].replace("\x00", "?")
-        self._db.quarantine(digest, topic, dev, reason, kept, m.t_received, self.name, len(m.payload))
+        new = self._db.quarantine(digest, topic, dev, reason, kept, m.t_received, self.name, len(m.payload))
         counts.quarantined += 1
+        self.metrics.quarantined(reason, new)
         if now - self._quarantine_said.get((dev, reason), -QUARANTINE_LOG_S) >= QUARANTINE_LOG_S:  # no flood
             self._quarantine_said[(dev, reason)] = now
             log.warning("a result on %s quarantined: %s%s", m.topic, reason, QUARANTINE_HINTS.get(reason, "")
@@ -328,6 +335,7 @@ class Worker:
                         received_at=m.t_received, stored_at=now, worker=self.name)
         if self._db.insert_result(row):
             counts.stored += 1
+            self.metrics.stored(p["decision"], p["iat"])
             if v.retired:  # signed before a rotation: in the audit, never the device's newest
                 devices.append((v.dev, p["seq"], None))
                 return

@@ -1,0 +1,35 @@
+"""Ports handed out without a race (issue 25): free_port() names a port that was free a
+moment ago; another process may take it before mosquitto binds. The broker fixture then
+starts again on another port instead of failing the test (or, worse, a client talking to
+whoever took the port). Mutation: start() raising on the first failed bind (no retry) -
+fails."""
+from __future__ import annotations
+
+import socket
+
+import broker as broker_mod
+from broker import Backend, Mosquitto
+
+
+def test_a_port_taken_between_choosing_and_binding_gives_another(tmp_path, monkeypatch):
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    ports = iter([taken])
+    real = broker_mod.free_port
+    monkeypatch.setattr(broker_mod, "free_port", lambda: next(ports, None) or real())
+    b = Mosquitto(tmp_path)
+    assert b.port == taken
+    try:
+        b.start()
+        assert b.port != taken
+        be = Backend(b, subscribe="facegate/#")  # the broker is ours and answers on its new port
+        try:
+            be.publish("facegate/v1/probe", b"x")
+            assert be.wait_for(lambda ms: [m for m in ms if m.topic == "facegate/v1/probe"], 10)
+        finally:
+            be.close()
+    finally:
+        b.stop()
+        squatter.close()
