@@ -11,12 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from broker import Mosquitto, password
 from facegate.backend.config import BackendConfig, BrokerConfig, ServeConfig, StoreConfig
+from facegate.backend.mqtt import Message
 from facegate.backend.registry import Registry, RegistryError, parse_key_show
 from facegate.backend.store import Store
 from facegate.backend.trust import Keyring, check_result
@@ -262,36 +264,59 @@ def test_exactly_once_through_a_worker_kill_and_a_broker_restart(broker, store, 
                                  "--worker", name, *journal], stdout=subprocess.DEVNULL,
                                 stderr=open(tmp_path / f"worker-{name}.log", "ab"))
 
+    def subscribed(name: str) -> bool:
+        """The worker's log says it holds its subscriptions (every SUBACK came back)."""
+        log = tmp_path / f"worker-{name}.log"
+        return log.exists() and " subscribed: " in log.read_text()
+
     workers = {n: start_worker(n) for n in ("1", "2")}
     links = Links(broker, [t.dev for t in fleet], redeliver_s=3.0)
     sent: dict[tuple[str, int], bytes] = {}
+    phase = {"now": "before the kill"}  # when each result was published: named when some are missing
+    published_in: dict[tuple[str, int], str] = {}
     try:
         assert links.wait_connected()
-        # both workers subscribed (a result published before reaches no one in the new group): their
-        # logs say so; a fixed sleep was too short for two Python processes starting on a loaded machine
-        wait_until(lambda: all("subscribed" in (tmp_path / f"worker-{n}.log").read_text() for n in workers), 60,
-                   "both workers subscribed")
+        # A result published before any worker subscribed has no session to wait in: the
+        # broker drops it. A worker takes 2-6 s to start on a loaded 2-core machine; the fixed
+        # 1.5 s that stood here lost 23 to 361 of 600 results there (all published before
+        # the first SUBACK). Then worker 1's journal session must be on disk before the
+        # broker's SIGKILL, or the results of the restart have nowhere to wait either.
+        wait_until(lambda: subscribed("1") and subscribed("2"), 60, "both workers subscribed")
+        broker.wait_saved()
 
         def publish(n: int, pause: float = 0.004):
             for i in range(n):
                 t = fleet[i % len(fleet)]
                 seq, m = t.result()
                 sent[(t.dev, seq)] = m
+                published_in[(t.dev, seq)] = phase["now"]
                 links.publish(t.dev, t.topics.result, m)
                 time.sleep(pause)
 
         publish(150)
         workers["1"].send_signal(signal.SIGKILL)  # mid-stream: batches in hand, acks not sent
         workers["1"].wait(5)
+        phase["now"] = "worker 1 killed"
         publish(150)
         workers["1"] = start_worker("1")
+        phase["now"] = "worker 1 restarted"
         publish(100)
         broker.stop(kill=True)  # what it acknowledged since the last autosave is gone
+        phase["now"] = "broker killed"
         publish(50)  # queued by paho while the broker is away
         time.sleep(1.5)  # the workers' first reconnect fails: they re-subscribe 2 s later
         broker.start()
+        phase["now"] = "broker restarted"
         publish(150)
-        wait_until(lambda: len(audit(store)) >= len(sent) and links.unacked() == 0, 60, "every result stored")
+
+        def missing() -> str:
+            lost = sorted(set(sent) - set(audit(store)))
+            by_phase = Counter(published_in[k] for k in lost)
+            return f"{len(lost)} of {len(sent)} missing, published {dict(by_phase)}, e.g. {lost[:5]}"
+        try:
+            wait_until(lambda: len(audit(store)) >= len(sent) and links.unacked() == 0, 60, "every result stored")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {missing()}; {links.unacked()} unacknowledged by the broker") from None
         time.sleep(1.0)  # late duplicates would show up now
         got = audit(store)
         assert got == sent, (len(got), len(sent), sorted(set(sent) - set(got))[:5])
@@ -307,6 +332,65 @@ def test_exactly_once_through_a_worker_kill_and_a_broker_restart(broker, store, 
                 assert p.wait(15) == 0
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_two_workers_update_the_same_devices_without_a_deadlock(postgres):
+    """Two workers' batches with results of the same two terminals in opposite orders, each
+    paused (up to 3 s) after its first devices-row write until the other got there too. The
+    devices rows used to be written after each result, in the batch's order: A held eo-a's
+    row and waited for eo-b's, B the reverse, and PostgreSQL aborted one with `deadlock
+    detected` (retried after 0.5 s, seen in 3 of 16 exactly-once runs). Written last, sorted
+    by device, B waits for A instead, and both commit at the first try."""
+    dsn = postgres.fresh_dsn()
+    fleet = {d: Terminal(d) for d in ("dl-a", "dl-b")}
+    setup = Store.open(StoreConfig(dsn=dsn))
+    for t in fleet.values():
+        Registry(setup).enrol(t.dev, t.key.public, time.time())
+    setup.close()
+    paused = threading.Barrier(2)
+
+    def worker(name: str, devs: tuple[str, str]):
+        store = Store.open(StoreConfig(dsn=dsn))
+        plain = store.execute
+
+        def execute(sql, params=()):
+            cur = plain(sql, params)
+            if sql.startswith("INSERT INTO devices") and not paused.broken:
+                try:
+                    paused.wait(3.0)  # both hold one devices row now (old order), or one waits
+                except threading.BrokenBarrierError:
+                    pass
+            return cur
+        store.execute = execute  # type: ignore[method-assign]
+        cfg = BackendConfig(mqtt=BrokerConfig(prefix=PREFIX), store=StoreConfig(dsn=dsn),
+                            serve=ServeConfig(worker=name))
+        batch = [Message(fleet[d].topics.result, fleet[d].result()[1], 1, i, False, False, None, 0)
+                 for i, d in enumerate(devs)]
+        return Worker(cfg, store), batch
+
+    a, b = worker("a", ("dl-a", "dl-b")), worker("b", ("dl-b", "dl-a"))
+    errors: list[BaseException] = []
+
+    def run(w: Worker, batch: list[Message]) -> None:
+        try:
+            w.process(batch)
+        except Exception as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=run, args=pair) for pair in (a, b)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert errors == [], errors
+    assert a[0].stats.stored == b[0].stats.stored == 2
+    check = Store.open(StoreConfig(dsn=dsn))
+    try:
+        assert len(audit(check)) == 4
+        assert {d["dev"]: d["last_seq"] for d in check.devices()} == {"dl-a": 2, "dl-b": 2}
+    finally:
+        for st in (a[0].store, b[0].store, check):
+            assert st is not None
+            st.close()
 
 
 def test_devices_cli_lists_status_health_last_decision_and_pending_keys(broker, tmp_path):

@@ -269,6 +269,7 @@ class Worker:
         """Check and store every message of `batch` in one transaction (no acks here)."""
         counts = WorkerStats()
         ring = self._keyring()
+        devices: list[tuple[str, int, str | None]] = []  # (dev, seq, decision or None: seen only)
         self.metrics.begin()
         with self._db.transaction():
             now = time.time()
@@ -284,10 +285,17 @@ class Worker:
                             time.monotonic() - self._ring_at > 0.5:  # enrolled a moment ago?
                         ring = self._keyring(force=True)
                         v = check_result(m.payload, m.topic, self.prefix, ring)
-                    self._store_result(m, v, now, counts, ring)
+                    self._store_result(m, v, now, counts, ring, devices)
                 else:
                     self._store_other(m, now, counts)
                     counts.other += 1
+            # the devices rows last and in one order: two workers upserting the same rows in
+            # their batches' orders deadlocked on PostgreSQL (retried, but a batch lost 0.5 s)
+            for dev, seq, decision in sorted(devices, key=lambda d: (d[0], d[1])):
+                if decision is None:
+                    self._db.device_seen(dev, now)
+                else:
+                    self._db.device_result(dev, seq, decision, now)
         s = self.stats
         s.stored += counts.stored
         s.duplicates += counts.duplicates
@@ -312,7 +320,10 @@ class Worker:
             log.warning("a result on %s quarantined: %s%s", m.topic, reason, QUARANTINE_HINTS.get(reason, "")
                         .format(dev=dev))
 
-    def _store_result(self, m: Message, v, now: float, counts: WorkerStats, ring: Keyring) -> None:
+    def _store_result(self, m: Message, v, now: float, counts: WorkerStats, ring: Keyring,
+                      devices: list[tuple[str, int, str | None]]) -> None:
+        """The audit row (or a quarantine row); what it changes in `dev`'s devices row is
+        appended to `devices`, for process() to write at the end."""
         if not v.accepted:
             self._quarantine(m, v.dev, v.reason, now, counts)
             return
@@ -326,9 +337,9 @@ class Worker:
             counts.stored += 1
             self.metrics.stored(p["decision"], p["iat"])
             if v.retired:  # signed before a rotation: in the audit, never the device's newest
-                self._db.device_seen(v.dev, now)
+                devices.append((v.dev, p["seq"], None))
                 return
-            self._db.device_result(v.dev, p["seq"], p["decision"], now)
+            devices.append((v.dev, p["seq"], p["decision"]))
             if p["seq"] <= ring.retired_bound.get(v.dev, -1):
                 # the new key's first result: the retired key vouches for nothing from this seq on
                 self._db.cap_retired(v.dev, p["seq"])
