@@ -61,11 +61,12 @@ def test_the_result_s_fields_are_the_payload_s_both_ways():
     para = _between(CONTRACT, "Payload: a CBOR map", "Never a similarity")
     built = messages.result_payload(dev="d", boot="b", seq=1, iat=0, session=None, request_id=None, nonce=None,
                                     decision=Verdict.MATCH, reason=None, liveness={}, quality={}, models={},
-                                    policy="p")
+                                    policy="p", detail="x")  # detail: only when there is one (rejected)
     spelled = set(re.findall(r"`(\w+)`", para))
     liveness_keys = {"steps", "active_pass", "passive_pass"}
     assert set(built) <= spelled, set(built) - spelled
-    assert spelled - {v.value for v in Verdict} - liveness_keys <= set(built)
+    # the page may name the words a field takes (decisions, refusals such as bad_reference)
+    assert spelled - {v.value for v in Verdict} - {r.value for r in Refusal} - liveness_keys <= set(built)
 
 
 def test_every_refusal_is_on_the_page_and_every_reason_the_page_spells_is_one():
@@ -91,7 +92,7 @@ def test_every_health_figure_is_documented_and_every_documented_one_is_sent():
 def test_the_topic_table_is_the_topics_the_daemon_uses():
     rows = {m.group(1) for m in re.finditer(r"^\| `R/([\w/]+)`", CONTRACT, re.M)}
     t = messages.Topics.of("p", "d")
-    used = {getattr(t, name)[len(t.root) + 1:] for name in ("status", "attest", "state", "health", "event",
+    used = {getattr(t, name)[len(t.root) + 1:] for name in ("status", "attest", "state", "guide", "health", "event",
                                                            "result", "cmd_verify")}
     assert rows == used
 
