@@ -13,8 +13,8 @@
 #       DIR/passwd, DIR/acl  the password file (mosquitto_passwd) and the ACL; user "backend"
 #       DIR/users/NAME.password   each user's password (first line), mode 0600
 #   scripts/broker-setup.sh add-user DIR NAME... [--role terminal|backend|reader]
-#       a terminal's user name is its device_id: the ACL's %u patterns confine it to its own
-#       topics. The password is DIR/users/NAME.password if that exists, else a new random one
+#       a terminal's user name is its device_id: its ACL block confines it to its own topics;
+#       a backend reads every terminal and answers only under PREFIX/replies/NAME/; a reader only reads. The password is DIR/users/NAME.password if that exists, else a new random one
 #       written there. Reload a running broker afterwards (SIGHUP: systemctl reload mosquitto).
 #   scripts/broker-setup.sh client-cert DIR NAME
 #       DIR/clients/NAME.pem and .key, signed by the CA (for a broker made with --client-certs)
@@ -89,19 +89,14 @@ basicConstraints=critical,CA:FALSE
 extendedKeyUsage=serverAuth"
   : > "$DIR/passwd"
   cat > "$DIR/acl" <<EOF
-# facegate: each terminal logs in with its device_id as user name (%u); it may write only its
-# own topics and its Home Assistant discovery, and read only its own command topic.
-pattern write $prefix/%u/status
-pattern write $prefix/%u/attest
-pattern write $prefix/%u/state
-pattern write $prefix/%u/health
-pattern write $prefix/%u/event
-pattern write $prefix/%u/guide
-pattern write $prefix/%u/result
-pattern read $prefix/%u/cmd/verify
-pattern write homeassistant/+/facegate_%u/+/config
-# Users (added by 'broker-setup.sh add-user'): a terminal may also answer under $prefix/replies/
-# and read Home Assistant's status (lines without %u are per user: Mosquitto warns about such patterns).
+# facegate ACL (scripts/broker-setup.sh); prefix: $prefix
+# One block per user, no 'pattern' lines: Mosquitto applies patterns to every user, so a
+# pattern for the terminals (%u) let a reader named "dashboard" publish as a device of that name.
+# terminal (user = its device_id): writes only its own topics, its Home Assistant discovery
+#   and answers under $prefix/replies/; reads only its own command topic and Home Assistant's status.
+# backend: reads every terminal's topics, commands every terminal, and reads and writes only its
+#   own reply prefix $prefix/replies/USER/ (its response topics) and $prefix/_probe/ (workers' probes).
+# reader: reads the terminals' topics; publishes nothing.
 EOF
   local dir_abs
   dir_abs=$(cd "$DIR" && pwd)
@@ -162,9 +157,20 @@ add_users() {
         echo ""
         echo "user $name"
         case $role in
-          terminal) echo "topic write $prefix/replies/#"; echo "topic read homeassistant/status" ;;
-          backend) echo "topic readwrite $prefix/#"; echo "topic readwrite homeassistant/#" ;;
-          reader) echo "topic read $prefix/#" ;;
+          terminal)
+            for t in status attest state health event guide result; do echo "topic write $prefix/$name/$t"; done
+            echo "topic read $prefix/$name/cmd/verify"
+            echo "topic write homeassistant/+/facegate_$name/+/config"
+            echo "topic write $prefix/replies/#"
+            echo "topic read homeassistant/status" ;;
+          backend)
+            for t in status attest state health event guide result; do echo "topic read $prefix/+/$t"; done
+            echo "topic write $prefix/+/cmd/verify"
+            echo "topic readwrite $prefix/replies/$name/#"
+            echo "topic readwrite $prefix/_probe/#"
+            echo "topic readwrite homeassistant/#" ;;
+          reader)
+            for t in status attest state health event guide result; do echo "topic read $prefix/+/$t"; done ;;
         esac
       } >> "$DIR/acl"
     fi
@@ -184,7 +190,7 @@ cmd_add_user() {
   case $role in terminal|backend|reader) ;; *) die "--role is terminal, backend or reader, not '$role'" ;; esac
   ((${#names[@]})) || die "add-user: which user? (a terminal's user name is its device_id)"
   [ -f "$DIR/acl" ] || die "$DIR is not a broker made by 'broker-setup.sh init'"
-  prefix=$(sed -n 's|^pattern write \(.*\)/%u/status$|\1|p' "$DIR/acl" | head -n1)
+  prefix=$(sed -n -e 's|^# facegate ACL .*; prefix: \(.*\)$|\1|p' -e 's|^pattern write \(.*\)/%u/status$|\1|p' "$DIR/acl" | head -n1)
   add_users "$role" "${prefix:-facegate/v1}" "${names[@]}"
   echo "reload a running broker to take them: kill -HUP \$(pidof mosquitto)  (or: systemctl reload mosquitto)"
 }

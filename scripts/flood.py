@@ -53,7 +53,7 @@ def junk(i: int, kid: bytes, corr_bytes: int) -> tuple[bytes, Properties]:
     else:
         payload = b""
     props = Properties(PacketTypes.PUBLISH)
-    props.ResponseTopic = f"facegate/v1/replies/junk-{i % 7}"
+    props.ResponseTopic = f"facegate/v1/replies/backend/junk-{i % 7}"
     if corr_bytes:
         props.CorrelationData = os.urandom(corr_bytes)
     return payload, props

@@ -353,7 +353,7 @@ def phase_fuzz(ctx: Ctx) -> None:
 
         window = 32
         bomb_paths = bomb_files(ctx.work)
-        odd_topics = ("facegate/v1/replies/" + "x" * 2000, "other/not-allowed", "facegate/v1/replies/ünïcode")
+        odd_topics = ("facegate/v1/replies/backend/" + "x" * 2000, "other/not-allowed", "facegate/v1/replies/backend/ünïcode")
         n_main = a.fuzz - len(bomb_paths) - len(odd_topics) - 1  # - 1: the wildcard case, on its own daemon
         pending: list[int] = []
         for i in range(n_main):

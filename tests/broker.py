@@ -18,12 +18,13 @@ import paho.mqtt.client as mqtt
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 RECIPE = Path(__file__).resolve().parent.parent / "scripts" / "broker-setup.sh"
 USERS = {"backend": "backend-secret", "dashboard": "dash-secret"}  # and one user per terminal, see password()
-ROLES = {"backend": "backend", "dashboard": "reader"}  # every other user is a terminal
+ROLES = {"backend": "backend", "backend-2": "backend", "dashboard": "reader"}  # every other user is a terminal
 # The broker is made by scripts/broker-setup.sh, the recipe docs/operator.md gives operators:
-# each terminal logs in with its device_id as user name, and the ACL's %u patterns let it
-# write only its own topics and its Home Assistant discovery, read only its own command
-# topic; answers to an MQTT 5 response topic go under facegate/v1/replies/. The backend
-# reads everything and commands every terminal; a dashboard only reads.
+# each terminal logs in with its device_id as user name, and its ACL block lets it write
+# only its own topics and its Home Assistant discovery, read only its own command topic;
+# answers to an MQTT 5 response topic go under facegate/v1/replies/. A backend user reads
+# every terminal's topics, commands every terminal and reads only its own replies
+# (facegate/v1/replies/<user>/); a dashboard (reader) only reads.
 
 
 def password(user: str) -> str:

@@ -23,7 +23,7 @@ from facegate.status import StatusDoc
 
 DEV = "kiosk-1"
 ROOT = f"facegate/v1/{DEV}"
-REPLY = "facegate/v1/replies/backend-7"
+REPLY = "facegate/v1/replies/backend/7"  # the backend user reads only its own replies/backend/
 
 
 # -- an independent verifier: RFC 9052 COSE_Sign1 by hand ---------------------------------

@@ -590,8 +590,11 @@ def test_a_subscription_cut_short_by_a_broker_crash_is_renewed_not_fatal(tmp_pat
             t.join(30)
             assert result == ["ok"], result
         wait_until(lambda: client.connected, 30, "a reconnect")
-        pub = BrokerClient(cfg.model_copy(update={"client_id": "pub"}), f"sub-{how}-pub",
-                           on_message=lambda m: None).start()
+        b.add_user("kiosk-1")  # the result comes from the terminal: the backend's user may not write it
+        (tmp_path / "kiosk-1.password").write_text(password("kiosk-1") + "\n")
+        term = cfg.model_copy(update={"client_id": "pub", "username": "kiosk-1",
+                                      "password_file": str(tmp_path / "kiosk-1.password")})
+        pub = BrokerClient(term, f"sub-{how}-pub", on_message=lambda m: None).start()
         try:
             wait_until(lambda: (pub.publish(f"{PREFIX}/kiosk-1/result", b"x") or True) and got, 20,
                        "a message on the renewed subscription")

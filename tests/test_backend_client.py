@@ -73,6 +73,7 @@ def test_enrol_then_verify_a_real_daemon_by_cli_and_python(broker, setup, tmp_pa
         first = json.loads(v.stdout)
         assert first["decision"] == "match" and first["dev"] == DEV
         reply_topic = f"{cfg.mqtt.replies}/{cfg.mqtt.client_id}"
+        assert reply_topic.startswith("facegate/v1/replies/backend/")  # the user's own: the ACL lets it read only those
         assert first["topic"] in (reply_topic, f"facegate/v1/{DEV}/result")  # whichever copy came first
         # the terminal honoured the MQTT 5 response topic, with correlation data
         reply = watch.wait_for(lambda ms: [m for m in ms if m.topic == reply_topic])[0]

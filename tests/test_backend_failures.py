@@ -90,7 +90,7 @@ def test_a_reference_over_the_terminals_limits_is_refused_before_sending(broker,
     """A 20 MP photo came back as a bare bad_reference; a 4.7 MB PNG was dropped by the
     broker ('Dropping too large outgoing PUBLISH' in its log only) and timed out."""
     term = Terminal("kiosk-limits")
-    watch = Backend(broker, subscribe=term.topics.cmd_verify)
+    watch = Backend(broker, user=term.dev, subscribe=term.topics.cmd_verify)  # the terminal reads its commands
     with BackendClient(cfg) as client:
         Registry(client.store).enrol(term.dev, term.key.public, time.time())
         with pytest.raises(ReferenceRefused, match=r"5472x3648 \(20.0 MP\); the terminals take at most 4.0 MP"):

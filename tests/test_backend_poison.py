@@ -243,10 +243,10 @@ def test_the_request_clients_connection_is_bounded_too(broker, tmp_path):
     c = BrokerClient(cfg, "maxpkt", on_message=got.append).start()
     links = Links(broker, ["maxpkt-term"])
     try:
-        c.subscribe(f"{PREFIX}/replies/#", 1)
+        c.subscribe(f"{PREFIX}/replies/backend/#", 1)
         assert links.wait_connected()
-        links.publish("maxpkt-term", f"{PREFIX}/replies/maxpkt", b"x" * (cfg.max_packet_bytes + 1))
-        links.publish("maxpkt-term", f"{PREFIX}/replies/maxpkt", b"small")
+        links.publish("maxpkt-term", f"{PREFIX}/replies/backend/maxpkt", b"x" * (cfg.max_packet_bytes + 1))
+        links.publish("maxpkt-term", f"{PREFIX}/replies/backend/maxpkt", b"small")
         wait_until(lambda: got, 10, "the small message")
         time.sleep(0.5)
         assert [m.payload for m in got] == [b"small"]

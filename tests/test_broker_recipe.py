@@ -33,7 +33,8 @@ def test_the_recipe_makes_a_broker_mosquitto_takes_without_a_warning(plain_dir):
     assert "user backend" in out and f"mosquitto -c {plain_dir / 'b' / 'mosquitto.conf'}" in out
     recipe("add-user", plain_dir / "b", "kiosk-7", "kiosk-8")
     acl = (plain_dir / "b" / "acl").read_text()
-    assert "pattern write facegate/v1/%u/result" in acl and "user kiosk-7\ntopic write facegate/v1/replies/#" in acl
+    assert "user kiosk-7\ntopic write facegate/v1/kiosk-7/status" in acl and "topic write facegate/v1/replies/#" in acl
+    assert "\npattern " not in acl  # Mosquitto applies patterns to every user, readers too
     assert oct((plain_dir / "b" / "users" / "kiosk-7.password").stat().st_mode & 0o777) == "0o600"
     proc = subprocess.Popen([MOSQUITTO, "-c", str(plain_dir / "b" / "mosquitto.conf")], stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True)
@@ -72,13 +73,59 @@ def test_a_terminal_may_publish_only_on_its_own_topics(tmp_path):
     try:
         b.add_user("kiosk-7")
         assert _publish(b, "kiosk-7", "facegate/v1/kiosk-7/status") == 0
-        assert _publish(b, "kiosk-7", "facegate/v1/replies/shop-backend") == 0
+        assert _publish(b, "kiosk-7", "facegate/v1/replies/backend/shop") == 0
         assert _publish(b, "kiosk-7", "facegate/v1/kiosk-8/result") == 135  # another terminal's topic
         assert _publish(b, "kiosk-7", "facegate/v1/kiosk-8/cmd/verify") == 135  # commanding another
-        be.wait_for(lambda ms: [m for m in ms if m.topic == "facegate/v1/replies/shop-backend"], 10)
+        be.wait_for(lambda ms: [m for m in ms if m.topic == "facegate/v1/replies/backend/shop"], 10)
         assert not be.on("facegate/v1/kiosk-8/result") and not be.on("facegate/v1/kiosk-8/cmd/verify")
     finally:
         be.close()
+        b.stop()
+
+
+def test_a_reader_publishes_nothing_not_even_as_a_device_of_its_name(tmp_path):
+    """Mosquitto 2.0.11 applies 'pattern' lines to every user: the terminals' %u patterns let
+    the read-only dashboard publish facegate/v1/dashboard/status, and every user answer under
+    replies/. The recipe writes one block per user instead."""
+    b = Mosquitto(tmp_path).start()
+    be = Backend(b)
+    try:
+        for topic in ("facegate/v1/dashboard/status", "facegate/v1/dashboard/result", "facegate/v1/replies/backend/x",
+                      "facegate/v1/kiosk-7/cmd/verify", "homeassistant/sensor/facegate_dashboard/x/config"):
+            assert _publish(b, "dashboard", topic) == 135, topic
+        time.sleep(0.5)
+        assert not [m for m in be.messages if "dashboard" in m.topic or m.topic.startswith("facegate/v1/replies/")]
+    finally:
+        be.close()
+        b.stop()
+
+
+def test_a_backend_reads_its_own_replies_and_no_other_backends(tmp_path):
+    """Each backend user has its own reply prefix, facegate/v1/replies/<user>/: a terminal
+    answers there, and another backend user (subscribed to everything) never sees it."""
+    b = Mosquitto(tmp_path).start()
+    b.add_user("kiosk-7")
+    be, other = Backend(b), Backend(b, user="backend-2")  # ROLES: a second backend user
+    try:
+        def results(ms):
+            return [m for m in ms if m.topic == "facegate/v1/kiosk-7/result"]
+
+        deadline = time.monotonic() + 20
+        while not (results(be.messages) and results(other.messages)):  # until both are subscribed
+            assert time.monotonic() < deadline, "the backends did not subscribe"
+            assert _publish(b, "kiosk-7", "facegate/v1/kiosk-7/result") in (0, 16)
+        n = len(results(other.messages))
+        assert _publish(b, "kiosk-7", "facegate/v1/replies/backend/r1") == 0
+        assert _publish(b, "kiosk-7", "facegate/v1/kiosk-7/result") == 0  # after r1, from the same client
+        be.wait_for(lambda ms: [m for m in ms if m.topic == "facegate/v1/replies/backend/r1"], 10)
+        other.wait_for(lambda ms: len(results(ms)) > n, 10)
+        assert not [m for m in other.messages if m.topic.startswith("facegate/v1/replies/")]
+        assert _publish(b, "backend-2", "facegate/v1/replies/backend/r2") == 135  # nor writes there
+        assert _publish(b, "backend-2", "facegate/v1/replies/backend-2/r3") == 0
+        assert _publish(b, "backend-2", "facegate/v1/kiosk-7/status") == 135  # nor speaks as a device
+    finally:
+        be.close()
+        other.close()
         b.stop()
 
 

@@ -174,7 +174,7 @@ def test_unauthenticated_input_gets_no_answer_on_any_topic(running, broker, face
         ignored_before = _ignored(d)
         n0 = len(be.messages)
         rid, nonce = "victim-req-42", b"victim-nonce-000"
-        reply = f"facegate/v1/replies/attacker-{uuid.uuid4().hex[:6]}"
+        reply = f"facegate/v1/replies/backend/attacker-{uuid.uuid4().hex[:6]}"
         victim = cbor2.dumps({"request_id": rid, "nonce": nonce})
         for rt in (reply, f"{ROOT}/attest", "homeassistant/sensor/x/config"):
             be.publish(f"{ROOT}/cmd/verify", victim, ResponseTopic=rt, CorrelationData=b"attacker")
@@ -206,7 +206,7 @@ def test_replayed_command_bytes_get_no_second_answer(running, faces, backend_key
     signed answer, on R/result and on the response topic; the replays are counted."""
     d, be = running
     before = _ignored(d).get("replayed_request_id", 0)
-    reply = f"facegate/v1/replies/backend-{uuid.uuid4().hex[:6]}"
+    reply = f"facegate/v1/replies/backend/{uuid.uuid4().hex[:6]}"
     msg, cmd = command(backend_key, faces["ref"])
     be.publish(f"{ROOT}/cmd/verify", msg, ResponseTopic=reply, CorrelationData=b"c1")
     be.publish(f"{ROOT}/cmd/verify", msg, ResponseTopic=reply, CorrelationData=b"c2")

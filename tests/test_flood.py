@@ -117,7 +117,7 @@ def junk(i: int, backend_key) -> tuple[bytes, dict]:
         payload = bytes(good)
     else:
         payload = b""
-    return payload, {"ResponseTopic": f"facegate/v1/replies/junk-{i % 7}", "CorrelationData": os.urandom(60 * 1024)}
+    return payload, {"ResponseTopic": f"facegate/v1/replies/backend/junk-{i % 7}", "CorrelationData": os.urandom(60 * 1024)}
 
 
 def test_a_junk_flood_costs_no_disk_and_drops_no_real_command(tmp_path, broker, faces, backend_key, model_dir):

@@ -12,14 +12,17 @@ from ..config import load as _load
 
 class BrokerConfig(BrokerConnection):
     prefix: str = Field("facegate/v1", pattern=r"^[^#+$][^#+]*$", description="The terminals' topic prefix; their topics are {prefix}/{device_id}/...")
-    response_prefix: str = Field("", pattern=r"^([^#+$][^#+]*)?$", description="Where the terminals send answers to this backend's requests (MQTT 5 response topic {response_prefix}/{client_id}); must lie under the prefix the terminals honour (their mqtt.response_prefix); empty = {prefix}/replies")
+    response_prefix: str = Field("", pattern=r"^([^#+$][^#+]*)?$", description="Where the terminals send answers to this backend's requests (MQTT 5 response topic {response_prefix}/{client_id}); must lie under the prefix the terminals honour (their mqtt.response_prefix) and the broker lets this user read (the recipe's ACL: {prefix}/replies/{username}/); empty = {prefix}/replies/{username} ({prefix}/replies without a username)")
     client_id: str = Field("", pattern=r"^[A-Za-z0-9_.-]{0,64}$", description="MQTT client id of the request client; empty = facegate-backend-<random>. A serve worker uses {client_id or 'facegate-backend'}-w{worker}")
     connect_timeout_s: float = Field(10.0, gt=0, description="Longest wait for the first CONNACK, seconds")
     max_packet_bytes: int = Field(65536, ge=4096, le=268435455, description="MQTT 5 Maximum Packet Size sent in CONNECT (serve workers and the request client): the broker drops a bigger message to us instead of sending it (a result is about 1 KiB)")
 
     @property
     def replies(self) -> str:
-        return (self.response_prefix or f"{self.prefix.rstrip('/')}/replies").rstrip("/")
+        # under the user's own name: the broker recipe's ACL lets a backend user read the
+        # replies under {prefix}/replies/{its user}/ only, no other backend's
+        own = f"{self.prefix.rstrip('/')}/replies" + (f"/{self.username}" if self.username else "")
+        return (self.response_prefix or own).rstrip("/")
 
 
 class StoreConfig(_Section):

@@ -235,8 +235,8 @@ class BrokerClient:
                 refused = self._puback.pop(info.mid, None)
             if refused is not None:
                 raise PublishRefused(f"the broker refused the message to {topic}: {refused} (its ACL does not let "
-                                     f"user '{self.cfg.username}' write there; the backend's user needs "
-                                     f"'topic readwrite {topic.split('/')[0]}/#')")
+                                     f"user '{self.cfg.username}' write there; make the backend's user with "
+                                     f"'broker-setup.sh add-user DIR NAME --role backend')")
 
     def ack(self, msg: Message) -> bool:
         """Acknowledge a QoS 1 message on the connection it came on; False when that
