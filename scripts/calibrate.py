@@ -273,19 +273,19 @@ def main() -> int:
         paths, ids, folds = paths[:args.limit], ids[:args.limit], folds[:args.limit]
     print(f"images={len(paths)} identities={len(set(ids.tolist()))} data={args.data}")
     sets: dict[str, tuple[Embeddings, str]] = {}
-    for prec in args.precision:
-        key_probe = {}
+    from facegate.cli.common import _store
+    from facegate.modelstore import ModelStore
 
-        def make(prec=prec, key_probe=key_probe):
-            e, sha = embed_facegate(paths, prec, args.threads)
-            key_probe["sha"] = sha
-            return e
-        from facegate.cli.common import _store
-        from facegate.modelstore import ModelStore
-        store = _store(config_mod.Config())
+    store = _store(config_mod.Config())
+    for prec in args.precision:
         sha = store.resolve("embed", prec).sha256
-        sets[prec] = (cached(args.out, f"{CACHE_VERSION}|{sha}|{len(paths)}|{args.data.resolve()}", make), sha)
         assert ModelStore.variant_of(sha) == prec
+
+        def make(prec=prec, want=sha):
+            e, loaded = embed_facegate(paths, prec, args.threads)
+            assert loaded == want, (loaded, want)  # the cache is keyed by the file the verifier loads
+            return e
+        sets[prec] = (cached(args.out, f"{CACHE_VERSION}|{sha}|{len(paths)}|{args.data.resolve()}", make), sha)
     if args.peer:
         sets["opencv"] = (cached(args.out, f"{CACHE_VERSION}|opencv|{len(paths)}|{args.data.resolve()}",
                                  lambda: embed_opencv(paths, args.out.parent)[0]), "opencv")

@@ -47,10 +47,6 @@ class Calibration:
     data: str
     rows: dict[str, CalibrationRow]  # by sha256
 
-    @property
-    def lowest_fmr(self) -> float:
-        return min(p.fmr for r in self.rows.values() for p in r.points)
-
 
 def parse_calibration(text: str) -> Calibration:
     """The calibration table from its TOML text; ModelError when it is malformed."""
