@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -20,16 +21,26 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--hide-scrollbars", "--mute-audio", "--remote-debugging-port=0", "--remote-allow-origins=*"]
 
 
+def _stat(pid: str) -> list[str]:
+    """/proc/PID/stat's fields after the command name: [0] state, [1] ppid, [11] utime, [12] stime."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 class Browser:
-    def __init__(self, width: int = 800, height: int = 480):
+    """nice: start it at that niceness (as scripts/kiosk-browser.sh does on a terminal);
+    reduced_motion: ask the page for prefers-reduced-motion (stills and tests: no animation
+    caught half-way), off to see what a kiosk with motion costs."""
+
+    def __init__(self, width: int = 800, height: int = 480, nice: int = 0, reduced_motion: bool = True):
         exe = chromium_path()
         assert exe, "chromium is not installed (scripts/dev.sh setup installs it)"
         self.profile = tempfile.mkdtemp(prefix="facegate-chromium-")
-        self.proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={self.profile}",
+        prefix = ["nice", "-n", str(nice)] if nice else []
+        self.proc = subprocess.Popen([*prefix, exe, *FLAGS, f"--user-data-dir={self.profile}",
                                       f"--window-size={width},{height}", "about:blank"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         port_file = Path(self.profile) / "DevToolsActivePort"
@@ -46,7 +57,8 @@ class Browser:
         self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
         self._ids = itertools.count(1)
         self.size(width, height)
-        self.call("Emulation.setEmulatedMedia", features=[{"name": "prefers-reduced-motion", "value": "reduce"}])
+        if reduced_motion:
+            self.call("Emulation.setEmulatedMedia", features=[{"name": "prefers-reduced-motion", "value": "reduce"}])
 
     def call(self, method: str, **params) -> dict:
         mid = next(self._ids)
@@ -83,6 +95,26 @@ class Browser:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
         return path
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the browser and all its processes, seconds."""
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    children.setdefault(int(_stat(entry.name)[1]), []).append(int(entry.name))
+                except OSError:
+                    pass
+        total, todo = 0, [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                st = _stat(str(pid))
+                total += int(st[11]) + int(st[12])
+            except OSError:
+                pass
+            todo += children.get(pid, [])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
         try:

@@ -4,7 +4,8 @@
 2. the frame loop's rate (session frames per second, camera as fast as it decodes) of the
    real daemon on the replay of a real person, with no page, with a loopback client
    reading the MJPEG preview and the event stream, and with headless Chromium showing
-   the page (on a terminal the browser runs on the same CPU);
+   the page with its motion, as started by hand and at nice 10 as scripts/kiosk-browser.sh
+   starts it (on a terminal the browser runs on the same CPU; its own CPU is a column);
 3. seconds from command to decision for a person who starts too far away (the shrunk
    replay, in real time) against the original replay, both guided.
 
@@ -29,13 +30,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import screen_videos  # noqa: E402
 from chromium_cdp import Browser, chromium_path  # noqa: E402
-from daemon_helpers import command  # noqa: E402
-from facegate import config as config_mod  # noqa: E402
-from facegate import daemon as daemon_mod  # noqa: E402
-from facegate.adapters.null_mqtt import NullPublisher  # noqa: E402
-from facegate.ports import Inbound  # noqa: E402
 from facegate.screen.preview import encode  # noqa: E402
 from facegate.signing import SigningKey  # noqa: E402
+from screen_terminal import Terminal  # noqa: E402
 
 DEV = "bench-1"
 LIVE = ROOT.parent / "shared" / "data" / "replay" / "zubair" / "live.webm"
@@ -53,49 +50,20 @@ def encode_cost(frames, n: int = 300) -> dict:
     return {"median_ms": statistics.median(ms), "p90_ms": sorted(ms)[int(0.9 * n)], "kb": len(jpg) / 1024}
 
 
-class Terminal:
-    def __init__(self, tmp: Path, video: Path, key: SigningKey, realtime: bool):
-        self.key = key
-        cfg = config_mod.parse(f'''
-device_id = "{DEV}"
-[camera]
-source = "file"
-path = "{video}"
-realtime = {"true" if realtime else "false"}
-[daemon]
-state_dir = "{tmp}"
-liveness = "active"
-[liveness]
-step_timeout_s = 10
-[mqtt]
-enabled = false
-trusted_keys = ["{key.public.hex()}"]
-[screen]
-listen = "127.0.0.1:0"
-''')
-        self.d = daemon_mod.build(cfg, publisher=NullPublisher(), service=False)
-        self.frames: list[float] = []
-        offer = self.d.kiosk.preview
+class BenchTerminal(Terminal):
+    """The shared test terminal (tests/screen_terminal.py) with the shipped fusion setting,
+    timed per session."""
 
-        def counted(frame):
-            self.frames.append(time.perf_counter())
-            offer(frame)
-        self.d.kiosk.preview = counted
-        self.thread = threading.Thread(target=self.d.run, daemon=True)
-        self.thread.start()
-        while not (self.d.ready and self.d.screen and self.d.screen.url):
-            time.sleep(0.05)
-        self.url = self.d.screen.url
+    def __init__(self, tmp: Path, video: Path, key: SigningKey, realtime: bool):
+        super().__init__(tmp, video, key, "active", realtime=realtime, device_id=DEV, fusion_frames=None)
 
     def session(self, reference: bytes) -> tuple[float, int, float, str, float]:
         """(frames per second of the session's loop, frames, seconds command -> decision,
         decision, this process's CPU milliseconds per session frame: the daemon's threads,
         preview encoding and page server included; the browser is another process)."""
-        topic = f"facegate/v1/{DEV}/cmd/verify"
         before = self.d.health.last_decision
-        msg, _ = command(self.key, reference, topic=topic, challenge=["turn_right", "turn_left"])
         t0 = time.perf_counter()
-        self.d.handle_inbound(Inbound(topic, msg))
+        self.verify(reference, ["turn_right", "turn_left"])
         while not self.d.kiosk.state[0] == "waiting_face":
             time.sleep(0.001)
         self.frames.clear()
@@ -106,10 +74,6 @@ listen = "127.0.0.1:0"
         f = [t for t in self.frames if t <= t1]
         return ((len(f) - 1) / (f[-1] - f[0]), len(f), t1 - t0, self.d.health.last_decision["decision"],
                 1000 * cpu / len(f))
-
-    def stop(self) -> None:
-        self.d.request_stop()
-        self.thread.join(30)
 
 
 def mjpeg_reader(url: str, stop: threading.Event) -> threading.Thread:
@@ -123,9 +87,13 @@ def mjpeg_reader(url: str, stop: threading.Event) -> threading.Thread:
     return t
 
 
+MODES = ("no page", "MJPEG + events client", "headless Chromium page", "headless Chromium page, nice 10")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-guided", action="store_true", help="skip part 3 (the real-time replays)")
     args = ap.parse_args()
     frames = screen_videos.original_frames(LIVE)
     enc = encode_cost(frames)
@@ -135,48 +103,59 @@ def main() -> int:
     import cv2
     ok, ref = cv2.imencode(".jpg", frames[20])
     reference = ref.tobytes()
-    rates: dict[str, list[float]] = {"no page": [], "MJPEG + events client": [], "headless Chromium page": []}
-    cpu: dict[str, list[float]] = {k: [] for k in rates}
+    rates: dict[str, list[float]] = {m: [] for m in MODES}
+    cpu: dict[str, list[float]] = {m: [] for m in MODES}
+    bcpu: dict[str, list[float]] = {m: [] for m in MODES}  # the browser's CPU, % of one core
     with tempfile.TemporaryDirectory() as tmp:
-        term = Terminal(Path(tmp) / "a", LIVE, key, realtime=False)
-        browser = Browser(800, 480) if chromium_path() else None
+        term = BenchTerminal(Path(tmp) / "a", LIVE, key, realtime=False)
+        # the page as a kiosk shows it: with motion; the second one niced as kiosk-browser.sh starts it
+        browsers = {m: Browser(800, 480, nice=10 if "nice" in m else 0, reduced_motion=False)
+                    for m in MODES[2:]} if chromium_path() else {}
         try:
             for _ in range(args.rounds):
-                for mode in rates:
+                for mode in MODES:
                     stop = threading.Event()
+                    browser = browsers.get(mode)
                     if mode.startswith("MJPEG"):
                         mjpeg_reader(term.url, stop)
                     elif mode.startswith("headless") and browser:
                         browser.open(term.url)
-                        browser.wait("document.getElementById('preview').naturalWidth > 0 || true", 10)
+                        browser.wait("window.facegate && ['idle', 'result'].includes(document.body.dataset.screen)", 30)
                     elif mode.startswith("headless"):
                         continue
                     time.sleep(1.0)
+                    b0, w0 = (browser.cpu_seconds() if browser else 0.0), time.perf_counter()
                     fps, n, s, decision, ms = term.session(reference)
+                    b1, w1 = (browser.cpu_seconds() if browser else 0.0), time.perf_counter()
                     rates[mode].append(fps)
                     cpu[mode].append(ms)
+                    bcpu[mode].append(100 * (b1 - b0) / (w1 - w0))
                     print(f"  {mode}: {fps:.1f} frames/s, {ms:.1f} CPU ms/frame ({n} frames, {s:.1f} s, {decision}), "
-                          f"preview encodes so far {len(term.d.screen.server.encode_ms)}", flush=True)
+                          f"browser {bcpu[mode][-1]:.0f} % of a core", flush=True)
                     stop.set()
-                    if mode.startswith("headless") and browser:
+                    if browser:
                         browser.open("about:blank")
                     time.sleep(1.0)
         finally:
-            if browser:
+            for browser in browsers.values():
                 browser.close()
             term.stop()
         print("\n| frame loop (session, camera as fast as it decodes) | frames/s, median of "
-              f"{args.rounds} | vs no page | daemon CPU ms per frame, median | vs no page |\n|---|---|---|---|---|")
-        base, cbase = statistics.median(rates["no page"]), statistics.median(cpu["no page"])
+              f"{args.rounds} | vs no page | daemon CPU ms per frame, median | browser CPU, % of a core |"
+              "\n|---|---|---|---|---|")
+        base = statistics.median(rates["no page"])
         for mode, r in rates.items():
             if r:
                 m, c = statistics.median(r), statistics.median(cpu[mode])
+                b = f"{statistics.median(bcpu[mode]):.0f}" if mode.startswith("headless") else "-"
                 print(f"| {mode} | {m:.1f} ({', '.join(f'{x:.1f}' for x in r)}) | {100 * (m / base - 1):+.1f} % "
-                      f"| {c:.1f} ({', '.join(f'{x:.1f}' for x in cpu[mode])}) | {100 * (c / cbase - 1):+.1f} % |")
+                      f"| {c:.1f} | {b} |")
+        if args.no_guided:
+            return 0
         small = screen_videos.small(frames, Path(tmp) / "small.mp4")
         print("\n| real-time replay | seconds command -> decision | decision |\n|---|---|---|")
         for name, video in (("original (face near)", LIVE), ("shrunk (starts too far, comes closer)", small)):
-            t = Terminal(Path(tmp) / name[:5], video, key, realtime=True)
+            t = BenchTerminal(Path(tmp) / name[:5], video, key, realtime=True)
             try:
                 _, _, s, decision, _ = t.session(reference)
                 print(f"| {name} | {s:.1f} | {decision} |", flush=True)

@@ -13,17 +13,12 @@ from pathlib import Path
 import pytest
 
 import screen_videos
-from daemon_helpers import command
-from facegate import config as config_mod
-from facegate import daemon as daemon_mod
-from facegate.adapters.null_mqtt import NullPublisher
-from facegate.ports import Inbound
+from screen_terminal import Terminal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from chromium_cdp import Browser, chromium_path  # noqa: E402
 
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed")
-DEV = "screen-1"
 SIZES = ((800, 480), (1920, 1080))
 
 
@@ -40,54 +35,6 @@ def videos(data_dir, tmp_path_factory):
 def browser():
     with Browser(*SIZES[0]) as b:
         yield b
-
-
-class Terminal:
-    """The real daemon on `video` with its screen on a free loopback port."""
-
-    def __init__(self, tmp: Path, video: Path, backend_key, liveness: str, session_timeout_s: float = 30,
-                 language: str = "en", port: int = 0, realtime: bool = False):
-        self.key = backend_key
-        cfg = config_mod.parse(f'''
-device_id = "{DEV}"
-[camera]
-source = "file"
-path = "{video}"
-realtime = {"true" if realtime else "false"}
-[daemon]
-state_dir = "{tmp}"
-liveness = "{liveness}"
-session_timeout_s = {session_timeout_s}
-[liveness]
-step_timeout_s = 10
-[verify]
-fusion_frames = 4
-[mqtt]
-enabled = false
-trusted_keys = ["{backend_key.public.hex()}"]
-[screen]
-listen = "127.0.0.1:{port}"
-language = "{language}"
-result_show_s = 30
-''')
-        self.d = daemon_mod.build(cfg, publisher=NullPublisher(), service=False)
-        self.thread = threading.Thread(target=self.d.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not (self.d.ready and self.d.screen and self.d.screen.url):
-            assert time.monotonic() < deadline, "the daemon did not get ready"
-            time.sleep(0.05)
-        self.url = self.d.screen.url
-
-    def verify(self, reference: bytes, challenge: list[str] | None = None) -> dict:
-        topic = f"facegate/v1/{DEV}/cmd/verify"
-        msg, cmd = command(self.key, reference, topic=topic, challenge=challenge)
-        self.d.handle_inbound(Inbound(topic, msg))
-        return cmd
-
-    def stop(self) -> None:
-        self.d.request_stop()
-        self.thread.join(30)
 
 
 def follow(browser: Browser, term: Terminal, reference: bytes, challenge=None, shots: str | None = None,

@@ -46,10 +46,11 @@
 
   function placeHole() {  // the SVG shade's hole follows the CSS oval
     const r = $("oval").getBoundingClientRect(), W = innerWidth, H = innerHeight, e = $("hole-oval");
-    e.setAttribute("cx", ((r.left + r.width / 2) / W) * 100);
-    e.setAttribute("cy", ((r.top + r.height / 2) / H) * 100);
-    e.setAttribute("rx", (r.width / 2 / W) * 100);
-    e.setAttribute("ry", (r.height / 2 / H) * 100);
+    const at = { cx: (r.left + r.width / 2) / W, cy: (r.top + r.height / 2) / H, rx: r.width / 2 / W, ry: r.height / 2 / H };
+    for (const k in at) {  // touched only when it moved: a changed mask is drawn again, a costly layer
+      const val = String(Math.round(at[k] * 10000) / 100);
+      if (e.getAttribute(k) !== val) e.setAttribute(k, val);
+    }
   }
 
   function startPreview() {
@@ -71,7 +72,7 @@
       setText($("hint"), t(key, v));
       setIcon($("icon"), ICONS[v.hint || "waiting_face"]);
       const pct = Math.round((v.progress || 0) * 100);
-      $("progress-fill").style.width = pct + "%";
+      $("progress-fill").style.transform = "scaleX(" + pct / 100 + ")";  // composited: no layout per frame
       $("progress").setAttribute("aria-valuenow", String(pct));
       const left = v.step ? v.step_seconds_left : v.seconds_left;
       setText($("countdown"), left == null ? "" : t("seconds", v, { n: Math.ceil(left) }));
