@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from ..errors import FacegateError
@@ -75,13 +75,20 @@ def payload_problem(p: Mapping) -> str | None:
     return None if ok else "bad_payload"
 
 
+OMIT = "omit"  # field metadata: the value for which the field is left out of the map
+
+
 @dataclass(frozen=True)
 class Result:
-    """One decision as signed. iat: Unix seconds (whole when the terminal made it);
-    liveness: steps, active_pass, passive_pass; quality: face_px, sharpness, brightness,
-    yaw_deg, pitch_deg, frames; models: task -> sha256; policy: the match policy's tag and
-    settings hash; detail: a rejected command's what-is-wrong ('' = none, not sent)."""
+    """One decision as signed; the fields in their wire order. iat: Unix seconds (whole
+    when the terminal made it); liveness: steps, active_pass, passive_pass; quality:
+    face_px, sharpness, brightness, yaw_deg, pitch_deg, frames; models: task -> sha256;
+    policy: the match policy's tag and settings hash; detail: a rejected command's
+    what-is-wrong (left out of the map when ''). A new field is one line here (a default,
+    and `metadata={OMIT: <its empty value>}` so earlier results keep their bytes), its
+    check in payload_problem when the backend must rely on it, and docs/contract.md."""
 
+    v: int = field(default=RESULT_VERSION, kw_only=True)
     dev: str
     boot: str | None
     seq: int
@@ -95,8 +102,7 @@ class Result:
     quality: dict = field(default_factory=dict)
     models: dict = field(default_factory=dict)
     policy: str | None = None
-    detail: str = ""
-    v: int = RESULT_VERSION
+    detail: str = field(default="", metadata={OMIT: ""})
 
     @classmethod
     def of(cls, *, dev: str, boot: str, seq: int, iat: float, session: str | None, request_id: str | None,
@@ -109,28 +115,39 @@ class Result:
                    public_liveness(liveness), public_quality(quality), dict(models), policy, detail)
 
     def to_map(self) -> dict:
-        """The CBOR map (contract v1), keys in this order; `detail` only when there is one."""
-        return {"v": self.v, "dev": self.dev, "boot": self.boot, "seq": self.seq, "iat": self.iat,
-                "session": self.session, "request_id": self.request_id, "nonce": self.nonce,
-                "decision": self.decision, "reason": self.reason, "liveness": self.liveness,
-                "quality": self.quality, "models": self.models, "policy": self.policy,
-                **({"detail": self.detail} if self.detail else {})}
+        """The CBOR map (contract v1): every field in declaration order, but those equal to
+        their OMIT value."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if OMIT in f.metadata and value == f.metadata[OMIT]:
+                continue
+            out[f.name] = value
+        return out
 
     def sign(self, key: SigningKey, topic: str) -> bytes:
         return sign(self.to_map(), key, topic)
 
     @classmethod
     def of_map(cls, p: Mapping[str, Any]) -> Result:
-        """The typed result of a verified payload map; MalformedMessage('bad_payload') when
-        payload_problem finds one."""
+        """The typed result of a verified payload map, or MalformedMessage('bad_payload')
+        when payload_problem finds one. A field the map lacks takes its default (None
+        without one); keys the dataclass does not know are left in the signed bytes."""
         problem = payload_problem(p)
         if problem:
             raise MalformedMessage(problem)
-        detail = p.get("detail")
-        return cls(p["dev"], p.get("boot"), p["seq"], p["iat"], p.get("session"), p.get("request_id"),
-                   p.get("nonce"), Verdict(p["decision"]), p.get("reason"), p.get("liveness", {}),
-                   p.get("quality", {}), p.get("models", {}), p.get("policy"),
-                   detail if isinstance(detail, str) else "", p["v"])
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in p:
+                values[f.name] = p[f.name]
+            elif f.default_factory is not MISSING:
+                values[f.name] = f.default_factory()
+            else:
+                values[f.name] = None if f.default is MISSING else f.default
+        values["decision"] = Verdict(values["decision"])
+        if not isinstance(values["detail"], str):
+            values["detail"] = ""
+        return cls(**values)
 
     @classmethod
     def verify(cls, message: bytes, keys: dict | Any, topic: str) -> tuple[Result, Verified]:
