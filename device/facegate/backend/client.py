@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..contract import Command, Result, SignatureError, SigningKey, Topics
@@ -78,11 +78,12 @@ class VerifiedResult:
     topic: str
     message: bytes
     detail: str = ""  # a rejected command's what-is-wrong, as the terminal signed it
+    result: Result | None = field(default=None, repr=False)  # the typed result whole (every field, a new one too)
 
     @classmethod
     def of(cls, r: Result, kid: bytes, topic: str, message: bytes) -> VerifiedResult:
         return cls(r.dev, r.decision, r.reason, r.request_id or "", r.session, r.seq, float(r.iat), r.boot,
-                   r.liveness, r.quality, r.models, r.policy, kid.hex(), topic, message, r.detail)
+                   r.liveness, r.quality, r.models, r.policy, kid.hex(), topic, message, r.detail, r)
 
     def payload(self) -> dict:
         return {"dev": self.device, "decision": self.decision, "reason": self.reason, "request_id": self.request_id,

@@ -1,7 +1,7 @@
 """The contract room: every message that crosses MQTT, typed, with its CBOR / JSON form,
 its checks and its COSE signing, built and parsed only here; the terminal, the CLI and the
-backend import it alike (docs/contract.md has the wire table; docs/design.md what a new
-field touches).
+backend import it alike (docs/contract.md: the wire table, and under "Where the contract
+lives in the code" what a new result field touches).
 
 | topic | type | module |
 |---|---|---|
