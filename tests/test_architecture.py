@@ -58,6 +58,9 @@ FORBIDDEN = {
     "messages": {"events", "guidance", "screen", "sinks", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
     "outbox": {"events", "guidance", "screen", "sinks", "pipeline", "adapters", "delivery", "feed", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
     "signing": {"events", "guidance", "screen", "sinks", "pipeline", "adapters", "delivery", "feed", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},
+    # the typed messages that cross MQTT (issue 21): the words (vocab), errors, the image decoder for a
+    # command's reference; nothing of the terminal or of the backend, which both import it
+    "contract": {"adapters", "admission", "announce", "backend", "cli", "config", "daemon", "decide", "delivery", "demo", "events", "feed", "guidance", "kat", "kiosk", "liveness", "messages", "modelstore", "outbox", "pidlock", "pipeline", "policy", "ports", "quiet", "results", "screen", "selftest", "session", "signing", "sinks", "status", "vision"},
     "quiet": {"events", "guidance", "screen", "sinks", "types", "config", "ports", "vision", "liveness", "pipeline", "adapters", "daemon", "demo", "cli", "admission", "kiosk", "announce", "results"},
     # the daemon's machinery: results to the broker, the newest camera frame
     "delivery": {"events", "guidance", "screen", "sinks", "pipeline", "vision", "liveness", "adapters", "feed", "daemon", "demo", "cli", "selftest", "admission", "kiosk", "announce", "results"},

@@ -229,11 +229,11 @@ def test_an_unstorable_message_is_counted_once_after_its_own_commit(tmp_path, mo
     attempts staged is not."""
     import threading
 
-    import facegate.backend.trust as trust
+    import facegate.contract.result as contract_result
     from facegate.backend.config import BackendConfig
     from facegate.backend.mqtt import Message
 
-    monkeypatch.setattr(trust, "payload_problem", lambda p: None)
+    monkeypatch.setattr(contract_result, "payload_problem", lambda p: None)
     cfg = BackendConfig.model_validate({"store": {"sqlite": str(tmp_path / "u.db")}, "mqtt": {"prefix": PREFIX}})
     store = Store.open(cfg.store)
     t = Terminal("un-1")

@@ -109,9 +109,9 @@ def test_what_the_checks_miss_the_database_refusal_quarantines(broker, store, st
     (PostgreSQL: NUL in text) or Python (float(10**400)) refuses sends the batch through one
     message at a time; the refused one becomes an `unstorable` quarantine row, the others
     are stored, nothing is retried as if the database were down."""
-    import facegate.backend.trust as trust
+    import facegate.contract.result as contract_result
 
-    monkeypatch.setattr(trust, "payload_problem", lambda p: None)
+    monkeypatch.setattr(contract_result, "payload_problem", lambda p: None)
     t = Terminal(f"unst-{os.urandom(3).hex()}")
     Registry(store).enrol(t.dev, t.key.public, time.time())
     w = WorkerThread(backend_config(broker, store_cfg, tmp_path, batch_max=50))

@@ -23,10 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
-from .messages import CommandRejected, Topics, VerifyCommand, authenticate, check_command, identify
+from .contract import (
+    CommandRejected,
+    Topics,
+    Verified,
+    VerifyCommand,
+    authenticate,
+    check_command,
+    identify,
+    kid_of,
+    public_from_hex,
+    public_raw,
+)
 from .outbox import Outbox, OutboxError
 from .ports import Inbound
-from .signing import Verified, kid_of, public_from_hex, public_raw
 from .status import Health
 from .vocab import Refusal
 
@@ -67,7 +77,7 @@ class Request:
 
 @dataclass(frozen=True)
 class Authentic:
-    """A message on the command topic whose signature checked out (messages.authenticate)."""
+    """A message on the command topic whose signature checked out (contract.authenticate)."""
 
     msg: Inbound
     verified: Verified

@@ -4,18 +4,27 @@ guidance for the person at the terminal (R/guide), health (R/health), one event 
 again when Home Assistant says `online`, at most every DISCOVERY_MIN_INTERVAL_S)."""
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
 
 from . import __version__
 from .config import Config
+from .contract import (
+    Attest,
+    SigningKey,
+    Topics,
+    event_json,
+    guide_json,
+    ha_discovery,
+    health_json,
+    presence,
+    state_json,
+)
 from .guidance import Guidance
-from .messages import Topics, attest_payload, event_json, guide_json, ha_discovery, state_json
 from .ports import Publisher
-from .signing import SigningKey, sign
 from .status import HealthDoc
+from .vocab import Presence, State
 
 HA_STATUS_TOPIC_SUFFIX = "/status"
 DISCOVERY_MIN_INTERVAL_S = 2.0  # Home Assistant's "online" re-sends discovery at most this often
@@ -40,7 +49,7 @@ class Announcer:
         p.subscribe(self.topics.cmd_verify)
         if ha:
             p.subscribe(self.ha_status_topic)
-        p.publish(self.topics.status, b"online", qos=1, retain=True)
+        p.publish(self.topics.status, presence(Presence.ONLINE), qos=1, retain=True)
         self.attest()
         self.state(*state)
         self.health(health)
@@ -49,9 +58,9 @@ class Announcer:
 
     def attest(self) -> None:
         key = self.key()
-        payload = attest_payload(dev=self.cfg.device_id, kid=key.kid, public=key.public,
-                                 version=__version__, models=self.models, boot=self.boot, iat=self.clock())
-        self.publisher.publish(self.topics.attest, sign(payload, key, self.topics.attest), qos=1, retain=True)
+        attest = Attest.of(key, dev=self.cfg.device_id, version=__version__, models=self.models, boot=self.boot,
+                           iat=self.clock())
+        self.publisher.publish(self.topics.attest, attest.sign(key, self.topics.attest), qos=1, retain=True)
 
     def discovery(self) -> None:
         self._discovery_at = time.monotonic()
@@ -60,7 +69,7 @@ class Announcer:
 
     def ha_message(self, payload: bytes) -> None:
         """Home Assistant's status (paho's thread): "online" asks for discovery again."""
-        if payload == b"online":
+        if payload == presence(Presence.ONLINE):
             self._ha_online.set()
 
     def discovery_if_asked(self) -> None:
@@ -77,11 +86,11 @@ class Announcer:
         self.publisher.publish(self.topics.guide, guide_json(guidance.as_dict()), qos=0)
 
     def health(self, doc: HealthDoc) -> None:
-        self.publisher.publish(self.topics.health, json.dumps(doc).encode(), qos=0, retain=True)
+        self.publisher.publish(self.topics.health, health_json(doc), qos=0, retain=True)
 
     def event(self, session: str | None, request_id: str | None, decision: str) -> None:
         self.publisher.publish(self.topics.event, event_json(session, request_id, decision, self.clock()), qos=0)
 
     def stopped(self) -> None:
         """Last words on a clean stop: stopped and idle (retained), then disconnect."""
-        self.publisher.stop([(self.topics.status, b"stopped"), (self.topics.state, state_json("idle"))])
+        self.publisher.stop([(self.topics.status, presence(Presence.STOPPED)), (self.topics.state, state_json(State.IDLE))])

@@ -27,13 +27,13 @@ from . import config as config_mod
 from .admission import Gate, Intake, Request, trusted_keys
 from .announce import Announcer
 from .config import Config
+from .contract import Topics, presence
 from .delivery import Delivery
 from .errors import FacegateError
 from .events import Ready, Sink
 from .feed import FrameFeed
 from .kiosk import Kiosk
 from .liveness.check import LivenessPlan
-from .messages import Topics
 from .outbox import Outbox, OutboxError, lock_state_dir, private_dir
 from .pipeline import Verifier
 from .ports import Camera, Clock, Inbound, Indicators, Publisher
@@ -46,7 +46,7 @@ from .sinks.statusfile import StatusFileSink
 from .sinks.systemd import SystemdSink
 from .status import BrokerDoc, Health, HealthDoc, KeyDoc, StateDoc, StatusDoc
 from .types import Frame
-from .vocab import Failure
+from .vocab import Failure, Presence
 
 log = logging.getLogger("facegate.daemon")
 
@@ -110,7 +110,7 @@ class Daemon:
     def handle_inbound(self, msg: Inbound) -> None:
         """One message, start to end, on the calling thread (the demo; tests)."""
         if msg.topic == self.announce.ha_status_topic:
-            if msg.payload == b"online":
+            if msg.payload == presence(Presence.ONLINE):
                 self.announce.discovery()
         else:
             self.intake.handle(msg)
@@ -319,7 +319,7 @@ def build(cfg: Config, config_path: str | None = None, clock: Clock | None = Non
     if publisher is None:
         publisher = NullPublisher() if not cfg.mqtt.enabled else PahoPublisher(
             cfg.mqtt, cfg.mqtt.client_id or f"facegate-{cfg.device_id}",
-            will=(Topics.of(cfg.mqtt.prefix, cfg.device_id).status, b"offline"),
+            will=(Topics.of(cfg.mqtt.prefix, cfg.device_id).status, presence(Presence.OFFLINE)),
             max_payload_bytes=cfg.daemon.max_command_bytes)
     return Daemon(cfg, verifier=verifier, liveness=liveness, camera=ReopeningCamera.from_config(cfg.camera),
                   open_camera=lambda: open_camera(cfg.camera), publisher=publisher,

@@ -45,14 +45,14 @@ import numpy as np
 from . import daemon as daemon_mod
 from . import modelstore
 from .config import Config, ScreenConfig
+from .contract import Command, Result, SignatureError, SigningKey, public_from_hex
 from .errors import FacegateError, InputError
 from .events import Event, Ready, StateChanged
 from .guidance import Guidance
 from .imageio import decode_image
-from .messages import verify_command
 from .ports import Inbound
 from .screen.strings import hint_key, text
-from .signing import SignatureError, SigningKey, key_path, load_key, public_from_hex, sign, verify
+from .signing import key_path, load_key
 from .vocab import LivenessMode, LivenessReason, State, Step, Verdict
 
 LIVENESS_MODES = tuple(LivenessMode)
@@ -105,12 +105,13 @@ class DemoRun:
 
 @dataclass(frozen=True)
 class DemoResult:
-    """A verified result. payload: the decoded CBOR map; message: the signed COSE_Sign1
+    """A verified result. result: the typed result; payload: its CBOR map (for display); message: the signed COSE_Sign1
     bytes as stored in the outbox; topic: the topic they are signed for (external AAD);
     kid / public_key: the device key (8 / 32 raw bytes); timings_s: build, ready (daemon
     start to first frame), session (command to signed result), total; saved: the message
     written to a file for `facegate verify-result`."""
 
+    result: Result
     payload: dict
     message: bytes
     topic: str
@@ -387,9 +388,9 @@ class _Narrator:
                      "and storing the result in the outbox")
 
 
-def explain(payload: dict) -> str:
-    """One sentence on what a result payload says (decisions only: no scores are published)."""
-    d, r, lv = payload.get("decision"), payload.get("reason"), payload.get("liveness") or {}
+def explain(result: Result) -> str:
+    """One sentence on what a result says (decisions only: no scores are published)."""
+    d, r, lv = result.decision, result.reason, result.liveness
     checks = []
     if "steps" in lv:
         checks.append(f"challenge {','.join(lv['steps'])} {'passed' if lv.get('active_pass') else 'NOT passed'}")
@@ -472,8 +473,7 @@ def run_demo(video: Path, reference: Path, workdir: Path, liveness: str, challen
                 time.sleep(0.1)
         start_seq = d.outbox.last_seq
         rid = uuid.uuid4().hex
-        cmd = verify_command(ref_bytes, time.time(), COMMAND_LIFETIME_S, rid, challenge)
-        message = sign(cmd, backend, topics.cmd_verify)
+        message = Command.new(ref_bytes, time.time(), COMMAND_LIFETIME_S, rid, challenge).sign(backend, topics.cmd_verify)
         if note:
             on_progress(note)
         on_progress(f"backend: verify command {rid} ({len(message)} bytes COSE_Sign1, signed by throw-away "
@@ -489,11 +489,11 @@ def run_demo(video: Path, reference: Path, workdir: Path, liveness: str, challen
                 if row.seq <= start_seq or row.topic != topics.result:
                     continue
                 try:
-                    v = verify(row.message, public_from_hex(device_public.hex()), topics.result)
+                    r, v = Result.verify(row.message, public_from_hex(device_public.hex()), topics.result)
                 except SignatureError as exc:
                     raise DemoError(f"result seq {row.seq} does NOT verify: {exc}") from None
-                if v.payload.get("request_id") == rid:
-                    found = (row, v)
+                if r.request_id == rid:
+                    found = (row, r, v)
                     break
             if found is None:
                 if not thread.is_alive():
@@ -506,7 +506,7 @@ def run_demo(video: Path, reference: Path, workdir: Path, liveness: str, challen
                 time.sleep(0.02)
         t_result = time.monotonic()
         drain()
-        row, v = found
+        row, result, v = found
         on_progress(f"result: seq {row.seq} in the outbox ({len(row.message)} bytes COSE_Sign1 for {row.topic}); "
                     "taken as delivered")
         d.outbox.delivered(row.seq, row.topic)  # the demo is its consumer: keep the outbox empty
@@ -523,7 +523,8 @@ def run_demo(video: Path, reference: Path, workdir: Path, liveness: str, challen
     saved = workdir / f"result-{liveness}.cose"
     saved.write_bytes(row.message)
     t_end = time.monotonic()
-    return DemoResult(payload=v.payload, message=row.message, topic=row.topic, kid=v.kid, public_key=device_public,
-                      request_id=rid, challenge=challenge, explanation=explain(v.payload), saved=saved,
+    return DemoResult(result=result, payload=v.payload, message=row.message, topic=row.topic, kid=v.kid,
+                      public_key=device_public, request_id=rid, challenge=challenge, explanation=explain(result),
+                      saved=saved,
                       timings_s={"build": round(t_built - t0, 2), "ready": round(t_ready - t_built, 2),
                                  "session": round(t_result - t_cmd, 2), "total": round(t_end - t0, 2)})

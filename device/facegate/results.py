@@ -1,4 +1,4 @@
-"""Signed results: each decision becomes a result payload (messages.result_payload), signed
+"""Signed results: each decision becomes a contract `Result` (contract/result.py), signed
 as COSE_Sign1 for the topic it goes to (R/result, and the command's response topic when
 it has a valid one) and stored in the outbox through Delivery, which publishes it."""
 from __future__ import annotations
@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .config import Config
+from .contract import Result, SigningKey, Topics, policy_hash
 from .delivery import Delivery
-from .messages import Topics, policy_hash, result_payload
 from .policy import MatchPolicy
-from .signing import SigningKey, sign
 
 
 def decision_policy(cfg: Config, match: MatchPolicy) -> str:
@@ -41,13 +40,13 @@ class Results:
         seq, or None while it is held in memory until the disk has room."""
         def make(seq: int) -> list[tuple[str, bytes, bytes | None]]:
             key = self.key()
-            payload = result_payload(dev=self.dev, boot=self.boot, seq=seq, iat=self.clock(), session=session,
-                                     request_id=request_id, nonce=nonce, decision=decision, reason=reason,
-                                     liveness=liveness or {}, quality=quality or {}, models=self.models,
-                                     policy=self.policy, detail=detail)
-            rows: list[tuple[str, bytes, bytes | None]] = [(self.topics.result, sign(payload, key, self.topics.result),
+            result = Result.of(dev=self.dev, boot=self.boot, seq=seq, iat=self.clock(), session=session,
+                               request_id=request_id, nonce=nonce, decision=decision, reason=reason,
+                               liveness=liveness or {}, quality=quality or {}, models=self.models,
+                               policy=self.policy, detail=detail)
+            rows: list[tuple[str, bytes, bytes | None]] = [(self.topics.result, result.sign(key, self.topics.result),
                                                             None)]
             if response_topic and response_topic != self.topics.result:
-                rows.append((response_topic, sign(payload, key, response_topic), correlation))
+                rows.append((response_topic, result.sign(key, response_topic), correlation))
             return rows
         return self.delivery.store(make)

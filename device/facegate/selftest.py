@@ -30,8 +30,8 @@ import numpy as np
 
 from . import kat, modelstore
 from .config import Config
+from .contract import Topics
 from .errors import FacegateError
-from .messages import Topics
 from .pipeline import model_plan
 from .signing import key_path
 

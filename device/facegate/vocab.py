@@ -42,6 +42,15 @@ class State(StrEnum):
     DECIDING = "deciding"
 
 
+class Presence(StrEnum):
+    """R/status (retained): said on every (re)connect, by the broker as the last will, and
+    on a clean stop."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+    STOPPED = "stopped"
+
+
 class Step(StrEnum):
     """A step of the active challenge."""
 

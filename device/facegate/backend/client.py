@@ -16,21 +16,19 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import cbor2
-
+from ..contract import Command, Result, SignatureError, SigningKey, Topics
+from ..contract.cose import unverified_kid
 from ..errors import FacegateError
 from ..imageio import header_size
-from ..messages import Topics, verify_command
-from ..signing import SignatureError, SigningKey, load_key, sign, verify
+from ..signing import load_key
 from ..vocab import Verdict
 from .config import BackendConfig
 from .mqtt import BrokerClient, Message
 from .registry import Registry
 from .store import Store
-from .trust import payload_problem
 
 
 class ClientError(FacegateError):
@@ -60,8 +58,9 @@ class VerifyTimeout(ClientError):
 
 @dataclass(frozen=True)
 class VerifiedResult:
-    """A terminal's answer that passed every check. message: the signed bytes as received
-    (proof for later), topic: the topic they are signed for."""
+    """A terminal's answer that passed every check: the typed result's fields, and
+    message: the signed bytes as received (proof for later), topic: the topic they are
+    signed for."""
 
     device: str
     decision: str
@@ -79,6 +78,12 @@ class VerifiedResult:
     topic: str
     message: bytes
     detail: str = ""  # a rejected command's what-is-wrong, as the terminal signed it
+    result: Result | None = field(default=None, repr=False)  # the typed result whole (every field, a new one too)
+
+    @classmethod
+    def of(cls, r: Result, kid: bytes, topic: str, message: bytes) -> VerifiedResult:
+        return cls(r.dev, r.decision, r.reason, r.request_id or "", r.session, r.seq, float(r.iat), r.boot,
+                   r.liveness, r.quality, r.models, r.policy, kid.hex(), topic, message, r.detail, r)
 
     def payload(self) -> dict:
         return {"dev": self.device, "decision": self.decision, "reason": self.reason, "request_id": self.request_id,
@@ -171,8 +176,8 @@ class BackendClient:
         self._check_reference(reference)
         topics = Topics.of(self.cfg.mqtt.prefix, device)
         now = time.time()
-        cmd = verify_command(reference, now, min(self.cfg.command_lifetime_s, timeout_s + 30), request_id, challenge)
-        signed = sign(cmd, self.key, topics.cmd_verify)
+        cmd = Command.new(reference, now, min(self.cfg.command_lifetime_s, timeout_s + 30), request_id, challenge)
+        signed = cmd.sign(self.key, topics.cmd_verify)
         if len(signed) > self.cfg.max_command_bytes:
             raise ReferenceRefused(f"the command would be {len(signed):,} bytes, over the terminals' limit of "
                                    f"{self.cfg.max_command_bytes:,} (daemon.max_command_bytes; the broker would drop it "
@@ -184,7 +189,7 @@ class BackendClient:
                 broker.subscribe(topics.status, 1)
                 self._watched.add(device)
         corr = os.urandom(16)
-        wait = _Wait(device, cmd["request_id"], queue.Queue())
+        wait = _Wait(device, cmd.request_id, queue.Queue())
         with self._lock:
             self._waits[corr] = wait
         refused: list[str] = []
@@ -208,7 +213,7 @@ class BackendClient:
         finally:
             with self._lock:
                 self._waits.pop(corr, None)
-        raise VerifyTimeout(device, cmd["request_id"], timeout_s, refused, self._why_silent(device, refused))
+        raise VerifyTimeout(device, cmd.request_id, timeout_s, refused, self._why_silent(device, refused))
 
     def _check_reference(self, reference: bytes) -> None:
         """A reference over the terminals' limits is refused here, with its size (the
@@ -254,43 +259,28 @@ class BackendClient:
                 f"{self.key.kid.hex()}): its mqtt.trusted_keys must hold {self.key.public.hex()} "
                 "(on the terminal: 'facegate status' counts such commands as 'ignored: unknown_key')")
 
-    def _check(self, msg: Message, device: str, keys: dict, cmd: dict, sent: float
+    def _check(self, msg: Message, device: str, keys: dict, cmd: Command, sent: float
                ) -> tuple[VerifiedResult | None, str | None]:
         """(result, None) for a good answer; (None, reason) for a refused one; (None, None)
         for another request's result on the device's R/result."""
         try:
-            v = verify(msg.payload, keys, msg.topic)
+            r, v = Result.verify(msg.payload, keys, msg.topic)
         except SignatureError as exc:
-            if str(exc) == "unknown_key" and (kid := _kid_of(msg.payload)):
-                return None, f"unknown_key {kid}"
+            if str(exc) == "unknown_key" and (kid := unverified_kid(msg.payload)):
+                return None, f"unknown_key {kid.hex()}"
             return None, str(exc)
-        p = v.payload
-        if payload_problem(p):
-            return None, "bad_payload"
-        if p["dev"] != device:
+        if r.dev != device:
             return None, "wrong_device"
-        if p.get("request_id") != cmd["request_id"]:
+        if r.request_id != cmd.request_id:
             return None, None if msg.topic != self.reply_topic else "wrong_request_id"
-        if p.get("nonce") != cmd["nonce"]:
+        if r.nonce != cmd.nonce:
             return None, "wrong_nonce"
         skew = self.cfg.clock_skew_s
-        if not (int(sent) - skew <= p["iat"] <= time.time() + skew):
+        if not (int(sent) - skew <= r.iat <= time.time() + skew):
             return None, "stale"
-        if not self.store.advance_client_seq(device, p["seq"]):
+        if not self.store.advance_client_seq(device, r.seq):
             return None, "replayed_seq"
-        return VerifiedResult(device, p["decision"], p.get("reason"), p["request_id"], p.get("session"), p["seq"],
-                              float(p["iat"]), p.get("boot"), p.get("liveness") or {}, p.get("quality") or {},
-                              p.get("models") or {}, p.get("policy"), v.kid.hex(), msg.topic, msg.payload,
-                              p["detail"] if isinstance(p.get("detail"), str) else ""), None
-
-
-def _kid_of(message: bytes) -> str | None:
-    """The kid in a COSE_Sign1 message's protected header (not verified), as hex."""
-    try:
-        kid = cbor2.loads(cbor2.loads(message).value[0]).get(4)
-        return kid.hex() if isinstance(kid, bytes) else None
-    except Exception:  # garbage: no kid to name
-        return None
+        return VerifiedResult.of(r, v.kid, msg.topic, msg.payload), None
 
 
 def _reference_detail(reference: bytes) -> str:

@@ -16,9 +16,9 @@ and the worker's fleet gauges (counts only: no per-device label reaches the metr
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
+from ..contract import HealthReport, MalformedMessage
 from .store import Store
 
 STATES = ("online", "stale", "offline", "stopped", "unknown")
@@ -56,11 +56,11 @@ class Fleet:
 
 def _problems(health: str | None, depth: int | None) -> tuple[str, ...]:
     try:
-        h = json.loads(health) if health else {}
-    except ValueError:
-        h = {}
-    h = h if isinstance(h, dict) else {}
-    found = [problem for field, problem in _FLAGS if h.get(field) is False]
+        text = health.encode() if health else b""  # what the worker stored: checked once, any length now
+        flags = [HealthReport.parse(text, len(text)).flag(field) for field, _ in _FLAGS] if text else []
+    except MalformedMessage:
+        flags = []
+    found = [problem for (_, problem), flag in zip(_FLAGS, flags) if flag is False]
     if depth is not None and depth < 0:
         found.append("outbox_unreadable")
     return tuple(found)

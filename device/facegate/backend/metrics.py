@@ -79,7 +79,7 @@ class NoMetrics:
 
 class WorkerMetrics(NoMetrics):
     def __init__(self, cfg: BackendConfig, worker: Any = None):
-        from ..messages import DECISIONS as _DECISIONS
+        from ..contract import DECISIONS as _DECISIONS
         from .trust import QUARANTINE_REASONS
 
         DECISIONS = tuple(str(d) for d in _DECISIONS)

@@ -11,8 +11,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from ..contract import kid_of
 from ..errors import FacegateError
-from ..signing import kid_of
 from .store import KeyRow, Store
 from .trust import DEVICE_ID, Attestation, Keyring
 

@@ -20,6 +20,7 @@ psycopg.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..contract import Result
 from ..errors import FacegateError
 from .config import StoreConfig
 
@@ -104,6 +106,22 @@ class ResultRow:
     received_at: float
     stored_at: float
     worker: str | None
+
+    @classmethod
+    def of(cls, r: Result, *, dev: str, kid: str, topic: str, message: bytes, received_at: float, stored_at: float,
+           worker: str | None) -> ResultRow:
+        """The audit row of a verified result (its maps as JSON text). A result field
+        without a column of its own is still kept: in `message`, the signed bytes."""
+        return cls(dev=dev, seq=r.seq, kid=kid, boot=r.boot, iat=float(r.iat), session=r.session,
+                   request_id=r.request_id, decision=r.decision, reason=r.reason, liveness=json_text(r.liveness),
+                   quality=json_text(r.quality), models=json_text(r.models), policy=r.policy, topic=topic,
+                   message=message, received_at=received_at, stored_at=stored_at, worker=worker)
+
+
+def json_text(d: object) -> str:
+    """A terminal's map as the JSON text a column holds (keys sorted, bytes as hex; not a map: {})."""
+    return json.dumps(d if isinstance(d, dict) else {}, sort_keys=True, default=lambda o: o.hex()
+                      if isinstance(o, bytes) else str(o))
 
 
 RESULT_COLUMNS = tuple(ResultRow.__dataclass_fields__)

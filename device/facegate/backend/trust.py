@@ -1,21 +1,23 @@
 """Which signed messages the backend believes: results by an approved key of the device
 whose topic they arrived on, attestations signed by the key they announce. Pure functions
-over a `Keyring` snapshot (no I/O)."""
+over a `Keyring` snapshot (no I/O); the messages themselves (their form, checks and
+signatures) are the contract room's: a believed result is a typed `contract.Result`."""
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..messages import DECISIONS, RESULT_VERSION, Topics
-from ..signing import SignatureError, kid_of, verify
+from ..contract import Attest, MalformedMessage, Result, SignatureError, Topics, topic_device, verify
+from ..contract.cose import unverified_field
+from ..contract.topics import DEVICE_ID
 from . import limits
 from .store import KeyRow
 
-DEVICE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # a terminal's device_id (its topic level and broker user)
+__all__ = ["DEVICE_ID", "QUARANTINE_REASONS", "TRUSTED_STATES", "Attestation", "Keyring", "Verdict", "check_attest",
+           "check_result", "topic_device"]
+Attestation = Attest  # the backend's name for a verified R/attest
 TRUSTED_STATES = ("active", "retired")  # retired: replaced by an approved rotation
 # why a result is quarantined (the words stored in quarantine.reason)
 QUARANTINE_REASONS = ("wrong_topic", "not_cose", "bad_header", "bad_payload", "bad_signature", "unknown_device",
@@ -54,45 +56,20 @@ class Keyring:
 
 @dataclass(frozen=True)
 class Verdict:
-    """accepted: the payload is the device's own, stored as-is; else `reason` says why not.
+    """accepted: the result is the device's own, stored as-is; else `reason` says why not.
     dev: from the topic (None when the topic is not a result topic)."""
 
     accepted: bool
     dev: str | None
     reason: str | None = None
     kid: bytes | None = None
-    payload: dict | None = None
+    result: Result | None = None
     retired: bool = False  # accepted under a retired key: stored, but never the device's newest result
 
 
-def topic_device(topic: str, prefix: str, leaf: str) -> str | None:
-    """`dev` of a topic {prefix}/{dev}/{leaf}, else None."""
-    head = prefix.rstrip("/") + "/"
-    if not topic.startswith(head) or not topic.endswith("/" + leaf):
-        return None
-    dev = topic[len(head): -len(leaf) - 1]
-    return dev if DEVICE_ID.fullmatch(dev) else None
-
-
-def payload_problem(p: dict) -> str | None:
-    """None when a verified result payload has the contract's shape and every field fits
-    its column (limits: 63-bit seq, finite iat, bounded NUL-free strings, bounded maps),
-    else 'bad_payload'."""
-    ok = (p.get("v") == RESULT_VERSION and limits.text(p.get("dev"), 64)
-          and limits.int63(p.get("seq")) and p["seq"] >= 0
-          and p.get("decision") in DECISIONS and limits.number(p.get("iat"))
-          and all(limits.opt_text(p.get(k)) for k in ("reason", "request_id", "session", "boot", "policy"))
-          and all(isinstance(p.get(k, {}), dict) and limits.tree_problem(p.get(k, {})) is None
-                  for k in ("liveness", "quality", "models")))
-    return None if ok else "bad_payload"
-
-
 def _unverified_dev(message: bytes) -> str | None:
-    try:
-        dev = cbor2.loads(cbor2.loads(message).value[2]).get("dev")
-        return dev if isinstance(dev, str) and "/" not in dev and dev else None
-    except Exception:  # garbage: nothing to learn from it
-        return None
+    dev = unverified_field(message, "dev")
+    return dev if isinstance(dev, str) and "/" not in dev and dev else None
 
 
 def check_result(message: bytes, topic: str, prefix: str, ring: Keyring) -> Verdict:
@@ -124,51 +101,22 @@ def check_result(message: bytes, topic: str, prefix: str, ring: Keyring) -> Verd
         if "pending" in states:
             return Verdict(False, dev, "unapproved_key", v.kid)
         return Verdict(False, dev, "wrong_device", v.kid)  # another device's key signed for this topic
-    problem = payload_problem(v.payload)
-    if problem:
-        return Verdict(False, dev, problem, v.kid)
-    if v.payload["dev"] != dev:
+    try:
+        result = Result.of_map(v.payload)
+    except MalformedMessage as exc:
+        return Verdict(False, dev, str(exc), v.kid)
+    if result.dev != dev:
         return Verdict(False, dev, "wrong_device", v.kid)
     if "active" not in states:  # retired: only what it signed before the rotation (seq <= its max_seq)
         bound = min((r.max_seq for r in mine if r.state == "retired" and r.max_seq is not None), default=None)
-        if bound is not None and v.payload["seq"] > bound:
+        if bound is not None and result.seq > bound:
             return Verdict(False, dev, "retired_key", v.kid)
-        return Verdict(True, dev, None, v.kid, v.payload, retired=True)
-    return Verdict(True, dev, None, v.kid, v.payload)
+        return Verdict(True, dev, None, v.kid, result, retired=True)
+    return Verdict(True, dev, None, v.kid, result)
 
 
-@dataclass(frozen=True)
-class Attestation:
-    """A terminal's R/attest, verified with the key it announces (proof of possession, not
-    of trust: an approval makes the key trusted)."""
-
-    dev: str
-    pub: bytes
-    kid: bytes
-    sw: str | None
-    boot: str | None
-    models: dict
-    iat: float | None
-
-
-def check_attest(message: bytes, topic: str, prefix: str) -> Attestation | None:
+def check_attest(message: bytes, topic: str, prefix: str) -> Attest | None:
     """The attestation on {prefix}/{dev}/attest, or None when it is malformed, not signed
-    by the key inside it, or names another device."""
+    by the key inside it, or names another device (contract.Attest.verify)."""
     dev = topic_device(topic, prefix, "attest")
-    if dev is None:
-        return None
-    try:
-        body = cbor2.loads(cbor2.loads(message).value[2])
-        pub = body["pub"]
-        key = Ed25519PublicKey.from_public_bytes(pub)
-        v = verify(message, key, topic)
-    except Exception:  # anything malformed or forged is simply not an attestation
-        return None
-    p = v.payload
-    if p.get("dev") != dev or p.get("kid") != kid_of(pub):
-        return None
-    sw, boot, iat, models = p.get("sw"), p.get("boot"), p.get("iat"), p.get("models")
-    if not (limits.opt_text(sw) and limits.opt_text(boot) and (iat is None or limits.number(iat))
-            and (models is None or (isinstance(models, dict) and limits.tree_problem(models) is None))):
-        return None  # a field that no column holds: not an attestation (the worker quarantines it)
-    return Attestation(dev, pub, kid_of(pub), sw, boot, models or {}, iat)
+    return None if dev is None else Attest.verify(message, topic, dev)

@@ -24,28 +24,29 @@ fails alone becomes a quarantine row `unstorable` (or, if even that fails, is co
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass
 
+from ..contract import HealthReport, MalformedMessage
+from ..vocab import Presence
 from . import limits
 from .config import BackendConfig
 from .metrics import NoMetrics
 from .mqtt import BrokerClient, BrokerError, Message
 from .probe import Probe
 from .registry import Registry
-from .store import ResultRow, Store, StoreError
-from .trust import Keyring, check_attest, check_result, topic_device
+from .store import ResultRow, Store, StoreError, json_text
+from .trust import Keyring, Verdict, check_attest, check_result, topic_device
 
 log = logging.getLogger(__name__)
 QUARANTINE_LOG_S = 60.0  # one log line per device and reason this often
 QUARANTINE_HINTS = {"revoked_key": " ({dev}'s key is revoked: 'facegate backend devices' shows it)",
                     "unapproved_key": " (a key of {dev} not yet approved: facegate backend devices approve {dev})",
                     "unknown_device": " (not enrolled: facegate backend devices enrol FILE --device {dev})"}
-STATUS_WORDS = ("online", "offline", "stopped")
+STATUS_WORDS = tuple(Presence)
 STATS_EVERY_S = 60.0  # the worker's counters in its log
 
 
@@ -67,11 +68,6 @@ class WorkerStats:
 def _outage(exc: BaseException) -> bool:
     """The database failed (retry later), as opposed to the message being unstorable."""
     return isinstance(exc, StoreError) and exc.outage
-
-
-def _json(d) -> str:
-    return json.dumps(d if isinstance(d, dict) else {}, sort_keys=True, default=lambda o: o.hex()
-                      if isinstance(o, bytes) else str(o))
 
 
 class Worker:
@@ -320,31 +316,29 @@ class Worker:
             log.warning("a result on %s quarantined: %s%s", m.topic, reason, QUARANTINE_HINTS.get(reason, "")
                         .format(dev=dev))
 
-    def _store_result(self, m: Message, v, now: float, counts: WorkerStats, ring: Keyring,
+    def _store_result(self, m: Message, v: Verdict, now: float, counts: WorkerStats, ring: Keyring,
                       devices: list[tuple[str, int, str | None]]) -> None:
         """The audit row (or a quarantine row); what it changes in `dev`'s devices row is
         appended to `devices`, for process() to write at the end."""
         if not v.accepted:
-            self._quarantine(m, v.dev, v.reason, now, counts)
+            self._quarantine(m, v.dev, v.reason or "bad_payload", now, counts)
             return
-        p = v.payload
-        row = ResultRow(dev=v.dev, seq=p["seq"], kid=v.kid.hex(), boot=p.get("boot"), iat=float(p["iat"]),
-                        session=p.get("session"), request_id=p.get("request_id"), decision=p["decision"],
-                        reason=p.get("reason"), liveness=_json(p.get("liveness")), quality=_json(p.get("quality")),
-                        models=_json(p.get("models")), policy=p.get("policy"), topic=m.topic, message=m.payload,
-                        received_at=m.t_received, stored_at=now, worker=self.name)
+        r = v.result
+        assert r is not None and v.dev is not None and v.kid is not None  # accepted: check_result filled them
+        row = ResultRow.of(r, dev=v.dev, kid=v.kid.hex(), topic=m.topic, message=m.payload, received_at=m.t_received,
+                           stored_at=now, worker=self.name)
         if self._db.insert_result(row):
             counts.stored += 1
-            self.metrics.stored(p["decision"], p["iat"])
+            self.metrics.stored(r.decision, r.iat)
             if v.retired:  # signed before a rotation: in the audit, never the device's newest
-                devices.append((v.dev, p["seq"], None))
+                devices.append((v.dev, r.seq, None))
                 return
-            devices.append((v.dev, p["seq"], p["decision"]))
-            if p["seq"] <= ring.retired_bound.get(v.dev, -1):
+            devices.append((v.dev, r.seq, r.decision))
+            if r.seq <= ring.retired_bound.get(v.dev, -1):
                 # the new key's first result: the retired key vouches for nothing from this seq on
-                self._db.cap_retired(v.dev, p["seq"])
+                self._db.cap_retired(v.dev, r.seq)
                 self._ring_stale = True
-        elif self._db.stored_message(v.dev, p["seq"]) == m.payload:
+        elif self._db.stored_message(v.dev, r.seq) == m.payload:
             counts.duplicates += 1  # at-least-once delivery: the same signed bytes again
         else:  # the device signed two different results with one seq: keep the first, show the second
             self._quarantine(m, v.dev, "conflicting_duplicate", now, counts)
@@ -359,12 +353,12 @@ class Worker:
             if word in STATUS_WORDS:
                 self._db.device_status(dev, word, now, seen=not m.retain)
         elif leaf == "health":
-            h, why = limits.parse_json_map(m.payload)
-            if h is None:
+            try:
+                health = HealthReport.parse(m.payload)
+            except MalformedMessage:
                 self._quarantine(m, dev, "bad_health", now, counts)
                 return
-            depth = h.get("outbox_depth")
-            self._db.device_health(dev, _json(h), depth if limits.int63(depth) else None, now)
+            self._db.device_health(dev, json_text(health.doc), health.outbox_depth, now)
         elif leaf == "attest":
             att = check_attest(m.payload, m.topic, self.prefix)
             if att is None:

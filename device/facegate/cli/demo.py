@@ -87,12 +87,12 @@ def _demo_backend(res, workdir: Path) -> None:
     db = workdir / "backend.db"
     store = Store.sqlite(db)
     try:
-        dev, prefix = res.payload["dev"], res.topic.rsplit("/", 2)[0]
+        dev, prefix = res.result.dev, res.topic.rsplit("/", 2)[0]
         if not any(k.state == "active" and k.pub == res.public_key for k in store.keys(dev)):
             Registry(store).enrol(dev, res.public_key, time.time(), replace=True)
         print(f"backend: {dev} enrolled (kid {res.kid.hex()}) in {db}")
-        print(f"backend: result seq {res.payload['seq']} {ingest(store, prefix, res.topic, res.message, 'demo')}"
-              f" (audit table 'results', key ({dev}, {res.payload['seq']}))")
+        print(f"backend: result seq {res.result.seq} {ingest(store, prefix, res.topic, res.message, 'demo')}"
+              f" (audit table 'results', key ({dev}, {res.result.seq}))")
         again = ingest(store, prefix, res.topic, res.message, "demo")
         copied = ingest(store, prefix, f"{prefix}/another-kiosk/result", res.message, "demo")
         print(f"backend: the same bytes again: {again}; copied to another-kiosk's topic: {copied}")

@@ -203,7 +203,7 @@ def cmd_status(args) -> int:
 def _load_pubkey(text: str):
     from cryptography.hazmat.primitives import serialization
 
-    from ..signing import SignatureError, public_from_hex
+    from ..contract import SignatureError, public_from_hex
 
     p = Path(text)
     data = p.read_bytes() if p.is_file() else text.encode()
@@ -222,8 +222,8 @@ def _load_pubkey(text: str):
 def cmd_sign_command(args) -> int:
     """What a backend sends: a signed verify command for one device (for tests and
     integration; pipe it to `mosquitto_pub -f`)."""
-    from ..messages import Topics, verify_command
-    from ..signing import load_key, sign
+    from ..contract import Command, Topics
+    from ..signing import load_key
 
     key = load_key(Path(args.key))
     try:
@@ -232,15 +232,16 @@ def cmd_sign_command(args) -> int:
         return _fail(f"cannot read {args.reference}: {exc.strerror}")
     topic = Topics.of(args.prefix, args.device).cmd_verify
     steps = None if args.challenge is None else [s for s in args.challenge.split(",") if s]
-    payload = verify_command(reference, time.time(), args.ttl, args.request_id, steps)
-    Path(args.out).write_bytes(sign(payload, key, topic))
-    print(json.dumps({"topic": topic, "request_id": payload["request_id"], "kid": key.kid.hex(), "out": args.out}))
+    command = Command.new(reference, time.time(), args.ttl, args.request_id, steps)
+    Path(args.out).write_bytes(command.sign(key, topic))
+    print(json.dumps({"topic": topic, "request_id": command.request_id, "kid": key.kid.hex(), "out": args.out}))
     return EXIT_OK
 
 
 def cmd_verify_result(args) -> int:
-    """The reference verifier for backends: check a saved COSE_Sign1 message."""
-    from ..signing import SignatureError, verify
+    """The reference verifier for backends: check a saved COSE_Sign1 message (any of the
+    contract's signed ones) and print its payload map as JSON."""
+    from ..contract import SignatureError, verify
 
     try:
         pub = _load_pubkey(args.pubkey)
