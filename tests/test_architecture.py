@@ -7,7 +7,9 @@ PKG = Path(__file__).resolve().parents[1] / "device" / "facegate"
 ADAPTER_ONLY = {"ai_edge_litert", "tflite_runtime", "paho", "gpiozero", "picamera2", "lgpio", "systemd"}
 # room -> rooms it must not import
 FORBIDDEN = {
-    "vocab": {"events", "guidance", "screen", "sinks", "types", "errors", "config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "messages", "signing", "outbox", "imageio", "modelstore", "admission", "kiosk", "announce", "results"},
+    # the plug-in families (camera sources, challenge steps, publishers): names -> factories, vocab only
+    "registry": {"events", "guidance", "screen", "sinks", "types", "errors", "config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "messages", "signing", "outbox", "imageio", "modelstore", "admission", "kiosk", "announce", "results"},
+    "vocab": {"registry", "events", "guidance", "screen", "sinks", "types", "errors", "config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "messages", "signing", "outbox", "imageio", "modelstore", "admission", "kiosk", "announce", "results"},
     "types": {"events", "guidance", "screen", "sinks", "config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
     "errors": {"events", "guidance", "screen", "sinks", "config", "ports", "vision", "liveness", "decide", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},
     "config": {"events", "guidance", "screen", "sinks", "vision", "liveness", "pipeline", "session", "adapters", "daemon", "demo", "cli", "selftest", "delivery", "feed", "kat", "admission", "kiosk", "announce", "results"},

@@ -12,7 +12,9 @@ import numpy as np
 
 from ..config import CameraConfig
 from ..errors import CameraError
+from ..registry import CAMERAS
 from ..types import Frame
+from ..vocab import CameraSource
 
 
 def parse_device(device: str) -> int | str:
@@ -24,6 +26,7 @@ def parse_device(device: str) -> int | str:
     return int(m.group(1)) if m else device
 
 
+@CAMERAS.register(CameraSource.V4L2)
 class OpenCVCamera:
     """A webcam: device path (/dev/video0, /dev/v4l/by-id/...) or index, opened at once.
 
@@ -67,6 +70,15 @@ class OpenCVCamera:
         self._cap.set(cv2.CAP_PROP_FPS, cfg.fps)
         self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a stale queue
         self._cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(cfg.frame_timeout_s * 1000))  # where supported
+
+    @classmethod
+    def from_config(cls, cfg: CameraConfig, override: str | None = None) -> OpenCVCamera:
+        """camera.source = "v4l2": cfg.device (or override: a path or an index)."""
+        return cls(cfg, device=override or None)
+
+    @staticmethod
+    def where(cfg: CameraConfig) -> str:
+        return cfg.device
 
     def __enter__(self) -> OpenCVCamera:
         return self
