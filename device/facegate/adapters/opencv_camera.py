@@ -37,7 +37,7 @@ class OpenCVCamera:
     """
 
     def __init__(self, cfg: CameraConfig, device: str | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, backend: int | None = None):
         self.cfg = cfg
         self.device = device if device is not None else cfg.device
         self._clock = clock
@@ -51,7 +51,8 @@ class OpenCVCamera:
             if not os.access(node, os.R_OK | os.W_OK):
                 raise CameraError(f"V4L2 device {node}: permission denied (is this user in the 'video' group?)")
         self.name = node
-        backend = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
+        if backend is None:  # another (cv2.CAP_FFMPEG): a video file through this path (the contract tests)
+            backend = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
         self._cap: cv2.VideoCapture | None
         try:
             # no open parameters: OpenCV's V4L2 backend refuses CAP_PROP_OPEN_TIMEOUT_MSEC
