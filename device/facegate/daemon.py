@@ -312,8 +312,9 @@ def build(cfg: Config, config_path: str | None = None, clock: Clock | None = Non
     store = ModelStore(cfg.models.dir or None)
     verifier = Verifier.from_store(store, vcfg, make_runner)
     liveness = build_liveness(store, cfg, make_runner, cfg.daemon.liveness)
-    models = loaded_models(store)  # verified, self-tested files, named by the manifest's sha256
-    for task, c in store.chosen.items():
+    chosen = {**verifier.chosen, **(liveness.chosen if liveness is not None else {})}
+    models = loaded_models(chosen)  # verified, self-tested files, named by the manifest's sha256
+    for task, c in chosen.items():
         (log.warning if c.refused else log.info)("model %s: %s (self-test %.0f ms)", task, c.why, c.kat_ms)
     if publisher is None:
         kind = PublisherKind.MQTT if cfg.mqtt.enabled else PublisherKind.NULL
@@ -323,4 +324,4 @@ def build(cfg: Config, config_path: str | None = None, clock: Clock | None = Non
                   open_camera=lambda: open_camera(cfg.camera), publisher=publisher,
                   indicators=open_indicators(cfg.gpio), notifier=SystemdNotifier(None if service else {}),
                   models=models, clock=clock or SystemClock(), config_path=config_path,
-                  model_selftest={t: c.as_dict() for t, c in store.chosen.items()}, sinks=sinks)
+                  model_selftest={t: c.as_dict() for t, c in chosen.items()}, sinks=sinks)

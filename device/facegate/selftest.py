@@ -130,14 +130,15 @@ def check_models(cfg: Config, make_runner: Callable | None = None) -> list[Check
         ok = sum(r.status == "ok" for r in results)
         return f"{ok} file(s) in {store.model_dir} match the manifest"
     checks = [_timed("models", verify_all)]
+    chosen: dict[str, modelstore.Choice] = {}  # task -> the variant kat.load took, and why
     for task, (precision, threads) in model_plan(cfg, cfg.daemon.liveness).items():
         def one(task=task, precision=precision, threads=threads):
-            runner, entry = kat.load(store, task, precision, make_runner, threads)  # ModelError: no variant passes
+            runner, c = kat.load(store, task, precision, make_runner, threads)  # ModelError: no variant passes
+            chosen[task] = c
             xs = [np.zeros(s.shape, s.dtype) for s in runner.inputs]
             t0 = time.perf_counter()
             runner.run(*xs)  # warmed up by the self-test
             run_ms = (time.perf_counter() - t0) * 1000
-            c = store.chosen[task]
             return f"{c.why}; self-test {c.kat_ms:.0f} ms, one run {run_ms:.1f} ms"
         checks.append(_timed(f"model {task}", one))
 
@@ -145,10 +146,10 @@ def check_models(cfg: Config, make_runner: Callable | None = None) -> list[Check
         from .policy import resolve
         from .vision.embed import Embedder
 
-        chosen = store.chosen.get("embed")
-        if chosen is None:
+        embed = chosen.get("embed")
+        if embed is None:
             return False, "no embedding model passed its self-test: no match policy"
-        return resolve(cfg.verify, chosen.entry.sha256, Embedder.METHOD).describe()
+        return resolve(cfg.verify, embed.entry.sha256, Embedder.METHOD).describe()
     checks.append(_timed("match policy", policy))
     return checks
 

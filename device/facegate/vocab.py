@@ -85,6 +85,14 @@ class LivenessMode(StrEnum):
         return self in (LivenessMode.ACTIVE, LivenessMode.BOTH)
 
 
+class RunningMode(StrEnum):
+    """How `pipeline.Verifier.verify` reads its probe (MediaPipe Tasks' running modes)."""
+
+    IMAGE = "image"  # one still image
+    VIDEO = "video"  # a file's frames, read to their end
+    LIVE_STREAM = "live_stream"  # a camera's frames, read until the decision is settled
+
+
 class ChallengeStatus(StrEnum):
     """Where an active challenge is (liveness.challenge.Challenge.status)."""
 

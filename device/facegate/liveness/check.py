@@ -123,6 +123,7 @@ class LivenessPlan:
     passive: PassiveLiveness | None = None
     eyes: EyeLids | None = None
     rng: random.Random = field(default_factory=random.SystemRandom)
+    chosen: dict = field(default_factory=dict)  # task -> modelstore.Choice of the models above
 
     def check(self, steps: list[str] | None, embed: Embed | None) -> LivenessCheck | None:
         """The LivenessCheck one session must pass: the passive models for the passive
