@@ -151,3 +151,16 @@ def test_the_cli_offers_every_registered_source():
     subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
     (src,) = [a for a in subs["snapshot"]._actions if "--source" in a.option_strings]
     assert list(src.choices) == registry.CAMERAS.names()
+
+
+def test_every_shipped_step_has_its_hint_and_its_prompt_in_every_language():
+    """What a new step touches besides its detector and registration: the person is told it
+    (vocab.Hint, the same word on R/guide) in every language of the kiosk page."""
+    from facegate.guidance import STEP_HINTS
+    from facegate.screen.strings import LANGUAGES, hint_key, table
+    from facegate.vocab import Hint
+
+    for step in registry.STEPS.keys():
+        assert Hint(step.value) in STEP_HINTS, step
+        for lang in LANGUAGES:
+            assert table()[lang].get(hint_key(step.value)), (step, lang)
