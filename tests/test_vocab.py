@@ -33,7 +33,7 @@ def _config_fields(name: str) -> list:
 
 
 def test_the_words_spelled_elsewhere_are_vocab_s():
-    """messages.DECISIONS / STATES / STEPS and challenge.STEPS are tuple(enum): comparing them
+    """messages.DECISIONS / STATES / STEPS are tuple(enum): comparing them
     with their enum cannot fail (issue 25), so they are not. The page the words are promised
     in, docs/contract.md, is read against the code both ways in tests/test_contract_doc.py."""
     modes = [a for a in _config_fields("liveness") if isinstance(a, type) and issubclass(a, StrEnum)]

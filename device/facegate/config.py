@@ -259,7 +259,8 @@ def unusable(cfg: Config, text: str, source: str) -> list[str]:
     if cfg.camera.source == CameraSource.FILE and not cfg.camera.path:
         ln = _line_of(text, ("camera", "path")) or _line_of(text, ("camera", "source"))
         out.append(f"{source}{':' + str(ln) if ln else ''}: camera.path: empty, and camera.source = \"file\" needs "
-                   "one (a video, image or folder of frames), or set source = \"v4l2\" / \"picamera2\"")
+                   "one (a video, image or folder of frames), or set source = "
+                   + " / ".join(f'"{n}"' for n in CAMERAS.names() if n != CameraSource.FILE))
     return out
 
 
