@@ -129,9 +129,13 @@ def test_a_qos1_publish_reaches_the_broker_and_is_acked_once(h):
 
 def test_a_subscribed_command_comes_in_as_an_inbound(h):
     h.pub.subscribe(CMD)
-    time.sleep(0.5)  # the SUBACK (the fake takes it at once)
-    h.send(CMD, b"cmd-1")
-    h.wait(lambda: h.inbound, what="the command")
+    deadline = time.monotonic() + 20
+    while not h.inbound:  # sent again until the subscription is in place (no SUBACK to wait for)
+        h.send(CMD, b"cmd-1")
+        try:
+            h.wait(lambda: h.inbound, min(1.0, max(deadline - time.monotonic(), 0.01)))
+        except TimeoutError:
+            assert time.monotonic() < deadline, "the command never came in"
     assert (h.inbound[0].topic, h.inbound[0].payload) == (CMD, b"cmd-1")
 
 
