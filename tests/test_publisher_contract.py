@@ -192,3 +192,18 @@ def test_stop_sends_the_last_words_retained_and_twice_is_harmless(h):
     time.sleep(0.3)
     assert h.seen(f"{OWN}/status") == [b"offline"]
     assert h.pub.publish(f"{OWN}/result", b"after", qos=1) is False
+
+
+def test_the_null_publisher_never_connects_and_sends_nothing():
+    """mqtt.enabled = false: the registered null member keeps the same calls harmless."""
+    from facegate.config import Config
+
+    pub = PUBLISHERS.get(PublisherKind.NULL).from_config(Config(), will=("x/status", b"offline"))
+    calls: list[str] = []
+    pub.start(lambda m: calls.append("msg"), lambda: calls.append("connect"), lambda: calls.append("disconnect"))
+    pub.subscribe(CMD)
+    acks: list[int] = []
+    assert pub.publish(f"{OWN}/result", b"r", qos=1, on_ack=lambda: acks.append(1)) is False
+    pub.stop([(f"{OWN}/status", b"offline")])
+    pub.stop()
+    assert not pub.connected and calls == [] and acks == []
