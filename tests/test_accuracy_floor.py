@@ -3,7 +3,7 @@ threshold between about 0.23 and 0.70, and nothing failed if the embedding or th
 degraded). Real models, the threshold in force (verify.target_fmr from
 models/calibration.toml: verifier.policy.threshold, 0.4266 for the int8 embedding), the
 first 60 same-person and the first 60 different-person pairs of fold 5 of
-../shared/data/lfw/pairs.txt, compared as the pipeline compares them (verify_image).
+../shared/data/lfw/pairs.txt, compared as the pipeline compares them (Verifier.verify, RunningMode.IMAGE).
 
 Measured (x86-64, int8 embedding, mirror-averaged, 2026-12-07):
   same person:      56 match, 2 no_match (similarity 0.302, 0.320), 2 no_face
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from facegate.imageio import read_image
+from facegate.vocab import RunningMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from lfw import read_pairs  # noqa: E402
@@ -45,7 +46,7 @@ def test_a_fixed_lfw_subset_keeps_its_accuracy_at_the_threshold_in_force(verifie
     def run(ps):
         out = []
         for p in ps:
-            d, _ = verifier.verify_image(read_image(p.a), read_image(p.b))
+            d, _ = verifier.verify(read_image(p.a), read_image(p.b), RunningMode.IMAGE)
             out.append((d.decision, d.similarity))
         return out
 

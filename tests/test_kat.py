@@ -15,6 +15,7 @@ from facegate import config as config_mod
 from facegate.adapters import litert
 from facegate.errors import ModelError
 from facegate.pipeline import Verifier, build_passive
+from facegate.vocab import RunningMode
 
 
 class GarbageRunner:
@@ -113,21 +114,20 @@ def test_auto_falls_back_to_the_next_variant_that_passes(model_dir, lfw):
     store = modelstore.ModelStore(model_dir)
     cfg = config_mod.Config()
     v = Verifier.from_store(store, cfg, garbage_for({"sface_int8.tflite"}))
-    c = store.chosen["embed"]
+    c = v.chosen["embed"]
     assert c.entry.variant == "fp32" and c.precision == "auto"
     assert len(c.refused) == 1 and c.refused[0].startswith("int8 refused: distinct inputs collapse"), c.refused
     assert "int8 refused" in c.why and "fp32" in c.why
     assert v.models["embed"] == c.entry.sha256
-    assert store.resolve("embed", "auto").variant == "fp32"
     # the fallback verifies for real: same person matches, different people do not
     a, b = (read_image(lfw / "Aaron_Sorkin" / f"Aaron_Sorkin_000{i}.jpg") for i in (1, 2))
     stranger = read_image(lfw / "Akhmed_Zakayev" / "Akhmed_Zakayev_0001.jpg")
-    assert v.verify_image(a, b)[0].decision == "match"
-    assert v.verify_image(a, stranger)[0].decision == "no_match"
+    assert v.verify(a, b, RunningMode.IMAGE)[0].decision == "match"
+    assert v.verify(a, stranger, RunningMode.IMAGE)[0].decision == "no_match"
     # PAD: int8 garbage, fp32 real
-    build_passive(store, cfg, garbage_for({"minifasnet_v2_s2.7_int8.tflite"}, "random"))
-    assert store.chosen["pad_v2"].entry.variant == "fp32"
-    assert store.chosen["pad_v1se"].entry.variant == "int8" and not store.chosen["pad_v1se"].refused
+    _, chosen = build_passive(store, cfg, garbage_for({"minifasnet_v2_s2.7_int8.tflite"}, "random"))
+    assert chosen["pad_v2"].entry.variant == "fp32"
+    assert chosen["pad_v1se"].entry.variant == "int8" and not chosen["pad_v1se"].refused
 
 
 def test_an_explicit_precision_that_fails_is_refused(model_dir):
@@ -211,9 +211,10 @@ def test_the_plan_names_what_is_loaded_by_the_self_tests_choice(model_dir, tmp_p
     cfg = config_mod.Config(models={"dir": str(model_dir)}, daemon={"liveness": "both"})
     store = modelstore.ModelStore(model_dir)
     runner = garbage_for({"sface_int8.tflite"})
-    Verifier.from_store(store, cfg, runner)
-    build_liveness(store, cfg, runner, "both")
-    models = loaded_models(store)
+    v = Verifier.from_store(store, cfg, runner)
+    plan = build_liveness(store, cfg, runner, "both")
+    assert plan is not None
+    models = loaded_models({**v.chosen, **plan.chosen})
     assert list(models) == list(model_plan(cfg, "both"))
     assert models["embed"] == _entry(store, "embed", "fp32").sha256
     assert models["iris"] == _entry(store, "iris", "fp32").sha256

@@ -13,7 +13,7 @@ from facegate.pipeline import Timings, build_passive
 
 @pytest.fixture(scope="module")
 def passive(model_dir):
-    return build_passive(ModelStore(model_dir), config_mod.Config(), make_runner)
+    return build_passive(ModelStore(model_dir), config_mod.Config(), make_runner)[0]
 
 
 def _score(verifier, passive, img):

@@ -10,10 +10,16 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
 from . import DECODER_MAX_PIXELS
 from .errors import ConfigError
+from .registry import CAMERAS, STEPS
+from .vocab import CameraSource, LivenessMode, Step
+
+# a name of a registered family member (registry.py): unknown -> "unknown camera.source 'x' (one of: ...)"
+RegisteredSource = Annotated[CameraSource, PlainValidator(CAMERAS.key)]
+RegisteredStep = Annotated[Step, PlainValidator(STEPS.key)]
 
 
 class _Section(BaseModel):
@@ -58,14 +64,14 @@ class LivenessConfig(_Section):
     passive_threshold: float = Field(0.5, ge=0, le=1, description="Median over frames of the mean MiniFASNet p(real) at or above which a face counts as live")
     passive_min_frames: int = Field(1, ge=1, description="Fewest scored frames for a passive verdict")
     challenge_length: int = Field(2, ge=0, le=6, description="Steps in a random active challenge")
-    challenge_steps: list[Literal["blink", "turn_left", "turn_right"]] = Field(
-        ["blink", "turn_left", "turn_right"], min_length=1, description="Steps a random challenge may draw from")
+    challenge_steps: list[RegisteredStep] = Field(
+        list(Step), min_length=1, description="Steps a random challenge may draw from")
     step_timeout_s: float = Field(6.0, gt=0, description="Time allowed for each challenge step, seconds of frame time")
     turn_min_deg: float = Field(25.0, gt=0, le=80, description="Smallest head turn away from the person's frontal pose, degrees")
 
 
 class CameraConfig(_Section):
-    source: Literal["file", "v4l2", "picamera2"] = Field("file", description="Frame source: a file (image, folder or video), a V4L2/USB webcam via OpenCV, or a Pi camera via picamera2")
+    source: RegisteredSource = Field(CameraSource.FILE, description="Frame source: a file (image, folder or video), a V4L2/USB webcam via OpenCV, or a Pi camera via picamera2")
     path: str = Field("", description="file: image, folder of images or video to play as the camera")
     device: str = Field("0", description="v4l2: device path (/dev/video0) or index (0)")
     width: int = Field(1280, ge=64, le=8192, description="Capture width in pixels (v4l2 / picamera2 main stream)")
@@ -167,7 +173,7 @@ class ScreenConfig(_Section):
 class DaemonConfig(_Section):
     state_dir: str = Field("/var/lib/facegate", description="Outbox, sequence counter, status file and (by default) the signing key")
     key_file: str = Field("", description="Ed25519 signing key (PEM, mode 0600); empty = the systemd credential 'signing.key' if present, else {state_dir}/signing.key; created on first start")
-    liveness: Literal["none", "passive", "active", "both"] = Field("both", description="Liveness every session must pass")
+    liveness: LivenessMode = Field(LivenessMode.BOTH, description="Liveness every session must pass")
     session_timeout_s: float = Field(30.0, gt=0, description="Longest verification session, seconds of frame time")
     health_interval_s: float = Field(30.0, gt=0, description="Period of the retained health message, seconds")
     command_max_age_s: float = Field(300.0, gt=0, description="Largest accepted exp - iat of a verify command, seconds")
@@ -250,10 +256,11 @@ def unusable(cfg: Config, text: str, source: str) -> list[str]:
     """What validates but cannot run, as `config check` reports it (the daemon's own start
     says the same later, at the worst time)."""
     out = []
-    if cfg.camera.source == "file" and not cfg.camera.path:
+    if cfg.camera.source == CameraSource.FILE and not cfg.camera.path:
         ln = _line_of(text, ("camera", "path")) or _line_of(text, ("camera", "source"))
         out.append(f"{source}{':' + str(ln) if ln else ''}: camera.path: empty, and camera.source = \"file\" needs "
-                   "one (a video, image or folder of frames), or set source = \"v4l2\" / \"picamera2\"")
+                   "one (a video, image or folder of frames), or set source = "
+                   + " / ".join(f'"{n}"' for n in CAMERAS.names() if n != CameraSource.FILE))
     return out
 
 

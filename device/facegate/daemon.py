@@ -37,6 +37,7 @@ from .liveness.check import LivenessPlan
 from .outbox import Outbox, OutboxError, lock_state_dir, private_dir
 from .pipeline import Verifier
 from .ports import Camera, Clock, Inbound, Indicators, Publisher
+from .registry import PUBLISHERS
 from .results import Results
 from .screen import KioskScreen
 from .signing import key_path, key_source, load_or_create_key
@@ -46,7 +47,7 @@ from .sinks.statusfile import StatusFileSink
 from .sinks.systemd import SystemdSink
 from .status import BrokerDoc, Health, HealthDoc, KeyDoc, StateDoc, StatusDoc
 from .types import Frame
-from .vocab import Failure, Presence
+from .vocab import Failure, Indicator, Presence, PublisherKind
 
 log = logging.getLogger("facegate.daemon")
 
@@ -172,7 +173,7 @@ class Daemon:
     def run(self) -> int:
         """Run until stopped; returns the process exit code."""
         self._state_lock = lock_state_dir(self.state_dir)  # raises StateDirBusy naming the running pid
-        self.indicators.show("busy")
+        self.indicators.show(Indicator.BUSY)
         try:
             self._write_status()  # `facegate status` sees a running daemon from its first second
             self.outbox.expire()
@@ -225,7 +226,7 @@ class Daemon:
             self.kiosk.preview(frame)  # between sessions: the idle feed
             if not self.ready:
                 self.ready = True
-                self.indicators.show("ready")
+                self.indicators.show(Indicator.READY)
                 self.notifier.ready(f"ready: {self.cfg.device_id}, kid {self.key.kid.hex()}")
                 self.kiosk.tell(Ready())  # the first report
                 log.info("ready")
@@ -302,8 +303,6 @@ def build(cfg: Config, config_path: str | None = None, clock: Clock | None = Non
     from .adapters.clock import SystemClock
     from .adapters.gpio import open_indicators
     from .adapters.litert import make_runner
-    from .adapters.mqtt import PahoPublisher
-    from .adapters.null_mqtt import NullPublisher
     from .adapters.systemd import SystemdNotifier
     from .modelstore import ModelStore
     from .pipeline import build_liveness, loaded_models
@@ -313,16 +312,16 @@ def build(cfg: Config, config_path: str | None = None, clock: Clock | None = Non
     store = ModelStore(cfg.models.dir or None)
     verifier = Verifier.from_store(store, vcfg, make_runner)
     liveness = build_liveness(store, cfg, make_runner, cfg.daemon.liveness)
-    models = loaded_models(store)  # verified, self-tested files, named by the manifest's sha256
-    for task, c in store.chosen.items():
+    chosen = {**verifier.chosen, **(liveness.chosen if liveness is not None else {})}
+    models = loaded_models(chosen)  # verified, self-tested files, named by the manifest's sha256
+    for task, c in chosen.items():
         (log.warning if c.refused else log.info)("model %s: %s (self-test %.0f ms)", task, c.why, c.kat_ms)
     if publisher is None:
-        publisher = NullPublisher() if not cfg.mqtt.enabled else PahoPublisher(
-            cfg.mqtt, cfg.mqtt.client_id or f"facegate-{cfg.device_id}",
-            will=(Topics.of(cfg.mqtt.prefix, cfg.device_id).status, presence(Presence.OFFLINE)),
-            max_payload_bytes=cfg.daemon.max_command_bytes)
+        kind = PublisherKind.MQTT if cfg.mqtt.enabled else PublisherKind.NULL
+        publisher = PUBLISHERS.get(kind).from_config(
+            cfg, will=(Topics.of(cfg.mqtt.prefix, cfg.device_id).status, presence(Presence.OFFLINE)))
     return Daemon(cfg, verifier=verifier, liveness=liveness, camera=ReopeningCamera.from_config(cfg.camera),
                   open_camera=lambda: open_camera(cfg.camera), publisher=publisher,
                   indicators=open_indicators(cfg.gpio), notifier=SystemdNotifier(None if service else {}),
                   models=models, clock=clock or SystemClock(), config_path=config_path,
-                  model_selftest={t: c.as_dict() for t, c in store.chosen.items()}, sinks=sinks)
+                  model_selftest={t: c.as_dict() for t, c in chosen.items()}, sinks=sinks)

@@ -376,11 +376,12 @@ def check(task: str, runner: Runner, entry: ModelEntry) -> KatResult:
 
 
 # -- loading: the fastest variant that passes here ----------------------------------------
-def load(store: ModelStore, task: str, precision: str, make_runner, num_threads: int) -> tuple[Runner, ModelEntry]:
+def load(store: ModelStore, task: str, precision: str, make_runner, num_threads: int) -> tuple[Runner, Choice]:
     """A runner of the model for (task, precision) that passed its known-answer test on this
     CPU: precision "auto" tries the installed variants fastest first and takes the first
-    that passes; an explicit precision is that variant or nothing. The choice and why are
-    kept in store.chosen[task]. Raises ModelError naming every variant's reason."""
+    that passes; an explicit precision is that variant or nothing. Returns the runner and
+    the choice (which file, and why); the store keeps only its self-test results. Raises
+    ModelError naming every variant's reason."""
     refused = []
     for entry in store.candidates(task, precision):
         path, entry = store.path(task, entry.variant)  # sha256 checked: a changed file is an error
@@ -400,10 +401,9 @@ def load(store: ModelStore, task: str, precision: str, make_runner, num_threads:
             how = "auto: the fastest installed variant that passes here" if precision == "auto" else "as configured"
             if refused:
                 how += f" ({'; '.join(refused)})"
-            store.chosen[task] = Choice(task, precision, entry, known.ms,
-                                        f"{entry.variant} {entry.file}, {how}; known answers: {known.detail}",
-                                        tuple(refused))
-            return runner, entry
+            return runner, Choice(task, precision, entry, known.ms,
+                                  f"{entry.variant} {entry.file}, {how}; known answers: {known.detail}",
+                                  tuple(refused))
         refused.append(f"{entry.variant} refused: {known.detail}")
     if not refused:
         raise ModelError(f"no {task} model installed in {store.model_dir}: run `facegate models fetch`")

@@ -239,15 +239,14 @@ class Choice:
 
 class ModelStore:
     """Resolves (task, precision) to a verified file in the model directory. self_tests:
-    the known-answer results of this process by (sha256, threads); chosen: the variant
-    loaded per task (both filled by facegate.kat.load)."""
+    the known-answer results of this process by (sha256, threads), filled by
+    facegate.kat.load (which returns its choice of variant to the caller)."""
 
     def __init__(self, model_dir: Path | str | None = None, manifest: list[ModelEntry] | None = None):
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
         self.manifest = manifest if manifest is not None else load_manifest()
         self._verified: dict[str, str] = {}
         self.self_tests: dict[tuple[str, int], Any] = {}  # kat.KatResult
-        self.chosen: dict[str, Choice] = {}
 
     @staticmethod
     def variant_of(sha256: str | None) -> str | None:
@@ -278,11 +277,8 @@ class ModelStore:
         return [entries[precision]]
 
     def resolve(self, task: str, precision: str = "auto") -> ModelEntry:
-        """The entry for (task, precision); "auto" is the variant loaded for the task when
-        one was (it passed its self-test), else the fastest installed one."""
-        chosen = self.chosen.get(task)
-        if precision == "auto" and chosen is not None and chosen.precision == "auto":
-            return chosen.entry
+        """The entry for (task, precision); "auto" is the fastest installed one (which
+        variant passes its self-test here is kat.load's answer)."""
         found = self.candidates(task, precision)
         if not found:
             raise ModelError(f"no {task} model installed in {self.model_dir}: run `facegate models fetch`")

@@ -20,7 +20,7 @@ from .config import Config, VerifyConfig
 from .liveness.challenge import EyeLids
 from .liveness.check import LivenessCheck, LivenessPlan
 from .liveness.passive import V1SE_SCALE, V2_SCALE, PassiveLiveness
-from .modelstore import ModelEntry, ModelStore
+from .modelstore import Choice, ModelStore
 from .policy import MatchPolicy
 from .policy import resolve as resolve_policy
 from .ports import Runner
@@ -32,7 +32,7 @@ from .vision.geometry import iou
 from .vision.mesh import FaceMesh, roi_from_detection
 from .vision.pad import PadModel
 from .vision.quality import measure
-from .vocab import FaceReason, LivenessMode
+from .vocab import FaceReason, LivenessMode, RunningMode
 
 RunnerFactory = Callable[[Path, int], Runner]
 
@@ -86,27 +86,30 @@ def model_plan(config: Config, liveness: str = LivenessMode.NONE) -> dict[str, t
     return plan
 
 
-def _load(store: ModelStore, config: Config, make_runner: RunnerFactory, task: str) -> tuple[Runner, ModelEntry]:
+def _load(store: ModelStore, config: Config, make_runner: RunnerFactory, task: str) -> tuple[Runner, Choice]:
     precision, threads = model_plan(config, LivenessMode.BOTH)[task]
     return kat.load(store, task, precision, make_runner, threads)
 
 
-def loaded_models(store: ModelStore) -> dict[str, str]:
-    """task -> sha256 of every model file loaded from `store` (the self-tests' choice of
-    variant): what the attestation, each result and the status file name."""
-    return {task: c.entry.sha256 for task, c in store.chosen.items()}
+def loaded_models(chosen: dict[str, Choice]) -> dict[str, str]:
+    """task -> sha256 of every model file loaded (the self-tests' choice of variant, as
+    Verifier.chosen and LivenessPlan.chosen return it): what the attestation, each result
+    and the status file name."""
+    return {task: c.entry.sha256 for task, c in chosen.items()}
 
 
-def build_passive(store: ModelStore, config: Config, make_runner: RunnerFactory) -> PassiveLiveness:
+def build_passive(store: ModelStore, config: Config,
+                  make_runner: RunnerFactory) -> tuple[PassiveLiveness, dict[str, Choice]]:
     """Both MiniFASNet models at the configured precision (verified files that passed their
-    known-answer self-test here: facegate.kat.load; raises ModelError)."""
-    return PassiveLiveness(PadModel(_load(store, config, make_runner, "pad_v2")[0], V2_SCALE),
-                           PadModel(_load(store, config, make_runner, "pad_v1se")[0], V1SE_SCALE))
+    known-answer self-test here: facegate.kat.load; raises ModelError), and the choices."""
+    (v2, c2), (v1, c1) = (_load(store, config, make_runner, t) for t in ("pad_v2", "pad_v1se"))
+    return PassiveLiveness(PadModel(v2, V2_SCALE), PadModel(v1, V1SE_SCALE)), {"pad_v2": c2, "pad_v1se": c1}
 
 
-def build_eyes(store: ModelStore, config: Config, make_runner: RunnerFactory) -> EyeLids:
+def build_eyes(store: ModelStore, config: Config, make_runner: RunnerFactory) -> tuple[EyeLids, dict[str, Choice]]:
     """The iris-landmark model whose eye contours follow the lids (blinks), self-tested."""
-    return EyeLids(_load(store, config, make_runner, "iris")[0])
+    runner, choice = _load(store, config, make_runner, "iris")
+    return EyeLids(runner), {"iris": choice}
 
 
 def build_liveness(store: ModelStore, config: Config, make_runner: RunnerFactory, mode: str,
@@ -116,9 +119,9 @@ def build_liveness(store: ModelStore, config: Config, make_runner: RunnerFactory
     m = LivenessMode(mode)
     if m == LivenessMode.NONE:
         return None
-    return LivenessPlan(m, config.liveness, build_passive(store, config, make_runner) if m.passive else None,
-                        build_eyes(store, config, make_runner) if m.active else None,
-                        rng or random.SystemRandom())
+    passive, c1 = build_passive(store, config, make_runner) if m.passive else (None, {})
+    eyes, c2 = build_eyes(store, config, make_runner) if m.active else (None, {})
+    return LivenessPlan(m, config.liveness, passive, eyes, rng or random.SystemRandom(), {**c1, **c2})
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ class Verifier:
         self.cfg = cfg
         self.models = models
         self.policy = policy
+        self.chosen: dict[str, Choice] = {}  # task -> the variant loaded and why (from_store)
         self.peer: Verifier | None = None  # a second lane: its own models, its own thread
         self._pool: ThreadPoolExecutor | None = None
 
@@ -177,10 +181,11 @@ class Verifier:
         calibration and the config sets no threshold of its own). The second lane's runners
         are more interpreters of the same files."""
         lanes, nt = lanes_and_threads(config)
-        runners, entries = {}, {}
+        runners, chosen = {}, {}
         for task in VERIFIER_TASKS:
-            runners[task], entries[task] = _load(store, config, make_runner, task)
-        models = {task: entry.sha256 for task, entry in entries.items()}
+            runners[task], chosen[task] = _load(store, config, make_runner, task)
+        entries = {task: c.entry for task, c in chosen.items()}
+        models = loaded_models(chosen)
         policy = resolve_policy(config.verify, models["embed"], Embedder.METHOD)
 
         def lane(r: dict) -> Verifier:
@@ -188,6 +193,7 @@ class Verifier:
                        FaceMesh(r["mesh"]), Embedder(r["embed"]), config.verify, models, policy)
 
         main = lane(runners)
+        main.chosen = chosen
         if lanes == 2:
             main.with_peer(lane({t: make_runner(store.model_dir / e.file, nt) for t, e in entries.items()}))
         return main
@@ -243,51 +249,68 @@ class Verifier:
         face = self.examine(image, det, t, len(dets))
         return Probe(face, face.reason)
 
-    # -- whole verifications ---------------------------------------------------------
-    def verify_image(self, reference: np.ndarray, probe: np.ndarray) -> tuple[Decision, dict]:
-        """Reference portrait vs one probe image -> (Decision, timings in ms)."""
+    # -- the one verification entry ---------------------------------------------------
+    def verify(self, reference: np.ndarray, probe: np.ndarray | Iterable[Frame],
+               mode: RunningMode = RunningMode.IMAGE, *, liveness: LivenessCheck | None = None,
+               on_frame: Callable[[Glimpse], None] | None = None,
+               on_work: Callable[[], None] | None = None) -> tuple[Decision, dict]:
+        """Reference portrait (HxWx3 uint8 BGR) vs the probe -> (Decision, ms per stage).
+
+        mode (MediaPipe Tasks' running modes): IMAGE: `probe` is one still image, decided on
+        its one face. VIDEO: `probe` is frames (a file's), read to their end (at most
+        verify.max_frames); LIVE_STREAM: frames of a camera, read until `fusion_frames` good
+        frames are kept and `liveness` is settled (or failed) -- a live camera never ends by
+        itself. With frames, one face is followed, its best frames' embeddings fused and
+        decided once; with `liveness`, a session that fails it is a spoof whatever the
+        similarity. on_frame(Glimpse) after every frame (what it showed, for guidance);
+        on_work() after each step of the work that follows the frames (the reference's
+        analysis, each fused embedding): the daemon's watchdog sees progress there too."""
+        mode = RunningMode(mode)
+        if (mode is RunningMode.IMAGE) != isinstance(probe, np.ndarray) or (mode is RunningMode.IMAGE and liveness):
+            raise ValueError(f"RunningMode.{mode.name} does not take a {type(probe).__name__} probe"
+                             f"{' with liveness' if liveness else ''}: one image is IMAGE (no liveness), "
+                             "frames are VIDEO or LIVE_STREAM")
         t = Timings()
         t_start = time.perf_counter()
         pending = self._analyze_reference(reference)
-        pr = self.analyze(probe, t=t)
-        ref, t_ref = pending()
-        t.merge(t_ref)
-        if ref.face is None or ref.reason:
-            d = Decision(decide.NO_FACE, f"reference_{ref.reason}", None,
-                         {"reference": ref.face.quality.as_dict()} if ref.face else {})
+        if isinstance(probe, np.ndarray):
+            seen: Probe | _Track = self.analyze(probe, t=t)
         else:
-            quality = {"reference": ref.face.quality.as_dict()}
-            if pr.face is not None:
-                quality["probe"] = pr.face.quality.as_dict()
-            if pr.face is None or pr.reason:
-                d = Decision(decide.NO_FACE, pr.reason, None, quality)
-            else:
-                d = decide.decide_match(cosine(ref.face.embedding, pr.face.embedding),
-                                        self.policy.threshold, quality, 1)
+            seen = self._follow(probe, t, liveness, mode is RunningMode.LIVE_STREAM, on_frame)
+        ref, t_ref = pending()
+        work = on_work or (lambda: None)
+        if isinstance(seen, _Track):
+            work()
+        t.merge(t_ref)
+        if ref.face is None or ref.reason:  # the portrait has no usable face: whatever the probe showed
+            # (a still image's result has always named the portrait's quality, a session's not)
+            keep = ref.face is not None and mode is RunningMode.IMAGE
+            d = Decision(decide.NO_FACE, f"reference_{ref.reason}", None,
+                         {"reference": ref.face.quality.as_dict()} if keep and ref.face else {})
+        elif isinstance(seen, Probe):
+            d = self._decide_image(ref.face, seen)
+        else:
+            d = self._decide_frames(ref.face, seen, liveness, t, work)
         t.add("total", t_start)
         return d, t.rounded()
 
-    def verify_frames(self, reference: np.ndarray, frames: Iterable[Frame],
-                      liveness: LivenessCheck | None = None, stop_early: bool = False,
-                      on_frame: Callable[[Glimpse], None] | None = None,
-                      on_work: Callable[[], None] | None = None) -> tuple[Decision, dict]:
-        """Reference vs live frames: follow one face, keep its best frames, fuse their
-        embeddings and decide once. With `liveness`, a session that fails it is a spoof
-        whatever the similarity. stop_early: stop reading frames once `fusion_frames`
-        good frames are kept and liveness is settled (a live camera never ends by
-        itself); on_frame(Glimpse) is called after every frame (what it showed, for guidance),
-        on_work() after each step of the work that follows the frames (the reference's
-        analysis, each fused embedding): the daemon's watchdog sees progress there too."""
-        t = Timings()
-        t_start = time.perf_counter()
-        pending = self._analyze_reference(reference)
-        best: list[tuple[float, FaceAnalysis]] = []
+    def _decide_image(self, ref: FaceAnalysis, pr: Probe) -> Decision:
+        quality = {"reference": ref.quality.as_dict()}
+        if pr.face is not None:
+            quality["probe"] = pr.face.quality.as_dict()
+        if pr.face is None or pr.reason:
+            return Decision(decide.NO_FACE, pr.reason, None, quality)
+        return decide.decide_match(cosine(ref.embedding, pr.face.embedding), self.policy.threshold, quality, 1)
+
+    def _follow(self, frames: Iterable[Frame], t: Timings, liveness: LivenessCheck | None, live: bool,
+                on_frame: Callable[[Glimpse], None] | None) -> _Track:
+        """Follow one face through `frames`, keeping its best frames (not yet embedded)."""
+        track = _Track()
+        best, reasons = track.best, track.reasons
         last_box = None
-        reasons: dict[str, int] = {}
-        seen = 0
         for frame in frames:
-            seen += 1
-            if seen > self.cfg.max_frames:
+            track.seen += 1
+            if track.seen > self.cfg.max_frames:
                 break
             dets = self.find_frame_faces(frame, t)
             h, w = frame.image.shape[:2]
@@ -303,7 +326,7 @@ class Verifier:
                     liveness.observe(frame.t_mono_s, None, frame.image)
                 if on_frame:
                     on_frame(Glimpse(frame.t_mono_s, False, reason, None, (w, h)))
-                if stop_early and liveness and liveness.failed:
+                if live and liveness and liveness.failed:
                     break
                 continue
             face = self.examine(frame.image, det, t, len(dets), embed=False)
@@ -320,35 +343,40 @@ class Verifier:
                 best.append((decide.quality_score(face.quality), face))
                 best.sort(key=lambda x: -x[0])
                 del best[self.cfg.fusion_frames:]
-            if stop_early and len(best) >= self.cfg.fusion_frames and (
+            if live and len(best) >= self.cfg.fusion_frames and (
                     liveness is None or liveness.settled(self.cfg.fusion_frames)):
                 break
-            if stop_early and liveness and liveness.failed:
+            if live and liveness and liveness.failed:
                 break
-        ref, t_ref = pending()
-        work = on_work or (lambda: None)
-        work()
-        t.merge(t_ref)
-        if ref.face is None or ref.reason:
-            t.add("total", t_start)
-            return Decision(decide.NO_FACE, f"reference_{ref.reason}"), t.rounded()
-        quality = {"reference": ref.face.quality.as_dict(), "frames": seen}
-        if not best:
+        return track
+
+    def _decide_frames(self, ref: FaceAnalysis, track: _Track, liveness: LivenessCheck | None, t: Timings,
+                       work: Callable[[], None]) -> Decision:
+        quality = {"reference": ref.quality.as_dict(), "frames": track.seen}
+        if not track.best:
+            reasons = track.reasons
             reason = max(reasons, key=lambda r: reasons[r]) if reasons else FaceReason.NO_FRAMES
-            t.add("total", t_start)
-            return Decision(decide.NO_FACE, reason, None, quality), t.rounded()
+            return Decision(decide.NO_FACE, reason, None, quality)
         t0 = time.perf_counter()
         embs = []
-        for _, f in best:
+        for _, f in track.best:
             embs.append(self.embedder.embed_mirrored(f.crop))
             work()
         t.add("embed", t0)
-        quality["probe"] = best[0][1].quality.as_dict()
-        d = decide.decide_match(cosine(ref.face.embedding, decide.fuse(embs)),
-                                self.policy.threshold, quality, len(embs))
+        quality["probe"] = track.best[0][1].quality.as_dict()
+        d = decide.decide_match(cosine(ref.embedding, decide.fuse(embs)), self.policy.threshold, quality, len(embs))
         if liveness:
             spoof, summary = liveness.verdict()
             d = Decision(decide.SPOOF if spoof else d.decision, spoof or d.reason, d.similarity,
                          quality, len(embs), summary)
-        t.add("total", t_start)
-        return d, t.rounded()
+        return d
+
+
+@dataclass
+class _Track:
+    """One followed face: its best frames (quality score, analysis), best first; how many
+    frames were seen; why the others were not kept (reason -> frames)."""
+
+    best: list[tuple[float, FaceAnalysis]] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
+    seen: int = 0

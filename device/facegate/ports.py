@@ -71,8 +71,8 @@ class Clock(Protocol):
 
 class Indicators(Protocol):
     """What the customer and technician see and what the terminal switches: status LEDs,
-    the relay, the buzzer; and the button the person presses to cancel. `show` takes one of
-    "off" | "ready" | "busy" | "pass" | "fail"."""
+    the relay, the buzzer; and the button the person presses to cancel. `show` takes a
+    vocab.Indicator (off | ready | busy | pass | fail)."""
 
     def show(self, state: str) -> None: ...
 

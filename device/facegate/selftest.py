@@ -34,6 +34,7 @@ from .contract import Topics
 from .errors import FacegateError
 from .pipeline import model_plan
 from .signing import key_path
+from .vocab import Indicator
 
 GPIO_STEP_S = 0.4  # how long each LED stays lit while cycling
 
@@ -129,14 +130,15 @@ def check_models(cfg: Config, make_runner: Callable | None = None) -> list[Check
         ok = sum(r.status == "ok" for r in results)
         return f"{ok} file(s) in {store.model_dir} match the manifest"
     checks = [_timed("models", verify_all)]
+    chosen: dict[str, modelstore.Choice] = {}  # task -> the variant kat.load took, and why
     for task, (precision, threads) in model_plan(cfg, cfg.daemon.liveness).items():
         def one(task=task, precision=precision, threads=threads):
-            runner, entry = kat.load(store, task, precision, make_runner, threads)  # ModelError: no variant passes
+            runner, c = kat.load(store, task, precision, make_runner, threads)  # ModelError: no variant passes
+            chosen[task] = c
             xs = [np.zeros(s.shape, s.dtype) for s in runner.inputs]
             t0 = time.perf_counter()
             runner.run(*xs)  # warmed up by the self-test
             run_ms = (time.perf_counter() - t0) * 1000
-            c = store.chosen[task]
             return f"{c.why}; self-test {c.kat_ms:.0f} ms, one run {run_ms:.1f} ms"
         checks.append(_timed(f"model {task}", one))
 
@@ -144,10 +146,10 @@ def check_models(cfg: Config, make_runner: Callable | None = None) -> list[Check
         from .policy import resolve
         from .vision.embed import Embedder
 
-        chosen = store.chosen.get("embed")
-        if chosen is None:
+        embed = chosen.get("embed")
+        if embed is None:
             return False, "no embedding model passed its self-test: no match policy"
-        return resolve(cfg.verify, chosen.entry.sha256, Embedder.METHOD).describe()
+        return resolve(cfg.verify, embed.entry.sha256, Embedder.METHOD).describe()
     checks.append(_timed("match policy", policy))
     return checks
 
@@ -156,10 +158,11 @@ def check_models(cfg: Config, make_runner: Callable | None = None) -> list[Check
 def check_camera(cfg: Config, open_timeout_s: float = 15.0, open_fn: Callable | None = None) -> Check:
     """One frame from camera.source: opened within open_timeout_s, the first frame within
     camera.frame_timeout_s of the open."""
-    if open_fn is None:
-        from .adapters.cameras import open_camera as open_fn
+    from .adapters.cameras import describe_source, open_camera
+
+    open_fn = open_fn or open_camera
     cam_cfg = cfg.camera
-    where = {"file": cam_cfg.path, "v4l2": cam_cfg.device, "picamera2": "camera 0"}[cam_cfg.source]
+    src = describe_source(cam_cfg)  # the registered family's own words for where it reads
     box: dict = {}
     opened, got = threading.Event(), threading.Event()
 
@@ -189,17 +192,17 @@ def check_camera(cfg: Config, open_timeout_s: float = 15.0, open_fn: Callable | 
         t0 = time.perf_counter()
         threading.Thread(target=worker, name="selftest-camera", daemon=True).start()
         if not opened.wait(open_timeout_s):
-            return False, f"{cam_cfg.source} {where}: not open after {open_timeout_s:g} s"
+            return False, f"{src}: not open after {open_timeout_s:g} s"
         if not got.wait(cam_cfg.frame_timeout_s):
-            return False, f"{cam_cfg.source} {where}: no frame within {cam_cfg.frame_timeout_s:g} s"
+            return False, f"{src}: no frame within {cam_cfg.frame_timeout_s:g} s"
         if "error" in box:
-            return False, f"{cam_cfg.source} {where}: {box['error']}"
+            return False, f"{src}: {box['error']}"
         frame = box.get("frame")
         if frame is None:
-            return False, f"{cam_cfg.source} {where}: opened, but delivered no frame"
+            return False, f"{src}: opened, but delivered no frame"
         h, w = frame.image.shape[:2]
         lores = f", lores {frame.lores.shape[1]}x{frame.lores.shape[0]}" if frame.lores is not None else ""
-        return (f"{cam_cfg.source} {where}: {w}x{h}{lores}, mean grey {float(frame.image.mean()):.0f}, "
+        return (f"{src}: {w}x{h}{lores}, mean grey {float(frame.image.mean()):.0f}, "
                 f"opened in {(box['t_open'] - t0) * 1000:.0f} ms, first frame "
                 f"{(box['t_frame'] - box['t_open']) * 1000:.0f} ms later")
     return _timed("camera", run)
@@ -275,7 +278,7 @@ def _pins(cfg) -> str:
     parts = []
     if g.rgb_led:
         parts.append(f"RGB LED {g.rgb_led}")
-    leds = [f"{n}={getattr(g, 'led_' + n)}" for n in ("ready", "busy", "pass", "fail") if getattr(g, "led_" + n) is not None]
+    leds = [f"{n}={getattr(g, 'led_' + n)}" for n in list(Indicator)[1:] if getattr(g, "led_" + n) is not None]
     if leds and not g.rgb_led:
         parts.append("LEDs " + " ".join(leds))
     if g.relay_pin is not None:
@@ -297,10 +300,10 @@ def check_gpio(cfg: Config, asked: bool, step_s: float = GPIO_STEP_S) -> Check:
     def run():
         ind = open_indicators(cfg.gpio)
         try:
-            for state in ("ready", "busy", "pass", "fail"):
+            for state in list(Indicator)[1:]:  # all but off
                 ind.show(state)
                 time.sleep(step_s)
-            ind.show("off")
+            ind.show(Indicator.OFF)
             ind.pulse_relay()
             time.sleep(cfg.gpio.relay_pulse_ms / 1000 + 0.05)
             ind.beep()

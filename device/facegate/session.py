@@ -25,7 +25,7 @@ from .liveness.check import LivenessCheck, LivenessPlan
 from .pipeline import Verifier
 from .ports import Camera
 from .types import Decision, Frame, Glimpse
-from .vocab import FaceReason, Failure, LivenessReason, State, Verdict
+from .vocab import FaceReason, Failure, LivenessReason, RunningMode, State, Verdict
 
 log = logging.getLogger("facegate.session")
 
@@ -91,19 +91,22 @@ class Session:
     """One verification. liveness: the check this session must pass (None: none);
     timeout_s: the session's length in frame time (None: until the frames end);
     cancelled / stopped: asked before every frame; on_progress: the one callback;
-    stop_early: stop reading once enough good frames are kept and liveness is settled (a
-    live camera never ends by itself); False reads a file to its end (`facegate verify`);
+    mode: LIVE_STREAM stops reading once enough good frames are kept and liveness is
+    settled (a live camera never ends by itself); VIDEO reads a file to its end
+    (`facegate verify`);
     guide / on_guide: the session's guidance and who is told its updates."""
 
     def __init__(self, verifier: Verifier, liveness: LivenessCheck | None = None, *,
                  timeout_s: float | None = None, on_progress: Progress | None = None,
                  cancelled: Callable[[], bool] = _never, stopped: Callable[[], bool] = _never,
-                 stop_early: bool = True, guide: Guide | None = None, on_guide: Guided | None = None,
+                 mode: RunningMode = RunningMode.LIVE_STREAM, guide: Guide | None = None, on_guide: Guided | None = None,
                  on_work: Callable[[], None] | None = None):
         self.verifier, self.liveness, self.timeout_s = verifier, liveness, timeout_s
         self.guide, self.on_guide = guide, on_guide or (lambda g: None)
         self._state = State.WAITING_FACE
-        self.stop_early = stop_early
+        if mode is RunningMode.IMAGE:
+            raise ValueError("a session reads frames: RunningMode.VIDEO or LIVE_STREAM")
+        self.mode = mode
         self.on_work = on_work  # after each step of the work between the last frame and the decision
         self.on_progress = on_progress or (lambda state, step: None)
         self.cancelled, self.stopped = cancelled, stopped
@@ -153,8 +156,8 @@ class Session:
         source = iter(frames)
         try:
             with closing(self._frames(source)) as cut:
-                decision, timings = self.verifier.verify_frames(reference, cut, self.liveness, self.stop_early,
-                                                                on_frame=self._on_frame, on_work=self.on_work)
+                decision, timings = self.verifier.verify(reference, cut, self.mode, liveness=self.liveness,
+                                                         on_frame=self._on_frame, on_work=self.on_work)
         finally:
             if hasattr(source, "close"):  # a generator (replay): its camera closes now
                 source.close()

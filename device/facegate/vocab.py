@@ -94,6 +94,49 @@ class LivenessMode(StrEnum):
         return self in (LivenessMode.ACTIVE, LivenessMode.BOTH)
 
 
+class RunningMode(StrEnum):
+    """How `pipeline.Verifier.verify` reads its probe (MediaPipe Tasks' running modes)."""
+
+    IMAGE = "image"  # one still image
+    VIDEO = "video"  # a file's frames, read to their end
+    LIVE_STREAM = "live_stream"  # a camera's frames, read until the decision is settled
+
+
+class ChallengeStatus(StrEnum):
+    """Where an active challenge is (liveness.challenge.Challenge.status)."""
+
+    RUNNING = "running"
+    PASSED = "passed"
+    FAILED = "failed"
+
+
+class CameraSource(StrEnum):
+    """camera.source: the registered camera families (registry.CAMERAS)."""
+
+    FILE = "file"  # an image, a folder of images or a video file
+    V4L2 = "v4l2"  # a V4L2 / USB webcam through OpenCV
+    PICAMERA2 = "picamera2"  # a Raspberry Pi camera through picamera2
+
+
+class PublisherKind(StrEnum):
+    """The registered publishers (registry.PUBLISHERS): the daemon takes mqtt, or null
+    with mqtt.enabled = false; fake is the in-memory one tests and demos name."""
+
+    MQTT = "mqtt"
+    NULL = "null"
+    FAKE = "fake"
+
+
+class Indicator(StrEnum):
+    """What the status LEDs show (ports.Indicators.show)."""
+
+    OFF = "off"
+    READY = "ready"
+    BUSY = "busy"
+    PASS = "pass"
+    FAIL = "fail"
+
+
 COMMAND_FIELDS = ("request_id", "nonce", "iat", "exp", "reference")  # required in a verify command
 
 

@@ -1,6 +1,7 @@
 """Choosing the camera from config, and keeping it alive.
 
-`open_camera(cfg)` opens the one adapter camera.source names (file, v4l2, picamera2);
+`open_camera(cfg)` opens the one adapter camera.source names (registry.CAMERAS: file,
+v4l2, picamera2, each adapter module registering its class);
 `ReopeningCamera` wraps that for the daemon: frames forever, a failed or vanished camera
 reopened with exponential back-off, health for MQTT / systemd status / the watchdog.
 """
@@ -13,37 +14,33 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 
 from ..config import CameraConfig
-from ..errors import CameraError, FacegateError, InputError
+from ..errors import CameraError, FacegateError
 from ..ports import Camera
+from ..registry import CAMERAS, UnknownName
 from ..types import Frame
-from .files import FileCamera
-from .opencv_camera import OpenCVCamera
-from .picamera2_camera import Picamera2Camera
 
 log = logging.getLogger(__name__)
 
 
 def open_camera(cfg: CameraConfig, path_override: str | None = None) -> Camera:
-    """Open the camera cfg.source names; raises CameraError with the reason.
+    """Open the camera cfg.source names (the class registry.CAMERAS holds for it, its
+    `from_config`); raises CameraError with the reason.
 
     path_override replaces, per source: file -> cfg.path; v4l2 -> cfg.device (path or
     index); picamera2 -> the camera number ("0", "1")."""
-    if cfg.source == "file":
-        path = path_override or cfg.path
-        if not path:
-            raise CameraError('camera.source = "file" needs camera.path')
-        try:
-            return FileCamera(path, fps=cfg.fps, realtime=cfg.realtime, loop=cfg.loop)
-        except InputError as exc:
-            raise CameraError(f"file camera: {exc}") from None
-    if cfg.source == "v4l2":
-        return OpenCVCamera(cfg, device=path_override or None)
-    if cfg.source == "picamera2":
-        num = path_override or "0"
-        if not num.isdigit():
-            raise CameraError(f"picamera2: camera number expected, got {num!r}")
-        return Picamera2Camera(cfg, camera_num=int(num))
-    raise CameraError(f"unknown camera.source {cfg.source!r}")
+    try:
+        family = CAMERAS.get(cfg.source)
+    except UnknownName as exc:
+        raise CameraError(str(exc)) from None
+    return family.from_config(cfg, path_override)
+
+
+def describe_source(cfg: CameraConfig) -> str:
+    """`<source> <where>` for messages: the file, the device, the camera number."""
+    try:
+        return f"{cfg.source} {CAMERAS.get(cfg.source).where(cfg)}"
+    except UnknownName:
+        return str(cfg.source)  # opening it says what is wrong
 
 
 @dataclass(frozen=True)

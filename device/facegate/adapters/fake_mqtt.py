@@ -26,7 +26,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from ..config import Config
 from ..ports import Inbound
+from ..registry import PUBLISHERS
+from ..vocab import PublisherKind
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,14 @@ def topic_matches(pattern: str, topic: str) -> bool:
     return len(p) == len(t)
 
 
+@PUBLISHERS.register(PublisherKind.FAKE)
 class FakePublisher:
     """ports.Publisher without a broker. Thread-safe; callbacks run outside its lock."""
+
+    @classmethod
+    def from_config(cls, cfg: Config, will: tuple[str, bytes] | None = None) -> FakePublisher:
+        """In memory, connected on start, every publish acknowledged at once."""
+        return cls()
 
     def __init__(self, *, connect_on_start: bool = True, ack_delay_s: float | None = 0.0,
                  clock: Callable[[], float] = time.monotonic):

@@ -12,12 +12,16 @@ from pathlib import Path
 
 import cv2
 
-from ..errors import InputError
+from ..config import CameraConfig
+from ..errors import CameraError, InputError
 from ..imageio import IMAGE_SUFFIXES, read_image
 from ..quiet import quiet_stderr
+from ..registry import CAMERAS
 from ..types import Frame
+from ..vocab import CameraSource
 
 
+@CAMERAS.register(CameraSource.FILE)
 class FileCamera:
     """Frames from `path`. fps: frame rate assumed for images and folders;
     realtime: sleep so frames come at their own timestamps; loop: start over at the end."""
@@ -37,6 +41,21 @@ class FileCamera:
             raise InputError(f"{self.path.name} is empty")
         if self.path.is_file() and self.path.stat().st_size > max_bytes:
             raise InputError(f"{self.path.name} is too large ({self.path.stat().st_size} bytes)")
+
+    @classmethod
+    def from_config(cls, cfg: CameraConfig, override: str | None = None) -> FileCamera:
+        """camera.source = "file": cfg.path (or override); CameraError with the reason."""
+        path = override or cfg.path
+        if not path:
+            raise CameraError('camera.source = "file" needs camera.path')
+        try:
+            return cls(path, fps=cfg.fps, realtime=cfg.realtime, loop=cfg.loop)
+        except InputError as exc:
+            raise CameraError(f"file camera: {exc}") from None
+
+    @staticmethod
+    def where(cfg: CameraConfig) -> str:
+        return cfg.path
 
     def __enter__(self) -> FileCamera:
         return self

@@ -15,12 +15,14 @@ from collections.abc import Callable
 from ..config import GpioConfig
 from ..errors import FacegateError
 from ..ports import Indicators
+from ..vocab import Indicator
 
 log = logging.getLogger(__name__)
 
-STATES = ("off", "ready", "busy", "pass", "fail")
+STATES = tuple(Indicator)
 # one RGB LED: (red, green, blue) brightness 0..1 per state
-RGB_COLOURS = {"off": (0, 0, 0), "ready": (0, 0, 1), "busy": (1, 0.5, 0), "pass": (0, 1, 0), "fail": (1, 0, 0)}
+RGB_COLOURS: dict[str, tuple[float, float, float]] = {Indicator.OFF: (0, 0, 0), Indicator.READY: (0, 0, 1), Indicator.BUSY: (1, 0.5, 0),
+               Indicator.PASS: (0, 1, 0), Indicator.FAIL: (1, 0, 0)}
 BEEP_S = 0.15
 
 
@@ -92,7 +94,7 @@ class GpiozeroIndicators:
 
     def __init__(self, cfg: GpioConfig, pin_factory=None):
         self.cfg = cfg
-        self.state = "off"
+        self.state: str = Indicator.OFF
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self._generation = 0
@@ -110,7 +112,7 @@ class GpiozeroIndicators:
             if cfg.rgb_led:
                 self.rgb = self._add(RGBLED(*cfg.rgb_led, pwm=True, **kw))
             else:
-                for name in ("ready", "busy", "pass", "fail"):
+                for name in STATES[1:]:
                     pin = getattr(cfg, f"led_{name}")
                     if pin is not None:
                         self.leds[name] = self._add(LED(pin, **kw))
@@ -143,7 +145,7 @@ class GpiozeroIndicators:
             self._generation += 1
             self._cancel_timer()
             self._light(state)
-            if state in ("pass", "fail") and self.cfg.result_show_s > 0:
+            if state in (Indicator.PASS, Indicator.FAIL) and self.cfg.result_show_s > 0:
                 self._timer = threading.Timer(self.cfg.result_show_s, self._result_done, (self._generation,))
                 self._timer.daemon = True
                 self._timer.start()
@@ -151,7 +153,7 @@ class GpiozeroIndicators:
     def _result_done(self, generation: int) -> None:
         with self._lock:
             if generation == self._generation and not self._closed:
-                self._light("ready")
+                self._light(Indicator.READY)
 
     def _light(self, state: str) -> None:
         self.state = state

@@ -19,9 +19,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..config import MqttConfig
+from ..config import Config, MqttConfig
 from ..errors import ConfigError
 from ..ports import Inbound
+from ..registry import PUBLISHERS
+from ..vocab import PublisherKind
 
 log = logging.getLogger("facegate.mqtt")
 _paho_log = logging.getLogger("facegate.mqtt.paho")
@@ -32,9 +34,17 @@ SESSION_EXPIRY_S = 3600
 PACKET_HEADROOM_BYTES = 64 * 1024  # fixed and variable header, topic, properties, beyond the payload
 
 
+@PUBLISHERS.register(PublisherKind.MQTT)
 class PahoPublisher:
     """ports.Publisher over paho-mqtt. will: (topic, payload) published retained, QoS 1,
     by the broker when this client vanishes."""
+
+    @classmethod
+    def from_config(cls, cfg: Config, will: tuple[str, bytes] | None = None) -> PahoPublisher:
+        """The daemon's: mqtt.* of cfg, client id mqtt.client_id or facegate-<device_id>, `will`
+        (topic, payload) retained, payloads up to daemon.max_command_bytes."""
+        return cls(cfg.mqtt, cfg.mqtt.client_id or f"facegate-{cfg.device_id}", will=will,
+                   max_payload_bytes=cfg.daemon.max_command_bytes)
 
     def __init__(self, cfg: MqttConfig, client_id: str, will: tuple[str, bytes] | None,
                  persistent: bool = True, max_payload_bytes: int | None = None):

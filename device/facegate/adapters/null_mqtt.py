@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ..config import Config
 from ..ports import Inbound
+from ..registry import PUBLISHERS
+from ..vocab import PublisherKind
 
 
+@PUBLISHERS.register(PublisherKind.NULL)
 class NullPublisher:
     """A ports.Publisher that is never connected."""
 
@@ -15,6 +19,11 @@ class NullPublisher:
     connected = False
     last_error = ""
     refused = 0
+
+    @classmethod
+    def from_config(cls, cfg: Config, will: tuple[str, bytes] | None = None) -> NullPublisher:
+        """mqtt.enabled = false: nothing goes out, whatever the config."""
+        return cls()
 
     def start(self, on_message: Callable[[Inbound], None], on_connect: Callable[[], None],
               on_disconnect: Callable[[], None]) -> None:

@@ -12,7 +12,9 @@ import numpy as np
 
 from ..config import CameraConfig
 from ..errors import CameraError
+from ..registry import CAMERAS
 from ..types import Frame
+from ..vocab import CameraSource
 
 
 def parse_device(device: str) -> int | str:
@@ -24,6 +26,7 @@ def parse_device(device: str) -> int | str:
     return int(m.group(1)) if m else device
 
 
+@CAMERAS.register(CameraSource.V4L2)
 class OpenCVCamera:
     """A webcam: device path (/dev/video0, /dev/v4l/by-id/...) or index, opened at once.
 
@@ -34,7 +37,7 @@ class OpenCVCamera:
     """
 
     def __init__(self, cfg: CameraConfig, device: str | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, backend: int | None = None):
         self.cfg = cfg
         self.device = device if device is not None else cfg.device
         self._clock = clock
@@ -48,7 +51,8 @@ class OpenCVCamera:
             if not os.access(node, os.R_OK | os.W_OK):
                 raise CameraError(f"V4L2 device {node}: permission denied (is this user in the 'video' group?)")
         self.name = node
-        backend = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
+        if backend is None:  # another (cv2.CAP_FFMPEG): a video file through this path (the contract tests)
+            backend = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
         self._cap: cv2.VideoCapture | None
         try:
             # no open parameters: OpenCV's V4L2 backend refuses CAP_PROP_OPEN_TIMEOUT_MSEC
@@ -67,6 +71,15 @@ class OpenCVCamera:
         self._cap.set(cv2.CAP_PROP_FPS, cfg.fps)
         self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a stale queue
         self._cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(cfg.frame_timeout_s * 1000))  # where supported
+
+    @classmethod
+    def from_config(cls, cfg: CameraConfig, override: str | None = None) -> OpenCVCamera:
+        """camera.source = "v4l2": cfg.device (or override: a path or an index)."""
+        return cls(cfg, device=override or None)
+
+    @staticmethod
+    def where(cfg: CameraConfig) -> str:
+        return cfg.device
 
     def __enter__(self) -> OpenCVCamera:
         return self

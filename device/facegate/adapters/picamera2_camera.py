@@ -29,13 +29,16 @@ import numpy as np
 
 from ..config import CameraConfig
 from ..errors import CameraError
+from ..registry import CAMERAS
 from ..types import Frame
+from ..vocab import CameraSource
 
 log = logging.getLogger("facegate.camera")
 STAMP_MAX_AGE_S = 2.0  # exposure start to receipt: exposure, read-out, ISP and queued buffers
 STAMP_AHEAD_S = 0.05  # slack for a stamp after the receipt clock (clock read granularity)
 
 
+@CAMERAS.register(CameraSource.PICAMERA2)
 class Picamera2Camera:
     """One Pi camera, configured once with two streams of the same request:
     `main` (cfg.width x cfg.height, "RGB888" = B,G,R bytes) -> Frame.image HxWx3 uint8 BGR,
@@ -78,6 +81,18 @@ class Picamera2Camera:
         except Exception as exc:
             self._close_cam()
             raise CameraError(f"Pi camera {camera_num} could not be configured / started: {exc}") from None
+
+    @classmethod
+    def from_config(cls, cfg: CameraConfig, override: str | None = None) -> Picamera2Camera:
+        """camera.source = "picamera2": camera 0, or the number override names ("0", "1")."""
+        num = override or "0"
+        if not num.isdigit():
+            raise CameraError(f"picamera2: camera number expected, got {num!r}")
+        return cls(cfg, camera_num=int(num))
+
+    @staticmethod
+    def where(cfg: CameraConfig) -> str:
+        return "camera 0"
 
     def __enter__(self) -> Picamera2Camera:
         return self

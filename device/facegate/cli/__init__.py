@@ -12,6 +12,8 @@ import argparse
 
 from .. import __version__
 from ..errors import FacegateError
+from ..registry import CAMERAS, STEPS
+from ..vocab import LivenessMode
 from .common import EXIT_BAD_INPUT, EXIT_NEGATIVE, EXIT_OK, _fail, build_liveness, build_verifier, make_runner
 from .demo import cmd_demo
 from .device import (
@@ -35,8 +37,6 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_NEGATIVE", "EXIT_OK", "build_liveness", "buil
 
 
 def _steps(text: str) -> str:
-    from ..liveness.challenge import STEPS
-
     bad = [s for s in text.split(",") if s and s not in STEPS]
     if bad:
         raise argparse.ArgumentTypeError(f"unknown challenge step(s): {', '.join(bad)}")
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--config", help="config TOML file")
     v.add_argument("--precision", choices=["auto", "fp32", "dynint8", "int8"])
     v.add_argument("--threads", type=int)
-    v.add_argument("--liveness", choices=["none", "passive", "active", "both"], default="none",
+    v.add_argument("--liveness", choices=list(LivenessMode), default=LivenessMode.NONE,
                    help="liveness to require; a session that fails it is decided spoof")
     v.add_argument("--challenge", type=_steps, help="fixed challenge steps, e.g. turn_left,blink (default: random)")
     v.add_argument("--seed", type=int, help="seed of the random challenge (default: fresh)")
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "a signed result verified")
     dm.add_argument("--video", help="video (or image / folder) to play as the camera; needs --reference")
     dm.add_argument("--reference", help="the reference portrait (JPEG/PNG); needs --video")
-    dm.add_argument("--liveness", choices=["none", "passive", "active", "both"],
+    dm.add_argument("--liveness", choices=list(LivenessMode),
                     help="liveness the daemon requires (default: both; the built-in clip runs none, then both)")
     dm.add_argument("--challenge", type=_steps, help="challenge steps, e.g. turn_right,turn_left "
                                                      "(default: what the demo clip performs; for --video random)")
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     sn = sub.add_parser("snapshot", help="save one camera frame with the detected faces boxed (camera set-up)")
     sn.add_argument("file", help="output image (.jpg / .png)")
     sn.add_argument("--config", help="config TOML file")
-    sn.add_argument("--source", choices=["file", "v4l2", "picamera2"], help="camera source (default: camera.source)")
+    sn.add_argument("--source", choices=CAMERAS.names(), help="camera source (default: camera.source)")
     sn.add_argument("--path", help="file: image / video; v4l2: device path or index; picamera2: camera number")
     sn.add_argument("--warmup", type=int, help="frames skipped first (default 10 for live cameras, 0 for files)")
     sn.add_argument("--no-faces", action="store_true", help="do not run face detection (no models needed)")

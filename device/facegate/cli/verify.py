@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import config as config_mod
 from .. import modelstore
 from ..errors import InputError
-from ..vocab import Verdict
+from ..vocab import LivenessMode, RunningMode, Verdict
 from .common import EXIT_BAD_INPUT, EXIT_NEGATIVE, EXIT_OK, _config, _fail, build_liveness, build_verifier
 
 
@@ -38,22 +38,21 @@ def _verify_one(models: _Models, cfg: config_mod.Config, args, reference_path: P
     from ..imageio import is_image_path, read_image
 
     lim = (cfg.verify.max_image_bytes, cfg.verify.max_image_pixels)
-    # with liveness, even a single image is a (one-frame) session through the camera path
-    as_frames = args.liveness != "none" or not is_image_path(probe_path)
+    # with liveness, even a single image is a (one-frame) video session through the camera path
+    mode = RunningMode.IMAGE if args.liveness == LivenessMode.NONE and is_image_path(probe_path) else RunningMode.VIDEO
     reference = read_image(reference_path, *lim)
-    if as_frames:
+    if mode is RunningMode.VIDEO:
         from ..session import Session
 
         with FileCamera(probe_path, max_bytes=lim[0] * 10, max_pixels=lim[1]) as camera:
             verifier = models.verifier()
             steps = None if args.challenge is None else [s for s in args.challenge.split(",") if s]
-            outcome = Session.planned(verifier, models.liveness(), steps, stop_early=False).run(
-                reference, camera.frames())
+            outcome = Session.planned(verifier, models.liveness(), steps, mode=mode).run(reference, camera.frames())
             decision, timings = outcome.decision, outcome.timings_ms
     else:
         probe = read_image(probe_path, *lim)
         verifier = models.verifier()
-        decision, timings = verifier.verify_image(reference, probe)
+        decision, timings = verifier.verify(reference, probe, mode)
     out = {
         "decision": decision.decision,
         "reason": decision.reason,

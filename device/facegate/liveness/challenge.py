@@ -21,10 +21,11 @@ import cv2
 import numpy as np
 
 from ..ports import Runner
+from ..registry import STEPS
 from ..vision.geometry import rotated_square
-from ..vocab import LivenessReason, Step
+from ..vocab import ChallengeStatus, LivenessReason, Step
+from .steps import StepDetector
 
-STEPS = tuple(Step)
 # (outer corner, inner corner, three upper/lower lid pairs) of each eye in the mesh
 RIGHT_EYE = (33, 133, (159, 145), (158, 153), (160, 144))
 LEFT_EYE = (263, 362, (386, 374), (385, 380), (387, 373))
@@ -139,63 +140,69 @@ class Observation:
 
 @dataclass
 class Challenge:
-    """Feed observations with `update`; `status` is "running", "passed" or "failed"
-    (then `reason` is timeout | face_changed)."""
+    """Feed observations with `update`; `status` is a ChallengeStatus (then `reason` is
+    timeout | face_changed when failed). Each step is seen by the detector registered for
+    it (registry.STEPS, liveness.steps); every registered detector watches every frame."""
 
     steps: list[str]
     opts: ChallengeOptions = field(default_factory=ChallengeOptions)
     index: int = 0
-    status: str = "running"
+    status: ChallengeStatus = ChallengeStatus.RUNNING
     reason: str | None = None
     events: list[tuple[str, float]] = field(default_factory=list)  # (step done, t_s)
-    blinks: list[float] = field(default_factory=list)  # every blink seen, t_s of reopening
-    turns: list[tuple[str, float]] = field(default_factory=list)  # every turn seen, t_s of return
+    detectors: dict[str, StepDetector] = field(default_factory=dict)  # step -> its detector
     _step_t0: float | None = None
     _last_face_t: float | None = None
-    _yaw_base: list[float] = field(default_factory=list)
-    _turned: str | None = None  # the direction of an excursion not yet returned from
-    _open: list[float] = field(default_factory=list)
-    _closed_t: float | None = None
-    _yaw_off: float = 0.0  # the last frame's yaw away from the frontal baseline, degrees
+
+    def __post_init__(self) -> None:
+        built: dict[object, StepDetector] = {}  # one detector per registered class
+        for name in dict.fromkeys([*STEPS.names(), *self.steps]):
+            cls = STEPS.get(name)  # UnknownName for a step nothing registered
+            self.detectors[name] = built.setdefault(cls, cls(self.opts))
+        self._watch = list(built.values())
+
+    @property
+    def blinks(self) -> list[float]:
+        """Every blink seen, t_s of reopening."""
+        return self.detectors[Step.BLINK].seen  # type: ignore[attr-defined]
+
+    @property
+    def turns(self) -> list[tuple[str, float]]:
+        """Every turn seen, (direction, t_s of return)."""
+        return self.detectors[Step.TURN_LEFT].seen  # type: ignore[attr-defined]
 
     @property
     def step(self) -> str | None:
-        return self.steps[self.index] if self.status == "running" and self.index < len(self.steps) else None
+        running = self.status == ChallengeStatus.RUNNING
+        return self.steps[self.index] if running and self.index < len(self.steps) else None
 
     @property
     def step_progress(self) -> float:
-        """How far the step asked now has come, 0-1, for guiding the person: a turn is
-        3/4 done at turn_min_deg towards the asked side and whole once back to frontal; a
-        blink half done while the eyes are closed."""
+        """How far the step asked now has come, 0-1, for guiding the person (the step's
+        detector says: a turn is 3/4 done at turn_min_deg towards the asked side and whole
+        once back to frontal; a blink half done while the eyes are closed)."""
         step = self.step
         if step is None:
-            return 1.0 if self.status == "passed" else 0.0
-        if step == Step.BLINK:
-            return 0.5 if self._closed_t is not None else 0.0
-        if self._turned == step:
-            back = (abs(self._yaw_off) - self.opts.turn_return_deg) / max(
-                self.opts.turn_min_deg - self.opts.turn_return_deg, 1e-6)
-            return 0.75 + 0.25 * (1.0 - min(max(back, 0.0), 1.0))
-        toward = self._yaw_off if step == Step.TURN_LEFT else -self._yaw_off
-        return 0.75 * min(max(toward / self.opts.turn_min_deg, 0.0), 1.0)
+            return 1.0 if self.status == ChallengeStatus.PASSED else 0.0
+        return self.detectors[step].progress(step)
 
     def _fail(self, reason: str) -> None:
-        self.status, self.reason = "failed", reason
+        self.status, self.reason = ChallengeStatus.FAILED, reason
 
     def _advance(self, t: float) -> None:
         self.events.append((self.steps[self.index], t))
         self.index += 1
         self._step_t0 = t
-        self._turned, self._closed_t = None, None
-        self._yaw_base = self._yaw_base[-5:]
+        for d in self._watch:
+            d.advanced()
         if self.index == len(self.steps):
-            self.status = "passed"
+            self.status = ChallengeStatus.PASSED
 
-    def update(self, o: Observation) -> str:
-        if self.status != "running":
+    def update(self, o: Observation) -> ChallengeStatus:
+        if self.status != ChallengeStatus.RUNNING:
             return self.status
         if not self.steps:
-            self.status = "passed"
+            self.status = ChallengeStatus.PASSED
             return self.status
         if self._step_t0 is None:
             self._step_t0 = o.t_s
@@ -209,44 +216,10 @@ class Challenge:
         if o.similarity is not None and o.similarity < self.opts.min_similarity:
             self._fail(LivenessReason.FACE_CHANGED)
             return self.status
-        self._observe_blink(o)
-        self._observe_turn(o)
-        if self.status == "running" and o.t_s - self._step_t0 > self.opts.step_timeout_s:
+        for d in self._watch:  # in registration order: blink, then turns
+            for done in d.observe(o):
+                if self.step == done:
+                    self._advance(o.t_s)
+        if self.status == ChallengeStatus.RUNNING and o.t_s - self._step_t0 > self.opts.step_timeout_s:
             self._fail(LivenessReason.TIMEOUT)
         return self.status
-
-    def _observe_turn(self, o: Observation) -> None:
-        """A turn: yaw at least turn_min_deg away from the frontal baseline, then back within
-        turn_return_deg of it. Every turn is recorded; the asked one advances the step."""
-        base = float(np.median(self._yaw_base)) if self._yaw_base else None
-        if base is None or abs(o.yaw_deg - base) < self.opts.turn_return_deg:
-            self._yaw_base = (self._yaw_base + [o.yaw_deg])[-15:]
-        if base is None:
-            return
-        d = self._yaw_off = o.yaw_deg - base
-        if abs(d) >= self.opts.turn_min_deg:
-            self._turned = Step.TURN_LEFT if d > 0 else Step.TURN_RIGHT
-        elif self._turned and abs(d) <= self.opts.turn_return_deg:
-            done, self._turned = self._turned, None
-            self.turns.append((done, o.t_s))
-            if self.step == done:
-                self._advance(o.t_s)
-
-    def _observe_blink(self, o: Observation) -> None:
-        if abs(o.yaw_deg) > self.opts.blink_max_yaw_deg:
-            return
-        base = float(np.percentile(self._open, 75)) if len(self._open) >= 3 else None
-        if base is None or o.openness >= self.opts.blink_open_ratio * base:
-            self._open = (self._open + [o.openness])[-30:]
-        if base is None:
-            return
-        if o.openness < self.opts.blink_close_ratio * base:
-            if self._closed_t is None:
-                self._closed_t = o.t_s
-        elif self._closed_t is not None and o.openness >= self.opts.blink_open_ratio * base:
-            closed_for = o.t_s - self._closed_t
-            self._closed_t = None
-            if closed_for <= self.opts.blink_max_closed_s:
-                self.blinks.append(o.t_s)
-                if self.step == Step.BLINK:
-                    self._advance(o.t_s)

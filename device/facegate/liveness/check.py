@@ -13,7 +13,7 @@ import numpy as np
 from ..config import LivenessConfig
 from ..types import FaceAnalysis
 from ..vision.embed import cosine
-from ..vocab import LivenessMode, LivenessReason
+from ..vocab import ChallengeStatus, LivenessMode, LivenessReason
 from .challenge import Challenge, ChallengeOptions, EyeLids, Observation, draw_steps, eye_openness
 from .passive import PassiveLiveness, fuse
 
@@ -78,19 +78,19 @@ class LivenessCheck:
     @property
     def failed(self) -> bool:
         """Already a spoof whatever comes next: the face changed or the challenge failed."""
-        return self._changed or (self.challenge is not None and self.challenge.status == "failed")
+        return self._changed or (self.challenge is not None and self.challenge.status == ChallengeStatus.FAILED)
 
     @property
     def incomplete(self) -> bool:
         """The challenge is still running (nothing else failed): the frames ended too soon."""
-        return not self.failed and self.challenge is not None and self.challenge.status == "running"
+        return not self.failed and self.challenge is not None and self.challenge.status == ChallengeStatus.RUNNING
 
     def settled(self, min_frames: int) -> bool:
         """Enough seen for a verdict: the challenge finished (passed or failed) and the
         passive check scored at least `min_frames` frames."""
         if self._changed:
             return True
-        if self.challenge is not None and self.challenge.status == "running":
+        if self.challenge is not None and self.challenge.status == ChallengeStatus.RUNNING:
             return False
         return self.passive is None or len(self.scores) >= max(min_frames, self.passive_min_frames)
 
@@ -100,9 +100,9 @@ class LivenessCheck:
         reason: str | None = LivenessReason.FACE_CHANGED if self._changed else None
         if self.challenge is not None:
             ch = self.challenge
-            summary.update(steps=list(ch.steps), active_pass=ch.status == "passed",
+            summary.update(steps=list(ch.steps), active_pass=ch.status == ChallengeStatus.PASSED,
                            steps_done=[e for e, _ in ch.events])
-            if ch.status != "passed" and reason is None:  # a face swap outranks what it caused
+            if ch.status != ChallengeStatus.PASSED and reason is None:  # a face swap outranks what it caused
                 reason = ch.reason or LivenessReason.CHALLENGE_INCOMPLETE
         if self.passive is not None:
             v = fuse(self.scores, self.passive_threshold, self.passive_min_frames)
@@ -123,6 +123,7 @@ class LivenessPlan:
     passive: PassiveLiveness | None = None
     eyes: EyeLids | None = None
     rng: random.Random = field(default_factory=random.SystemRandom)
+    chosen: dict = field(default_factory=dict)  # task -> modelstore.Choice of the models above
 
     def check(self, steps: list[str] | None, embed: Embed | None) -> LivenessCheck | None:
         """The LivenessCheck one session must pass: the passive models for the passive

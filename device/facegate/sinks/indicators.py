@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from ..events import Answered, Event, StateChanged
 from ..ports import Indicators
-from ..vocab import State, Verdict
+from ..vocab import Indicator, State, Verdict
 
 
 def react(indicators: Indicators, decision: str) -> None:
     if decision == Verdict.MATCH:
         indicators.pulse_relay()
-        indicators.show("pass")
+        indicators.show(Indicator.PASS)
     else:
-        indicators.show("fail")
+        indicators.show(Indicator.FAIL)
     indicators.beep()
 
 
@@ -22,6 +22,6 @@ class IndicatorSink:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, StateChanged) and event.state == State.WAITING_FACE:
-            self.indicators.show("busy")
+            self.indicators.show(Indicator.BUSY)
         elif isinstance(event, Answered) and event.session is not None:
             react(self.indicators, event.decision)
