@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from enum import StrEnum
 
+import cv2
 import numpy as np
 import pytest
 
 from facegate import config, registry
+from facegate.contract import Command, CommandRejected, SigningKey, parse_verify
 from facegate.errors import CameraError, ConfigError
 from facegate.liveness.challenge import Challenge, ChallengeOptions, Observation
 from facegate.types import Frame
@@ -139,9 +142,23 @@ def test_a_registered_step_reaches_config_cli_and_the_challenge(extra):
         assert ch.step_progress == pytest.approx(i / 3)
         ch.update(Observation(i / 10, True))
     assert ch.status == "passed" and ch.events == [("nod", 0.2)]
+    # and a backend may ask for it in a signed command, which the terminal's check accepts
+    assert list(_signed_command(["nod", "blink"]).challenge or []) == ["nod", "blink"]
     registry.STEPS.unregister(Extra.NOD)
+    with pytest.raises(CommandRejected, match="bad_challenge"):
+        _signed_command(["nod"])
     with pytest.raises(Exception, match="unknown challenge step"):
         _steps("nod")
+
+
+def _signed_command(challenge: list[str]):
+    """A backend's signed verify command asking for `challenge`, checked as the terminal does."""
+    key = SigningKey.generate()
+    ok, jpg = cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))
+    now = time.time()
+    message = Command.new(jpg.tobytes(), now, 60, "r-1", challenge).sign(key, "facegate/v1/t-1/cmd/verify")
+    return parse_verify(message, "facegate/v1/t-1/cmd/verify", {key.kid: key.private.public_key()}, now,
+                        max_bytes=100_000, max_age_s=300, skew_s=30, max_pixels=1_000_000)
 
 
 def test_the_cli_offers_every_registered_source():

@@ -15,10 +15,11 @@ import numpy as np
 
 from ..errors import InputError
 from ..imageio import decode_image
+from ..registry import STEPS as STEP_REGISTRY
 from ..vocab import COMMAND_FIELDS, Step
 from .cose import SignatureError, SigningKey, Verified, sign, verify
 
-STEPS = tuple(Step)
+STEPS = tuple(Step)  # the shipped steps; a command may name any registered one (registry.STEPS)
 MAX_ID_CHARS = 128
 MAX_NONCE_BYTES = 64
 MAX_STEPS = 6
@@ -172,7 +173,8 @@ def check_command(v: Verified, now: float, *, max_bytes: int, max_age_s: float, 
         raise CommandRejected("lifetime_too_long" if exp >= iat else "bad_exp", rid, nonce)
     challenge = p.get("challenge")
     if challenge is not None:
-        if not isinstance(challenge, (list, tuple)) or len(challenge) > MAX_STEPS or any(s not in STEPS for s in challenge):
+        if not isinstance(challenge, (list, tuple)) or len(challenge) > MAX_STEPS or any(
+                s not in STEP_REGISTRY.names() for s in challenge):
             raise CommandRejected("bad_challenge", rid, nonce)
     extra = set(p) - {*COMMAND_FIELDS, *OPTIONAL_FIELDS}
     if extra:
