@@ -91,7 +91,7 @@ def embed_facegate(paths: list[Path], precision: str, threads: int) -> tuple[Emb
     sha = verifier.models["embed"]
 
     def run(img: np.ndarray, reference: bool):
-        p = verifier.analyze(img, reference=reference)
+        p = verifier.analyze(img, reference=reference, embed=False)  # embedded below, plain and mirrored
         if p.face is None:
             return None, None, p.reason or "no_face", None
         e = verifier.embedder.embed(p.face.crop)

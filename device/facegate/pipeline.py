@@ -238,15 +238,17 @@ class Verifier:
             t.add("embed", t0)
         return FaceAnalysis(det, mesh, crop, emb, q, decide.gate(q, mesh.presence, self.cfg), n_faces)
 
-    def analyze(self, image: np.ndarray, reference: bool = False, t: Timings | None = None) -> Probe:
-        """Find, check and embed the one face of a still image."""
+    def analyze(self, image: np.ndarray, reference: bool = False, t: Timings | None = None,
+                embed: bool = True) -> Probe:
+        """Find, check and (unless embed is False: an empty embedding) embed the one face
+        of a still image."""
         t = t if t is not None else Timings()
         dets = self.find_faces(image, reference, t)
         h, w = image.shape[:2]
         det, reason = decide.choose_face(dets, w, h, self.cfg.dominant_face_ratio)
         if det is None:
             return Probe(None, reason)
-        face = self.examine(image, det, t, len(dets))
+        face = self.examine(image, det, t, len(dets), embed=embed)
         return Probe(face, face.reason)
 
     # -- the one verification entry ---------------------------------------------------
