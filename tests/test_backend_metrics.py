@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import test_backend
+from backendkit import backend_config, write_toml
 from broker import Mosquitto, free_port, password
 from facegate.backend.config import MetricsConfig, StoreConfig
 from facegate.backend.metrics import MAX_LABELS, WorkerMetrics, _Bounded
@@ -32,10 +32,7 @@ from facegate.backend.registry import Registry
 from facegate.backend.store import Store
 from facegate.backend.worker import Worker
 from terminals import PREFIX, Links, Terminal, add_users
-from test_backend import backend_config, write_toml
 from timeouts import wait_until
-
-broker, postgres, store_cfg = test_backend.broker, test_backend.postgres, test_backend.store_cfg  # its fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 OPS = REPO / "ops"
