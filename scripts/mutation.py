@@ -30,13 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 # package's source (test_vocab, test_architecture): under mutmut every mutant is in the file.
 TESTS: dict[str, list[str]] = {
     "outbox": ["tests/test_outbox.py", "tests/test_promises_outbox.py", "tests/test_admission.py"],
-    "admission": ["tests/test_admission.py", "tests/test_promises_admission.py"],
+    "admission": ["tests/test_admission.py", "tests/test_promises_admission.py", "tests/test_promises_intake.py"],
     "signing": ["tests/test_signing.py", "tests/test_promises_signing.py"],
     "decide": ["tests/test_vision_pure.py", "tests/test_session.py", "tests/test_promises_decide.py"],
     "messages": ["tests/test_signing.py", "tests/test_admission.py", "tests/test_contract_doc.py",
                  "tests/test_promises_commands.py", "tests/test_promises_signing.py", "tests/test_promises_messages.py"],
     "delivery": ["tests/test_delivery.py", "tests/test_delivery_inprocess.py", "tests/test_outbox.py"],
-    "backend/trust": ["tests/test_backend.py"],
+    "backend/trust": ["tests/test_promises_trust.py"],
     "backend/store": ["tests/test_backend.py"],
     "backend/worker": ["tests/test_backend.py"],
     "kat": ["tests/test_kat.py"],
