@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from backendkit import backend_config
 from broker import Backend, Mosquitto, password
 from facegate import signing
 from facegate.backend.client import BackendClient, DeviceNotTrusted, ReferenceRefused, VerifyRejected, VerifyTimeout
@@ -18,7 +19,6 @@ from facegate.backend.mqtt import PublishRefused
 from facegate.backend.registry import Registry
 from facegate.backend.store import KeyRow
 from terminals import Terminal
-from test_backend import backend_config
 from test_backend_client import FakeTerminal
 
 
