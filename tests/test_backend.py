@@ -510,3 +510,52 @@ def test_a_subscription_cut_short_by_a_broker_crash_is_renewed_not_fatal(tmp_pat
         if client:
             client.close()
         b.stop()
+
+
+def _mqtt_packet(kind: int, body: bytes) -> bytes:
+    n, size = len(body), b""
+    while True:
+        n, digit = divmod(n, 128)
+        size += bytes([digit | (0x80 if n else 0)])
+        if not n:
+            return bytes([kind]) + size + body
+
+
+def _mqtt_str(s: str | bytes) -> bytes:
+    b = s.encode() if isinstance(s, str) else s
+    return len(b).to_bytes(2, "big") + b
+
+
+def test_a_result_the_terminal_sends_again_with_dup_is_stored_once_and_counted(rig, store, store_cfg, tmp_path):
+    """QoS 1 is at least once: a terminal that lost the broker's PUBACK sends the same
+    PUBLISH again with the DUP flag and the same packet id, and the broker passes both on.
+    Here the re-send is made on the wire (MQTT 3.1.1 over the broker's TLS, by hand: paho
+    gives no way to lose a PUBACK on purpose), and the same result's bytes come a third
+    time on a new packet id. One audit row, two duplicates counted, nothing quarantined."""
+    import socket
+    import ssl
+
+    t = Terminal("dup-1")
+    Registry(store).enrol(t.dev, t.key.public, time.time())
+    w = rig.worker(backend_config(rig.broker, store_cfg, tmp_path))
+    rig.broker.add_user(t.dev)
+    seq, m = t.result()
+    ctx = ssl.create_default_context(cafile=str(rig.broker.tls["ca"]))
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", rig.broker.port), timeout=10),
+                         server_hostname="127.0.0.1") as s:
+        connect = (_mqtt_str("MQTT") + bytes([4, 0xC2]) + (30).to_bytes(2, "big") + _mqtt_str(f"{t.dev}-raw")
+                   + _mqtt_str(t.dev) + _mqtt_str(password(t.dev)))
+        s.sendall(_mqtt_packet(0x10, connect))
+        assert s.recv(4) == b"\x20\x02\x00\x00", "CONNACK: accepted"
+        publish = _mqtt_str(t.topics.result) + (7).to_bytes(2, "big") + m
+        s.sendall(_mqtt_packet(0x32, publish))  # QoS 1, packet id 7
+        assert s.recv(4) == b"\x40\x02\x00\x07"  # the PUBACK the terminal is taken to have lost
+        s.sendall(_mqtt_packet(0x3A, publish))  # DUP | QoS 1, the same packet id and bytes
+        assert s.recv(4) == b"\x40\x02\x00\x07"
+        s.sendall(_mqtt_packet(0x32, _mqtt_str(t.topics.result) + (8).to_bytes(2, "big") + m))  # and once more
+        assert s.recv(4) == b"\x40\x02\x00\x08"
+        s.sendall(b"\xe0\x00")  # DISCONNECT
+    wait_until(lambda: w.worker.stats.stored + w.worker.stats.duplicates >= 3, 20, "three deliveries")
+    assert audit(store) == {(t.dev, seq): m}
+    assert (w.worker.stats.stored, w.worker.stats.duplicates, quarantined(store)) == (1, 2, [])
+    assert device(store, t.dev)["last_seq"] == seq
