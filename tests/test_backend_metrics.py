@@ -445,6 +445,9 @@ def test_real_prometheus_scrapes_a_worker_and_fires_terminal_offline_only(broker
         terminals = [start_terminal(broker, t) for t in fleet]
         links = Links(broker, [fleet[0].dev])
         assert links.wait_connected()
+        # a result published before the worker's shared subscription exists has no session to
+        # wait in (seen in a shuffled run: the worker took longer to start than Prometheus)
+        wait_until(lambda: " subscribed: " in (tmp_path / "worker.log").read_text(), 60, "the worker subscribed")
         links.publish(fleet[0].dev, fleet[0].topics.result, fleet[0].result()[1])
         wait_until(lambda: prom.value('sum(facegate_results_stored_total)') == 1, 60, "the result scraped")
         links.close()
