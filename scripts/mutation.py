@@ -37,7 +37,7 @@ EQUIVALENT = Path(__file__).with_name("mutation_equivalent.txt")
 TESTS: dict[str, list[str]] = {
     "outbox": ["tests/test_outbox.py", "tests/test_promises_outbox.py", "tests/test_admission.py"],
     "admission": ["tests/test_admission.py", "tests/test_promises_admission.py", "tests/test_promises_intake.py"],
-    "signing": ["tests/test_signing.py", "tests/test_promises_signing.py"],
+    "signing": ["tests/test_signing.py", "tests/test_promises_signing.py", "tests/test_promises_keys.py"],
     "decide": ["tests/test_vision_pure.py", "tests/test_session.py", "tests/test_promises_decide.py"],
     "messages": ["tests/test_signing.py", "tests/test_admission.py", "tests/test_contract_doc.py",
                  "tests/test_promises_commands.py", "tests/test_promises_signing.py", "tests/test_promises_messages.py"],
