@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sqlite3
 
+import pytest
+
 from facegate import outbox as outbox_mod
 from facegate.outbox import Outbox
 
@@ -177,3 +179,48 @@ def test_an_outbox_in_a_missing_directory_used_from_another_thread(tmp_path):
     t.join(10)
     assert got == [1] and ob.depth() == 1
     ob.close()
+
+
+def test_one_daemon_per_state_dir_and_the_second_is_told_who_and_what_to_do(tmp_path):
+    """lock_state_dir: {state_dir}/daemon.lock holds the holder's pid; a second taker is
+    refused with that pid, the state dir and the two ways out."""
+    fd = outbox_mod.lock_state_dir(tmp_path)
+    try:
+        assert (tmp_path / "daemon.lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(outbox_mod.StateDirBusy) as err:
+            outbox_mod.lock_state_dir(tmp_path)
+        assert str(err.value) == (f"another facegate daemon (pid {os.getpid()}) is running on state dir {tmp_path}: "
+                                  "stop it first (systemctl stop facegate), or give this one its own daemon.state_dir")
+        other = tmp_path / "other"
+        other.mkdir()
+        os.close(outbox_mod.lock_state_dir(other))  # another state dir is another lock
+    finally:
+        os.close(fd)
+    os.close(outbox_mod.lock_state_dir(tmp_path))  # free again once the holder let go
+
+
+def test_an_unusable_outbox_says_so_with_sqlite_s_reason(tmp_path):
+    """Every failure is an OutboxError naming the cause (the daemon logs it; health counts it)."""
+    box = Outbox(tmp_path / "outbox.sqlite")
+    box.close()
+    why = "Cannot operate on a closed database."
+    calls = {"add": (lambda: box.add(lambda seq: [("t", b"m", None)]), f"outbox cannot store a result: {why}"),
+             "delivered": (lambda: box.delivered(1, "t"), f"outbox: {why}"),
+             "redeliver": (lambda: box.redeliver(0.0), f"outbox: {why}"),
+             "remember": (lambda: box.remember("r", b"n", 1e12), f"outbox: {why}")}
+    for name, (call, said) in calls.items():
+        with pytest.raises(outbox_mod.OutboxError) as err:
+            call()
+        assert str(err.value) == said, name
+
+
+def test_pending_hands_out_100_at_a_time_by_default_in_seq_order(tmp_path):
+    box = Outbox(tmp_path / "outbox.sqlite")
+    try:
+        for _ in range(150):
+            box.add(lambda seq: [("t", b"m%d" % seq, None)])
+        first = box.pending()
+        assert [p.seq for p in first] == list(range(1, 101))
+        assert [p.seq for p in box.pending(after=(first[-1].seq, first[-1].topic))] == list(range(101, 151))
+    finally:
+        box.close()
