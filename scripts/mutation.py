@@ -47,6 +47,7 @@ TESTS: dict[str, list[str]] = {
     "backend/worker": ["tests/test_backend.py"],
     "kat": ["tests/test_kat.py", "tests/test_kat_edges.py"],
 }
+DEFAULT = ["outbox", "admission", "signing", "decide", "messages", "delivery", "kat", "backend/trust"]
 KILLED = {1, 3, 24, -24, 36, 152, 255}  # failed, pytest internal error, timeouts
 SURVIVED = {0, 5, 33}  # passed, or no test reached it
 
@@ -117,7 +118,7 @@ def line(label: str, t: dict[str, list[str]]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("modules", nargs="*", default=["outbox", "admission", "signing", "decide", "messages"],
+    ap.add_argument("modules", nargs="*", default=DEFAULT,
                     help=f"modules under device/facegate (known: {', '.join(TESTS)})")
     ap.add_argument("--work", type=Path, default=Path("/tmp/facegate-mutation"))
     ap.add_argument("--max-children", type=int, default=1, help="mutants tested at once (CPU cores)")
