@@ -207,11 +207,16 @@ def test_an_unusable_outbox_says_so_with_sqlite_s_reason(tmp_path):
     calls = {"add": (lambda: box.add(lambda seq: [("t", b"m", None)]), f"outbox cannot store a result: {why}"),
              "delivered": (lambda: box.delivered(1, "t"), f"outbox: {why}"),
              "redeliver": (lambda: box.redeliver(0.0), f"outbox: {why}"),
-             "remember": (lambda: box.remember("r", b"n", 1e12), f"outbox: {why}")}
+             "remember": (lambda: box.remember("r", b"n", 1e12), f"outbox: {why}"),
+             "expire": (lambda: box.expire(), f"outbox: {why}")}
     for name, (call, said) in calls.items():
         with pytest.raises(outbox_mod.OutboxError) as err:
             call()
         assert str(err.value) == said, name
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(outbox_mod.OutboxError) as err:
+        Outbox(tmp_path / "adir")
+    assert str(err.value).startswith(f"cannot open outbox {tmp_path / 'adir'}: ") and len(str(err.value)) > 40
 
 
 def test_pending_hands_out_100_at_a_time_by_default_in_seq_order(tmp_path):
@@ -224,3 +229,32 @@ def test_pending_hands_out_100_at_a_time_by_default_in_seq_order(tmp_path):
         assert [p.seq for p in box.pending(after=(first[-1].seq, first[-1].topic))] == list(range(101, 151))
     finally:
         box.close()
+
+
+def test_the_state_dir_and_the_outbox_file_are_made_private_and_what_exists_is_left_alone(tmp_path):
+    """private_dir: a directory it makes is 0700 whatever the umask, one that exists (systemd's
+    StateDirectory) keeps its mode; private_file: a file it makes is 0600 (SQLite copies the
+    database's mode to -wal / -shm), an existing file keeps its mode and bytes, and a symlink
+    is never followed."""
+    old = os.umask(0)
+    try:
+        made = outbox_mod.private_dir(tmp_path / "a" / "state")
+        assert made == tmp_path / "a" / "state" and made.stat().st_mode & 0o7777 == 0o700
+        outbox_mod.private_file(made / "outbox.sqlite")
+        assert (made / "outbox.sqlite").stat().st_mode & 0o7777 == 0o600
+        assert (made / "outbox.sqlite").read_bytes() == b""
+    finally:
+        os.umask(old)
+    given = tmp_path / "given"
+    given.mkdir(mode=0o750)
+    given.chmod(0o750)
+    assert outbox_mod.private_dir(given) == given and given.stat().st_mode & 0o7777 == 0o750
+    existing = given / "outbox.sqlite"
+    existing.write_bytes(b"old")
+    existing.chmod(0o640)
+    outbox_mod.private_file(existing)
+    assert existing.stat().st_mode & 0o7777 == 0o640 and existing.read_bytes() == b"old"
+    target = tmp_path / "elsewhere"
+    (given / "link.sqlite").symlink_to(target)
+    outbox_mod.private_file(given / "link.sqlite")
+    assert not target.exists()  # not created through the link
