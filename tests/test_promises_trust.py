@@ -14,7 +14,7 @@ import pytest
 from facegate import signing
 from facegate.backend import limits
 from facegate.backend.store import KeyRow
-from facegate.backend.trust import Keyring, check_attest, check_result, payload_problem, topic_device
+from facegate.backend.trust import Keyring, Verdict, check_attest, check_result, payload_problem, topic_device
 from terminals import PREFIX, Terminal
 
 
@@ -29,6 +29,7 @@ def test_a_topic_names_a_device_only_as_prefix_device_leaf():
     assert topic_device(f"{PREFIX}/kiosk-1/result", PREFIX + "/", "result") == "kiosk-1"  # the prefix's slash
     assert topic_device(f"{PREFIX}/A_b.c-9/attest", PREFIX, "attest") == "A_b.c-9"
     assert topic_device(f"{PREFIX}/{'d' * 64}/result", PREFIX, "result") == "d" * 64
+    assert topic_device("acme/X/kiosk-1/result", "acme/X", "result") == "kiosk-1"  # only the slash is stripped
     for bad in (f"{PREFIX}/{'d' * 65}/result", f"{PREFIX}//result", f"{PREFIX}/a/b/result", f"{PREFIX}/a b/result",
                 f"{PREFIX}/kiosk-1/attest", f"{PREFIX}x/kiosk-1/result", f"other/{PREFIX}/kiosk-1/result",
                 f"{PREFIX}/kiosk-1/resultx", f"{PREFIX}/kiosk-1/xresult", "kiosk-1/result", f"{PREFIX}/result"):
@@ -46,6 +47,9 @@ def test_the_keyring_knows_approved_devices_and_the_retired_keys_bound():
     assert set(ring.public_keys("a", ("retired",))) == {old1.kid, old2.kid}
     assert set(ring.public_keys("b", ("pending",))) == {b.key.kid} and ring.public_keys("c") == {}
     assert set(ring.by_kid[old1.kid]) == {row(a, "retired", old1, max_seq=7), row(b, "retired", old1, dev="b")}
+    assert ring.rows == (row(a), row(b, "pending"), row(c, "revoked"), row(a, "retired", old1, max_seq=7),
+                         row(a, "retired", old2, max_seq=3), row(b, "retired", old1, dev="b"))
+    assert Keyring.of([row(a, "retired", old1, max_seq=0)]).retired_bound == {"a": 0}  # nothing above seq 0
     assert Keyring.of([]).devices == frozenset() and Keyring.of([]).retired_bound == {}
 
 
@@ -74,6 +78,21 @@ def test_each_refusal_has_its_reason():
     tampered = bytearray(good)
     tampered[-5] ^= 0x40
     assert reason(a, bytes(tampered)) == "bad_signature"
+    # each refusal names the topic's device, and the key when one verified (the quarantine row's dev / kid)
+    full = [(a, good, b.topics.result, Verdict(False, "kiosk-b", "wrong_topic")),
+            (stranger, stranger.result()[1], None, Verdict(False, "kiosk-x", "unknown_device")),
+            (a, stranger.result(topic=a.topics.result)[1], None, Verdict(False, "kiosk-a", "unknown_key")),
+            (a, b.result(topic=a.topics.result)[1], None, Verdict(False, "kiosk-a", "wrong_device", b.key.kid)),
+            (a, a.result(dev="kiosk-b")[1], None, Verdict(False, "kiosk-a", "wrong_device", a.key.kid)),
+            (pend, pend.result()[1], None, Verdict(False, "kiosk-p", "unapproved_key", pend.key.kid)),
+            (rev, rev.result()[1], None, Verdict(False, "kiosk-r", "revoked_key", rev.key.kid)),
+            (a, bytes(tampered), None, Verdict(False, "kiosk-a", "bad_signature")),
+            (a, a.result(seq=-1)[1], None, Verdict(False, "kiosk-a", "bad_payload", a.key.kid))]
+    for t, m, topic, want in full:
+        assert check_result(m, topic or t.topics.result, PREFIX, ring) == want, want
+    # a payload naming no device (a slash in it) is no copy from another device's topic
+    odd = Terminal("kiosk-a/x", key=a.key)
+    assert reason(a, odd.result()[1], a.topics.result) == "bad_signature"
     assert reason(a, b"\x00garbage") == "not_cose"
     assert reason(a, a.result(seq=-1)[1]) == "bad_payload"
     # a signature that fails on b's topic too stays bad_signature even when it names another device
@@ -91,8 +110,11 @@ def test_a_retired_key_vouches_up_to_its_bound_and_never_for_the_newest():
         ring = Keyring.of([row(t), row(t, "retired", old, max_seq=bound)])
         by_old.seq = seq - 1
         v = check_result(by_old.result()[1], t.topics.result, PREFIX, ring)
-        assert (v.accepted, v.reason, v.retired) == ((True, None, True) if ok else (False, "retired_key", False)), \
-            (bound, seq)
+        want = Verdict(True, "kiosk-1", None, old.kid, v.payload, retired=True) if ok else \
+            Verdict(False, "kiosk-1", "retired_key", old.kid)
+        assert v == want and (v.payload is None) == (not ok), (bound, seq)
+        if ok:
+            assert v.payload["seq"] == seq and v.payload["dev"] == "kiosk-1"
     ring = Keyring.of([row(t), row(t, "retired", old, max_seq=5)])
     v = check_result(t.result()[1], t.topics.result, PREFIX, ring)  # the active key: not retired, any seq
     assert v.accepted and not v.retired
@@ -151,6 +173,10 @@ def test_an_attestation_is_what_the_key_inside_signed_for_that_device():
     assert check_attest(signed(boot="b" * 257), t.topics.attest, PREFIX) is None
     assert check_attest(signed(iat=math.nan), t.topics.attest, PREFIX) is None
     assert check_attest(signed(models=[1]), t.topics.attest, PREFIX) is None
+    deep: dict = {}
+    for _ in range(limits.MAX_DEPTH + 2):
+        deep = {"x": deep}
+    assert check_attest(signed(models=deep), t.topics.attest, PREFIX) is None  # no column holds it
     bare = check_attest(signed(sw=..., boot=..., iat=..., models=...), t.topics.attest, PREFIX)
     assert bare is not None and (bare.sw, bare.boot, bare.iat, bare.models) == (None, None, None, {})
     assert check_attest(signed(iat=1.5), t.topics.attest, PREFIX).iat == 1.5
