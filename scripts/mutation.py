@@ -41,7 +41,7 @@ TESTS: dict[str, list[str]] = {
     "decide": ["tests/test_vision_pure.py", "tests/test_session.py", "tests/test_promises_decide.py"],
     "messages": ["tests/test_signing.py", "tests/test_admission.py", "tests/test_contract_doc.py",
                  "tests/test_promises_commands.py", "tests/test_promises_signing.py", "tests/test_promises_messages.py"],
-    "delivery": ["tests/test_delivery_inprocess.py"],  # test_delivery.py runs daemons: minutes per mutant
+    "delivery": ["tests/test_delivery_inprocess.py", "tests/test_promises_delivery.py"],  # not test_delivery.py: daemons
     "backend/trust": ["tests/test_promises_trust.py"],
     "backend/store": ["tests/test_backend.py"],
     "backend/worker": ["tests/test_backend.py"],
