@@ -82,3 +82,39 @@ def test_a_public_key_in_hex_is_exactly_32_bytes():
         with pytest.raises(SignatureError) as err:
             signing.public_from_hex(bad)
         assert str(err.value) == "a public key is 64 hex digits (32 raw bytes)"
+
+
+def test_a_temp_name_someone_took_is_never_written_through_and_another_is_tried(tmp_path, monkeypatch):
+    """save_key's temp file is new: a link planted under the name it draws is skipped (the
+    next random name is used), never written through; when no name is free it says so."""
+    import secrets
+
+    names = iter(["a" * 16, "b" * 16])
+    monkeypatch.setattr(secrets, "token_hex", lambda n=None: next(names))
+    target = tmp_path / "victim"
+    target.write_text("untouched")
+    path = tmp_path / "signing.key"
+    (tmp_path / f".signing.key.{'a' * 16}.tmp").symlink_to(target)
+    k = signing.SigningKey.generate()
+    signing.save_key(k, path)
+    assert target.read_text() == "untouched" and signing.load_key(path).public == k.public
+    assert not (tmp_path / f".signing.key.{'b' * 16}.tmp").exists()  # renamed into place
+    monkeypatch.setattr(secrets, "token_hex", lambda n=None: "a" * 16)  # every name taken
+    with pytest.raises(FileExistsError) as err:
+        signing.save_key(k, path)
+    assert str(err.value) == f"no free temp name beside {path}" and target.read_text() == "untouched"
+
+
+def test_a_message_of_exactly_the_size_limit_is_verified_one_byte_more_is_not_cose():
+    import cbor2
+
+    k = signing.SigningKey.generate()
+    base = len(signing.sign({"pad": b""}, k, "t"))
+    n = signing.MAX_MESSAGE_BYTES - base - 8  # the pad's and the payload's CBOR heads grow by 4 bytes each
+    m = signing.sign({"pad": b"x" * n}, k, "t")
+    assert len(m) == signing.MAX_MESSAGE_BYTES, len(m) - signing.MAX_MESSAGE_BYTES
+    assert signing.verify(m, {k.kid: k.private.public_key()}, "t").payload["pad"] == b"x" * n
+    bigger = cbor2.dumps(cbor2.loads(m)) + b"\x00"
+    with pytest.raises(SignatureError) as err:
+        signing.verify(bigger, {k.kid: k.private.public_key()}, "t")
+    assert str(err.value) == "not_cose"
