@@ -152,7 +152,7 @@ def test_drain_publishes_everything_that_waits_pass_after_pass(tmp_path):
     """No delivery thread (a clean exit): one in flight at a time, immediate PUBACKs - ten
     passes, a few tens of milliseconds apart, well within the 5 s given."""
     ob = Outbox(tmp_path / "outbox.sqlite")
-    pub = FakePublisher(ack_delay_s=0.0)
+    pub = FakePublisher(ack_delay_s=0.01)  # each PUBACK from the network thread, after its pass
     d = Delivery(ob, pub, 1)
     pub.start(lambda m: None, d.connected, d.connection_lost)
     for _ in range(10):
@@ -161,5 +161,55 @@ def test_drain_publishes_everything_that_waits_pass_after_pass(tmp_path):
     assert seqs(pub.acked) == list(range(1, 11)) and ob.depth() == 0
     d.store(result)
     d.drain(5.0)  # one alone is drained too
+    pub.wait_for(lambda p: len(p.acked) == 11)
     assert ob.depth() == 0 and seqs(pub.acked)[-1] == 11
+    passes = []
+    real = ob.pending
+    ob.pending = lambda *a, **kw: passes.append(1) or real(*a, **kw)  # type: ignore[method-assign]
+    d.drain(5.0)  # nothing waits: no pass at all
+    assert passes == []
     ob.close()
+
+
+def test_a_row_not_acknowledged_in_time_is_published_again_without_a_wake_up(tmp_path, monkeypatch):
+    """ACK_TIMEOUT_S (30 s; 0.3 s here): a publish whose PUBACK never came goes out again
+    on the thread's own pass (poll_s), with no other event to wake it."""
+    import facegate.delivery as delivery_mod
+
+    monkeypatch.setattr(delivery_mod, "ACK_TIMEOUT_S", 0.3)
+    ob = Outbox(tmp_path / "outbox.sqlite")
+    pub = FakePublisher(ack_delay_s=None)
+    d = Delivery(ob, pub, 4, poll_s=0.1)
+    pub.start(lambda m: None, d.connected, d.connection_lost)
+    t = started(d)
+    try:
+        d.store(result)
+        pub.wait_for(lambda p: len(p.published) >= 2, timeout_s=10)
+        assert seqs(pub.published)[:2] == [1, 1]
+    finally:
+        d.stop()
+        t.join(5)
+        ob.close()
+
+
+def test_a_reconnect_says_what_it_puts_back_in_line_and_why_it_cannot(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "facegate.delivery")
+    ob = Outbox(tmp_path / "outbox.sqlite", keep_acked_s=60)
+    pub = FakePublisher(ack_delay_s=0.0)
+    d = Delivery(ob, pub, 4)
+    pub.start(lambda m: None, d.connected, d.connection_lost)
+    d.store(result)
+    d.store(result)
+    d.drain(5.0)
+    assert seqs(pub.acked) == [1, 2]
+    pub.disconnect()
+    caplog.clear()
+    pub.connect()  # both acknowledged within keep_acked_s: a crashed broker may have lost them
+    assert [r.getMessage() for r in caplog.records] == [
+        "re-publishing 2 message(s) acknowledged shortly before the reconnect"]
+    pub.disconnect()
+    ob.close()
+    caplog.clear()
+    pub.connect()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.ERROR, "outbox: Cannot operate on a closed database.")]
