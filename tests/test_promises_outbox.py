@@ -258,3 +258,28 @@ def test_the_state_dir_and_the_outbox_file_are_made_private_and_what_exists_is_l
     (given / "link.sqlite").symlink_to(target)
     outbox_mod.private_file(given / "link.sqlite")
     assert not target.exists()  # not created through the link
+
+
+def test_a_purge_cuts_a_wal_grown_past_64_kib_back_to_nothing_even_with_few_pages_freed(tmp_path):
+    """Many small commits grow the WAL (every commit appends its pages) while the rows
+    free too few pages for a vacuum: the purge still cuts the WAL to nothing (the disk
+    recovers after a burst), and a small WAL is left alone."""
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path)
+    wal = tmp_path / "outbox.sqlite-wal"
+    try:
+        for i in range(40):  # 40 commits of one small row: a WAL of many frames, few pages of data
+            box.add(lambda seq: [("t", b"m%d" % seq, None)])
+        assert wal.stat().st_size > outbox_mod.WAL_TRUNCATE_BYTES
+        assert box._db.execute("PRAGMA page_count").fetchone()[0] < outbox_mod.COMPACT_MIN_FREE_PAGES
+        for p in box.pending(limit=100):
+            box.delivered(p.seq, p.topic)
+        box.expire(acked_before=float("inf"))
+        assert box.depth() == 0 and wal.stat().st_size == 0
+        box.add(lambda seq: [("t", b"one more", None)])
+        small = wal.stat().st_size
+        assert 0 < small <= outbox_mod.WAL_TRUNCATE_BYTES
+        box.expire()  # nothing freed, a small WAL: left as it is
+        assert wal.stat().st_size >= small
+    finally:
+        box.close()
