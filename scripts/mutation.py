@@ -45,7 +45,7 @@ TESTS: dict[str, list[str]] = {
     "backend/trust": ["tests/test_promises_trust.py"],
     "backend/store": ["tests/test_backend.py"],
     "backend/worker": ["tests/test_backend.py"],
-    "kat": ["tests/test_kat.py", "tests/test_kat_edges.py"],
+    "kat": ["tests/test_kat.py", "tests/test_kat_edges.py", "tests/test_promises_kat.py"],
 }
 DEFAULT = ["outbox", "admission", "signing", "decide", "messages", "delivery", "kat", "backend/trust"]
 KILLED = {1, 3, 24, -24, 36, 152, 255}  # failed, pytest internal error, timeouts

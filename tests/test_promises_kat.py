@@ -1,0 +1,93 @@
+"""kat's mutation survivors (issue 25), at what the known-answer test promises: a detector's
+box is judged by its overlap (IoU) with the answer, at the 0.9 tolerance's edge; the shipped
+known inputs are read as recorded; a variant whose self-test failed once stays refused (the
+cached result) without stopping the fall-back to the next, and the choice says why."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facegate import kat, modelstore
+from facegate.errors import ModelError
+
+
+def detection(box, score=0.9):
+    return {"box": list(box), "keypoints": [[0.0, 0.0]] * 6, "score": score}
+
+
+@pytest.mark.parametrize("got,ok", [
+    ((0, 0, 10, 10), True),  # the same box: IoU 1
+    ((0, 0, 10, 9), True),  # IoU 0.9 exactly: at the tolerance
+    ((0, 0, 10, 8.9), False),  # 0.89
+    ((0, 0, 9, 10), True),
+    ((0, 0, 8.9, 10), False),
+    ((1, 0, 11, 10), False),  # shifted 1 px: 90 / 110 = 0.818
+    ((20, 20, 30, 30), False),  # apart: 0
+    ((10, 0, 20, 10), False),  # touching: 0
+])
+def test_a_detected_box_passes_by_its_overlap_with_the_answer(got, ok):
+    want = {"face": [detection((0, 0, 10, 10))]}
+    have = {"face": [detection(got)]}
+    if ok:
+        assert kat.compare("detect_short", have, want).startswith("boxes IoU >= ")
+    else:
+        with pytest.raises(kat.KatFailure, match="box IoU"):
+            kat.compare("detect_short", have, want)
+
+
+def test_the_iou_of_tall_boxes_is_area_over_area():
+    """Width and height not swapped: a 2 x 20 box inside a 4 x 20 one overlaps by half."""
+    want = {"face": [detection((0, 0, 4, 20))]}
+    with pytest.raises(kat.KatFailure, match=r"box IoU 0\.500"):
+        kat.compare("detect_short", {"face": [detection((0, 0, 2, 20))]}, want)
+    with pytest.raises(kat.KatFailure, match=r"box IoU 0\.500"):
+        kat.compare("detect_short", {"face": [detection((0, 0, 20, 2))]}, {"face": [detection((0, 0, 20, 4))]})
+
+
+def test_the_shipped_known_inputs_are_read_as_recorded():
+    import json
+
+    from facegate.modelstore import resource
+
+    meta = json.loads(resource(f"{kat.KAT_DIR}/inputs.json").read_text())
+    image = resource(f"{kat.KAT_DIR}/{meta['image']}").read_bytes()
+    ins = kat.read_inputs(meta, image)
+    assert ins.face.ndim == 3 and ins.face.shape[2] == 3
+    assert ins.box == tuple(float(v) for v in meta["box"]) and all(isinstance(v, float) for v in ins.box)
+    for got, want in ((ins.keypoints, meta["keypoints"]), (ins.five, meta["five"])):
+        assert got.dtype.name == "float32" and np.allclose(got, np.asarray(want, np.float32))
+    assert ins.eye_corners == {int(k): tuple(v) for k, v in meta["eye_corners"].items()}
+    assert all(isinstance(k, int) and isinstance(v, tuple) for k, v in ins.eye_corners.items())
+    with pytest.raises(ModelError, match="cannot be decoded"):
+        kat.read_inputs(meta, b"not an image")
+
+
+def test_a_failed_self_test_is_remembered_and_the_next_variant_still_tried(model_dir):
+    from test_kat import garbage_for
+
+    store = modelstore.ModelStore(model_dir)
+    make = garbage_for({"sface_int8.tflite"})
+    calls = []
+
+    def counting(path, num_threads):
+        calls.append(path.name)
+        return make(path, num_threads)
+    for _ in range(2):  # the second time from the cached self-test results
+        runner, entry = kat.load(store, "embed", "auto", counting, 1)
+        assert entry.variant == "fp32"
+        c = store.chosen["embed"]
+        assert c.refused == (f"int8 refused: {store.self_tests[(_entry(store, 'int8').sha256, 1)].detail}",)
+        assert c.why.startswith("fp32 sface_fp32.tflite, auto: the fastest installed variant that passes here "
+                                f"({c.refused[0]}); known answers: ")
+        assert c.task == "embed" and c.precision == "auto"
+    assert calls.count("sface_int8.tflite") == 1  # refused once, not loaded and tested again
+    runner, entry = kat.load(store, "embed", "fp32", counting, 1)
+    assert store.chosen["embed"].why.startswith("fp32 sface_fp32.tflite, as configured; known answers: ")
+    with pytest.raises(ModelError) as err:
+        kat.load(store, "embed", "int8", counting, 1)
+    assert str(err.value).startswith("no embed model passes its known-answer self-test on this CPU (precision int8): "
+                                     "int8 refused: ")
+
+
+def _entry(store, variant):
+    return next(e for e in store.variants("embed") if e.variant == variant)
