@@ -15,24 +15,65 @@ def detection(box, score=0.9):
     return {"box": list(box), "keypoints": [[0.0, 0.0]] * 6, "score": score}
 
 
-@pytest.mark.parametrize("got,ok", [
-    ((0, 0, 10, 10), True),  # the same box: IoU 1
-    ((0, 0, 10, 9), True),  # IoU 0.9 exactly: at the tolerance
-    ((0, 0, 10, 8.9), False),  # 0.89
-    ((0, 0, 9, 10), True),
-    ((0, 0, 8.9, 10), False),
-    ((1, 0, 11, 10), False),  # shifted 1 px: 90 / 110 = 0.818
-    ((20, 20, 30, 30), False),  # apart: 0
-    ((10, 0, 20, 10), False),  # touching: 0
+@pytest.mark.parametrize("got,want,ok", [
+    ((0, 0, 10, 10), (0, 0, 10, 10), True),  # the same box: IoU 1
+    ((0, 0, 10, 9), (0, 0, 10, 10), True),  # IoU 0.9 exactly: at the tolerance
+    ((0, 0, 10, 8.9), (0, 0, 10, 10), False),  # 0.89
+    ((0, 0, 9, 10), (0, 0, 10, 10), True),
+    ((0, 0, 8.9, 10), (0, 0, 10, 10), False),
+    ((1, 0, 11, 10), (0, 0, 10, 10), False),  # shifted 1 px: 90 / 110 = 0.818
+    ((0, 5, 10, 15), (0, 0, 10, 10), False),  # shifted down half: 50 / 150
+    ((20, 20, 30, 30), (0, 0, 10, 10), False),  # apart: 0
+    ((10, 0, 20, 10), (0, 0, 10, 10), False),  # touching: 0
+    ((2, 0, 12, 10), (2, 0, 12, 10), True),  # the same box away from the origin
+    ((0, 0, 0.5, 0.5), (0, 0, 0.5, 0.5), True),  # a tiny box is still compared by its overlap
+    ((0, 0, 0, 0), (0, 0, 0, 0), False),  # no area at all: no overlap, no division by zero
 ])
-def test_a_detected_box_passes_by_its_overlap_with_the_answer(got, ok):
-    want = {"face": [detection((0, 0, 10, 10))]}
+def test_a_detected_box_passes_by_its_overlap_with_the_answer(got, want, ok):
+    w = {"face": [detection(want)]}
     have = {"face": [detection(got)]}
     if ok:
-        assert kat.compare("detect_short", have, want).startswith("boxes IoU >= ")
+        assert kat.compare("detect_short", have, w).startswith("boxes IoU >= ")
     else:
         with pytest.raises(kat.KatFailure, match="box IoU"):
-            kat.compare("detect_short", have, want)
+            kat.compare("detect_short", have, w)
+
+
+def test_boxes_side_by_side_have_no_overlap_at_all():
+    """Apart in x (or y) while level in the other: IoU 0, not one pixel's row of overlap."""
+    for got in ((20, 0, 30, 10), (0, 20, 10, 30)):
+        with pytest.raises(kat.KatFailure) as err:
+            kat.compare("detect_short", {"face": [detection(got)]}, {"face": [detection((0, 0, 10, 10))]})
+        assert str(err.value) == "face: box IoU 0.000 with the expected box (< 0.9)"
+
+
+def pad(*p_real_and_other):
+    return {f"in{i}": [0.0, real, other] for i, (real, other) in enumerate(p_real_and_other)}
+
+
+def test_liveness_answers_within_0_3_pass_and_the_first_beyond_is_named():
+    want = pad((0.1, 0.9), (0.9, 0.1), (0.5, 0.5))
+    assert kat.compare("pad_v2", want, want) == "3 inputs' class probabilities within 0.0000"
+    at = pad((0.0, 0.9), (0.9, 0.1), (0.5, 0.5))
+    assert kat.compare("pad_v2", pad((0.3, 0.9), (0.9, 0.1), (0.5, 0.5)), at) == (
+        "3 inputs' class probabilities within 0.3000")  # exactly 0.3 apart: still within
+    off = pad((0.45, 0.9), (0.9, 0.1), (0.5, 0.5))
+    with pytest.raises(kat.KatFailure) as err:
+        kat.compare("pad_v2", off, want)
+    assert str(err.value) == "in0: p(real) 0.450, expected 0.100 (class probabilities 0.350 apart > 0.3)"
+
+
+def test_liveness_outputs_that_ignore_their_input_are_caught_by_p_real():
+    """The qemu `max` failure: p(real) (class 1) the same for inputs known to differ by more
+    than 2 x 0.3; judged on class 1 only, with a spread of 0.1 (0.3 / 3) still taken for
+    collapse."""
+    want = pad((0.1, 0.5), (0.9, 0.5))  # p(real) 0.8 apart; the other class alike
+    with pytest.raises(kat.KatFailure, match="outputs barely depend on the input"):
+        kat.compare("pad_v2", pad((0.5, 0.0), (0.5, 1.0)), want)  # p(real) constant, the other class not
+    with pytest.raises(kat.KatFailure, match="outputs barely depend on the input"):
+        kat.compare("pad_v2", pad((0.41, 0.5), (0.5, 0.5)), want)  # a spread of 0.09
+    close = pad((0.5, 0.5), (0.6, 0.5))  # p(real) only 0.1 apart: no collapse to look for
+    assert kat.compare("pad_v2", pad((0.55, 0.5), (0.55, 0.5)), close).startswith("2 inputs'")
 
 
 def test_the_iou_of_tall_boxes_is_area_over_area():
