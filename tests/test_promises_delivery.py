@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 
+from facegate import outbox as outbox_mod
 from facegate.adapters.fake_mqtt import FakePublisher
 from facegate.delivery import Delivery
 from facegate.outbox import Outbox
@@ -213,3 +214,30 @@ def test_a_reconnect_says_what_it_puts_back_in_line_and_why_it_cannot(tmp_path, 
     pub.connect()
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.ERROR, "outbox: Cannot operate on a closed database.")]
+
+
+def test_an_answer_goes_out_with_the_correlation_data_it_was_stored_with(tmp_path):
+    """A refusal / result for an MQTT 5 request carries the request's correlation data."""
+    ob = Outbox(tmp_path / "outbox.sqlite")
+    pub = FakePublisher(ack_delay_s=0.0)
+    d = Delivery(ob, pub, 4)
+    pub.start(lambda m: None, d.connected, d.connection_lost)
+    d.store(lambda seq: [("replies/backend/x", b"answer %d" % seq, b"corr-7"), ("dev/result", b"r %d" % seq, None)])
+    d.drain(5.0)
+    assert sorted((s.topic, s.correlation or b"") for s in pub.acked) == [("dev/result", b""), ("replies/backend/x", b"corr-7")]
+    ob.close()
+
+
+def test_an_outbox_that_cannot_be_read_is_said_and_ends_the_drain(tmp_path, caplog):
+    caplog.set_level(logging.ERROR, "facegate.delivery")
+    ob = Outbox(tmp_path / "outbox.sqlite")
+    pub = FakePublisher(ack_delay_s=None)
+    d = Delivery(ob, pub, 4)
+    pub.start(lambda m: None, d.connected, d.connection_lost)
+    d.store(result)
+    ob.pending = lambda *a, **kw: (_ for _ in ()).throw(  # type: ignore[method-assign]
+        outbox_mod.OutboxError("outbox: disk I/O error"))
+    d.drain(3.0)  # one pass, it cannot read: no retry until the deadline
+    assert [r.getMessage() for r in caplog.records] == ["outbox: disk I/O error"]
+    assert pub.published == []
+    ob.close()
