@@ -241,3 +241,27 @@ def test_an_outbox_that_cannot_be_read_is_said_and_ends_the_drain(tmp_path, capl
     assert [r.getMessage() for r in caplog.records] == ["outbox: disk I/O error"]
     assert pub.published == []
     ob.close()
+
+
+def test_what_cannot_be_stored_or_published_is_said_and_counted(tmp_path, caplog):
+    caplog.set_level(logging.ERROR, "facegate.delivery")
+    ob = FlakyOutbox(tmp_path / "outbox.sqlite")
+    pub = FakePublisher(ack_delay_s=0.0)
+    d = Delivery(ob, pub, 4)
+    pub.start(lambda m: None, d.connected, d.connection_lost)
+    ob.full_add = True
+    assert d.store(result) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "a result cannot be stored yet (outbox cannot store a result: database or disk is full); held in memory "
+        "and retried"]
+    ob.full_add = False
+    d.retry()
+    caplog.clear()
+    for _ in range(2):
+        d.store(lambda seq: result(seq, "replies/+/wildcard"))
+    d.drain(5.0)
+    assert d.undeliverable == 2 and ob.depth() == 0 and seqs(pub.acked) == [1]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"result {n} cannot be published on 'replies/+/wildcard' (Publish topic cannot contain wildcards.): dropped"
+        for n in (2, 3)]
+    ob.close()
