@@ -132,3 +132,67 @@ def test_a_failed_self_test_is_remembered_and_the_next_variant_still_tried(model
 
 def _entry(store, variant):
     return next(e for e in store.variants("embed") if e.variant == variant)
+
+
+def test_detections_count_then_keypoints_and_score_at_their_tolerances():
+    want = {"face": [detection((0, 0, 10, 10), 0.9)], "pattern": []}
+
+    def have(kp_dx=0.0, score=0.9, n=1):
+        d = detection((0, 0, 10, 10), score)
+        d["keypoints"] = [[kp_dx, 0.0]] * 6
+        return {"face": [d] * n, "pattern": []}
+    assert kat.compare("detect_short", have(), want) == "boxes IoU >= 1.000, keypoints within 0.00 px"
+    assert kat.compare("detect_short", have(2.0, 0.95), want) == "boxes IoU >= 1.000, keypoints within 2.00 px"
+    for got, said in ((have(n=2), "2 face(s) found in face, expected 1"),
+                      (have(2.5), "face: keypoints 2.5 px off (> 2.0)"),
+                      (have(score=0.8), "face: score 0.800, expected 0.900")):
+        with pytest.raises(kat.KatFailure) as err:
+            kat.compare("detect_short", got, want)
+        assert str(err.value) == said
+    # of two detections, the one overlapping the answer is compared (not the first)
+    far, near = detection((50, 50, 60, 60), 0.9), detection((0, 0, 10, 10), 0.9)
+    assert kat.compare("detect_short", {"face": [far, near], "pattern": []},
+                       {"face": [near, far], "pattern": []}).startswith("boxes IoU >= 1.000")
+
+
+def test_landmarks_at_their_mean_and_worst_tolerances_and_the_presence():
+    pts = [[0.0, 0.0]] * 4
+    want = {"a": {"points": pts, "presence": 0.9}}
+
+    def moved(dxs, presence=0.9):
+        return {"a": {"points": [[dx, 0.0] for dx in dxs], "presence": presence}}
+    assert kat.compare("mesh", moved([3.0, 1.0 / 3, 1.0 / 3, 1.0 / 3 - 1e-12]), want).startswith(
+        "landmarks within 1.000 px on average, 3.000 px at worst")  # both at their limits
+    assert kat.compare("mesh", moved([0.0] * 4, 0.95), want) == "landmarks within 0.000 px on average, 0.000 px at worst"
+    for got, said in ((moved([3.1, 0, 0, 0]), "a: landmarks 0.78 px off on average, 3.10 px at worst (> 1.0 / 3.0)"),
+                      (moved([1.1] * 4), "a: landmarks 1.10 px off on average, 1.10 px at worst (> 1.0 / 3.0)"),
+                      (moved([0.0] * 4, 0.8), "a: face presence 0.800, expected 0.900")):
+        with pytest.raises(kat.KatFailure) as err:
+            kat.compare("mesh", got, want)
+        assert str(err.value) == said
+    no_presence = {"a": {"points": pts}}  # iris answers carry none
+    assert kat.compare("iris", {"a": {"points": pts}}, no_presence).startswith("landmarks within 0.000")
+
+
+def test_embeddings_at_their_cosine_and_pair_tolerances():
+    import math
+
+    def unit(deg):
+        return [math.cos(math.radians(deg)), math.sin(math.radians(deg))]
+    want = {"face": unit(0), "flip": unit(10), "pattern": unit(80)}  # face vs pattern: cosine 0.17 (distinct)
+    assert kat.compare("embed", want, want) == "3 embeddings at cosine >= 1.0000 to their answers, pairs as expected"
+    turned = {k: unit(d + 5) for k, d in (("face", 0), ("flip", 10), ("pattern", 80))}  # all turned 5 degrees
+    assert kat.compare("embed", turned, want).startswith("3 embeddings at cosine >= 0.9962")
+    scaled = {k: [3 * x for x in v] for k, v in want.items()}  # the cosine, not the dot product
+    with pytest.raises(kat.KatFailure, match="distinct inputs collapse"):
+        kat.compare("embed", scaled, want)  # (scaled pairs' dots grow: a collapse as the check sees it)
+    with pytest.raises(kat.KatFailure) as err:
+        kat.compare("embed", {"face": unit(-20), "flip": unit(10), "pattern": unit(80)}, want)
+    assert str(err.value) == "face: embedding at cosine 0.940 from its known answer (< 0.95)"
+    with pytest.raises(kat.KatFailure) as err:  # each near its answer, a pair's cosine 0.1+ off
+        kat.compare("embed", {"face": unit(-12), "flip": unit(18), "pattern": unit(80)}, want)
+    assert str(err.value) == "face vs flip: cosine 0.866, expected 0.985"
+    collapsed = {"face": unit(0), "flip": unit(0), "pattern": unit(0)}
+    with pytest.raises(kat.KatFailure) as err:
+        kat.compare("embed", collapsed, want)
+    assert str(err.value) == "distinct inputs collapse: face and pattern at cosine 1.000 (known 0.174, must stay < 0.5)"

@@ -268,7 +268,7 @@ def test_a_purge_cuts_a_wal_grown_past_64_kib_back_to_nothing_even_with_few_page
     box = Outbox(path)
     wal = tmp_path / "outbox.sqlite-wal"
     try:
-        for i in range(40):  # 40 commits of one small row: a WAL of many frames, few pages of data
+        for _ in range(40):  # 40 commits of one small row: a WAL of many frames, few pages of data
             box.add(lambda seq: [("t", b"m%d" % seq, None)])
         assert wal.stat().st_size > outbox_mod.WAL_TRUNCATE_BYTES
         assert box._db.execute("PRAGMA page_count").fetchone()[0] < outbox_mod.COMPACT_MIN_FREE_PAGES
