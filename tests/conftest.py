@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from backendkit import broker, postgres, rig, store, store_cfg  # noqa: F401 (the backend tests' fixtures)
 from facegate import config as config_mod
 from facegate import modelstore, signing
 

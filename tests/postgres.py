@@ -43,23 +43,44 @@ class Postgres:
         return subprocess.run(full, check=check, capture_output=True, text=True, cwd=self.dir, timeout=120)
 
     def start(self) -> Postgres:
+        """Start and wait until it accepts connections. free_port() only names a port that was
+        free a moment ago: when another process took it meanwhile, the server cannot bind and
+        exits; a first start then tries again on another port (a restart keeps its port,
+        which the tests' DSNs name), as the broker fixture does (tests/broker.py)."""
         if not (self.data / "PG_VERSION").exists():
             self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
                       "--no-sync", "-E", "UTF8")
+        for _ in range(5):
+            log_from = self._log_size()
+            r = self._start_once()
+            if r.returncode == 0:
+                self.started = True
+                return self
+            said = self.log(log_from)
+            if getattr(self, "started", False) or "Address already in use" not in said:
+                raise RuntimeError(f"PostgreSQL did not start: {r.stderr} {said}")
+            self.port = free_port()
+        raise RuntimeError("PostgreSQL found no free port in 5 tries")
+
+    def _start_once(self) -> subprocess.CompletedProcess:
         opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=on "
                 "-c max_connections=50 -c shared_buffers=32MB")
-        r = self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-o", opts,
-                      "-w", "-t", "60", "start", check=False)
-        if r.returncode != 0:
-            raise RuntimeError(f"PostgreSQL did not start: {r.stderr} {self.log()}")
-        return self
+        return self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-o", opts,
+                         "-w", "-t", "60", "start", check=False)
+
+    def _log_size(self) -> int:
+        try:
+            return (self.dir / "log").stat().st_size
+        except OSError:
+            return 0
 
     def stop(self, mode: str = "fast") -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
 
-    def log(self) -> str:
+    def log(self, start: int = 0) -> str:
+        """The server's log from byte `start` on (its last 2000 characters)."""
         try:
-            return (self.dir / "log").read_text()[-2000:]
+            return (self.dir / "log").read_bytes()[start:].decode(errors="replace")[-2000:]
         except OSError:
             return ""
 

@@ -5,17 +5,16 @@ Terminals are simulated (tests/terminals.py: real keys, the package's contract c
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
+from backendkit import audit, backend_config, device, quarantined, write_toml
 from broker import Mosquitto, password
 from facegate.backend.config import BackendConfig, BrokerConfig, ServeConfig, StoreConfig
 from facegate.backend.mqtt import Message
@@ -26,82 +25,8 @@ from facegate.backend.worker import Worker, recheck_quarantine
 from terminals import PREFIX, Links, Terminal
 from timeouts import wait_until
 
-
-# -- fixtures -------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def postgres():
-    from postgres import Postgres
-
-    pg = Postgres().start()
-    yield pg
-    pg.remove()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_cfg(request, tmp_path) -> StoreConfig:
-    if request.param == "postgres":
-        return StoreConfig(dsn=request.getfixturevalue("postgres").fresh_dsn())
-    return StoreConfig(sqlite=str(tmp_path / "backend.db"))
-
-
-@pytest.fixture()
-def store(store_cfg):
-    s = Store.open(store_cfg)
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    b = Mosquitto(tmp_path_factory.mktemp("broker"), persist=True).start()
-    yield b
-    b.stop()
-
-
-def backend_config(broker: Mosquitto, store_cfg: StoreConfig, d: Path, **serve) -> BackendConfig:
-    """A config for the `backend` user; each test its own client ids and shared group (the
-    broker keeps a stopped worker's session, and its share of the group, for a day)."""
-    tag = f"t{time.monotonic_ns() % 10**9}"
-    serve.setdefault("group", tag)
-    pw = d / "backend.password"
-    pw.write_text(password("backend") + "\n")
-    return BackendConfig(mqtt=BrokerConfig(host="127.0.0.1", port=broker.port, tls=True, ca_file=str(broker.tls["ca"]),
-                                           username="backend", password_file=str(pw), keepalive_s=5,
-                                           client_id=tag),
-                         store=store_cfg, serve=ServeConfig(**serve))
-
-
-def write_toml(cfg: BackendConfig, path: Path) -> Path:
-    lines = []
-    for section in ("mqtt", "store", "serve"):
-        lines.append(f"[{section}]")
-        for k, v in getattr(cfg, section).model_dump().items():
-            lines.append(f"{k} = {json.dumps(v)}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-class WorkerThread:
-    """A worker in this process (for the tests that do not kill it)."""
-
-    def __init__(self, cfg: BackendConfig):
-        self.worker = Worker(cfg)
-        self.stop, ready = threading.Event(), threading.Event()
-        self.thread = threading.Thread(target=self.worker.run, args=(self.stop, ready), daemon=True)
-        self.thread.start()
-        assert ready.wait(15), "worker did not connect"
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(15)
-
-
-def audit(store: Store) -> dict[tuple[str, int], bytes]:
-    return {(d, s): bytes(m) for d, s, m in store.query("SELECT dev, seq, message FROM results")}
-
-
-def quarantined(store: Store) -> list[tuple[str, str]]:
-    return sorted((d or "", r) for d, r in store.query("SELECT dev, reason FROM quarantine"))
+# fixtures (tests/backendkit.py): `store` / `store_cfg` on SQLite and PostgreSQL, a broker of
+# each test's own, `rig` for its workers and links
 
 
 # -- the registry -------------------------------------------------------------------------
@@ -198,51 +123,47 @@ def test_result_checks_name_the_reason(store):
 
 
 # -- the fleet consumer ---------------------------------------------------------------------
-def test_forged_replayed_unknown_revoked_and_wrong_topic_results_are_quarantined(broker, store, store_cfg, tmp_path):
-    cfg = backend_config(broker, store_cfg, tmp_path)
+def test_forged_replayed_unknown_revoked_and_wrong_topic_results_are_quarantined(rig, store, store_cfg, tmp_path):
     reg = Registry(store)
     a, b, rogue, revoked = Terminal("fk-a"), Terminal("fk-b"), Terminal("fk-rogue"), Terminal("fk-revoked")
     for t in (a, b, revoked):
         reg.enrol(t.dev, t.key.public, time.time())
     reg.revoke(revoked.dev, time.time())
-    w = WorkerThread(cfg)
+    w = rig.worker(backend_config(rig.broker, store_cfg, tmp_path))
     # each publishes with its own broker credentials (the ACL allows only its own topics):
     # a replay or a copy is what a terminal whose MQTT password leaked could send
-    links = Links(broker, [a.dev, b.dev, rogue.dev, revoked.dev])
-    try:
-        assert links.wait_connected()
-        links.publish(a.dev, a.topics.status, b"online", retain=True)
-        links.publish(a.dev, f"{PREFIX}/fk-a/health", json.dumps({"outbox_depth": 3, "uptime_s": 5}).encode())
-        sent = {}
-        for _ in range(5):
-            seq, m = a.result()
-            sent[("fk-a", seq)] = m
-            links.publish(a.dev, a.topics.result, m)
-        seq, last = a.result(decision="no_match", reason="different_person")
-        sent[("fk-a", seq)] = last
-        links.publish(a.dev, a.topics.result, last)
-        links.publish(a.dev, a.topics.result, last)  # replayed: the same bytes again
-        links.publish(a.dev, a.topics.result, sent[("fk-a", 1)])  # an old one replayed
-        links.publish(b.dev, b.topics.result, last)  # a's result copied onto b's topic
-        links.publish(rogue.dev, rogue.topics.result, rogue.result()[1])  # unknown device
-        links.publish(revoked.dev, revoked.topics.result, revoked.result()[1])  # revoked key
-        forged = bytearray(a.result()[1])
-        forged[-5] ^= 0x40  # a flipped signature bit
-        links.publish(a.dev, a.topics.result, bytes(forged))
-        a.seq = 5
-        links.publish(a.dev, a.topics.result, a.result(decision="match")[1])  # a forgery re-using seq 6 (signed!)
-        wait_until(lambda: len(quarantined(store)) >= 5, 20, "quarantine rows")
-        wait_until(lambda: (store.devices() or [{}])[0].get("outbox_depth") == 3, 10, "health")
-        assert audit(store) == sent  # exactly the genuine results, once each, byte for byte
-        assert quarantined(store) == sorted([("fk-b", "wrong_topic"), ("fk-rogue", "unknown_device"),
-                                             ("fk-revoked", "revoked_key"), ("fk-a", "bad_signature"),
-                                             ("fk-a", "conflicting_duplicate")])
-        dev = {d["dev"]: d for d in store.devices()}["fk-a"]
-        assert dev["status"] == "online" and dev["last_decision"] == "no_match" and dev["last_seq"] == 6
-        assert w.worker.stats.duplicates >= 2
-    finally:
-        links.close()
-        w.close()
+    links = rig.links([a.dev, b.dev, rogue.dev, revoked.dev])
+    links.publish(a.dev, a.topics.status, b"online", retain=True)
+    links.publish(a.dev, f"{PREFIX}/fk-a/health", json.dumps({"outbox_depth": 3, "uptime_s": 5}).encode())
+    sent = {}
+    for _ in range(5):
+        seq, m = a.result()
+        sent[("fk-a", seq)] = m
+        links.publish(a.dev, a.topics.result, m)
+    seq, last = a.result(decision="no_match", reason="different_person")
+    sent[("fk-a", seq)] = last
+    links.publish(a.dev, a.topics.result, last)
+    links.publish(a.dev, a.topics.result, last)  # replayed: the same bytes again
+    links.publish(a.dev, a.topics.result, sent[("fk-a", 1)])  # an old one replayed
+    links.publish(b.dev, b.topics.result, last)  # a's result copied onto b's topic
+    links.publish(rogue.dev, rogue.topics.result, rogue.result()[1])  # unknown device
+    links.publish(revoked.dev, revoked.topics.result, revoked.result()[1])  # revoked key
+    forged = bytearray(a.result()[1])
+    forged[-5] ^= 0x40  # a flipped signature bit
+    links.publish(a.dev, a.topics.result, bytes(forged))
+    a.seq = 5
+    links.publish(a.dev, a.topics.result, a.result(decision="match")[1])  # a forgery re-using seq 6 (signed!)
+    wait_until(lambda: len(quarantined(store)) >= 5, 20, "quarantine rows")
+    # by name: it once read the first devices row, which another test's retained R/attest
+    # (of `cli-new`, sorting before `fk-a`) made when the tests shared a broker
+    wait_until(lambda: device(store, "fk-a").get("outbox_depth") == 3, 10, "fk-a's health")
+    assert audit(store) == sent  # exactly the genuine results, once each, byte for byte
+    assert quarantined(store) == sorted([("fk-b", "wrong_topic"), ("fk-rogue", "unknown_device"),
+                                         ("fk-revoked", "revoked_key"), ("fk-a", "bad_signature"),
+                                         ("fk-a", "conflicting_duplicate")])
+    dev = device(store, "fk-a")
+    assert dev["status"] == "online" and dev["last_decision"] == "no_match" and dev["last_seq"] == 6
+    wait_until(lambda: w.worker.stats.duplicates >= 2, 10, "the same bytes again, and seq 1 again: duplicates")
 
 
 def test_exactly_once_through_a_worker_kill_and_a_broker_restart(broker, store, store_cfg, tmp_path):
@@ -393,28 +314,24 @@ def test_two_workers_update_the_same_devices_without_a_deadlock(postgres):
             st.close()
 
 
-def test_devices_cli_lists_status_health_last_decision_and_pending_keys(broker, tmp_path):
+def test_devices_cli_lists_status_health_last_decision_and_pending_keys(rig, tmp_path):
     """`facegate backend devices`: online / last seen / outbox / last decision from what a
     worker stored; `pending --scan` reads a retained R/attest; `approve` trusts it."""
-    cfg = backend_config(broker, StoreConfig(sqlite=str(tmp_path / "backend.db")), tmp_path)
+    cfg = backend_config(rig.broker, StoreConfig(sqlite=str(tmp_path / "backend.db")), tmp_path)
     toml = write_toml(cfg, tmp_path / "backend.toml")
     known, newcomer = Terminal("cli-known"), Terminal("cli-new")
     store = Store.open(cfg.store)
     Registry(store).enrol(known.dev, known.key.public, time.time())
-    w = WorkerThread(cfg)
-    links = Links(broker, [known.dev, newcomer.dev])
-    try:
-        assert links.wait_connected()
-        links.publish(known.dev, known.topics.status, b"online", retain=True)
-        links.publish(known.dev, known.topics.health, json.dumps({"outbox_depth": 2}).encode())
-        links.publish(known.dev, known.topics.result, known.result(decision="spoof", reason="presentation_attack")[1])
-        links.publish(newcomer.dev, newcomer.topics.attest, newcomer.attest(), retain=True)
-        links.publish(newcomer.dev, newcomer.topics.result, newcomer.result()[1])  # before any approval
-        wait_until(lambda: audit(store) and quarantined(store), 20, "the results stored / quarantined")
-        wait_until(lambda: any(d["outbox_depth"] == 2 for d in store.devices()), 20, "health")
-    finally:
-        w.close()
-        links.close()
+    rig.worker(cfg)
+    links = rig.links([known.dev, newcomer.dev])
+    links.publish(known.dev, known.topics.status, b"online", retain=True)
+    links.publish(known.dev, known.topics.health, json.dumps({"outbox_depth": 2}).encode())
+    links.publish(known.dev, known.topics.result, known.result(decision="spoof", reason="presentation_attack")[1])
+    links.publish(newcomer.dev, newcomer.topics.attest, newcomer.attest(), retain=True)
+    links.publish(newcomer.dev, newcomer.topics.result, newcomer.result()[1])  # before any approval
+    wait_until(lambda: audit(store) and quarantined(store), 20, "the results stored / quarantined")
+    wait_until(lambda: device(store, "cli-known").get("outbox_depth") == 2, 20, "health")
+    rig.close()
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "facegate.cli", "backend", "devices", *args, "--config",
@@ -455,93 +372,82 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path):
     assert r.returncode == 2 and "no 'public_key' of 64 hex digits" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_a_database_outage_loses_nothing(broker, tmp_path):
+def test_a_database_outage_loses_nothing(rig, tmp_path):
     """PostgreSQL stopped while results arrive: the worker keeps its batch unacknowledged,
     retries with back-off, reconnects, and stores every result once."""
     from postgres import Postgres
 
     pg = Postgres().start()
     try:
-        cfg = backend_config(broker, StoreConfig(dsn=pg.fresh_dsn()), tmp_path)
+        cfg = backend_config(rig.broker, StoreConfig(dsn=pg.fresh_dsn()), tmp_path)
         store = Store.open(cfg.store)
         fleet = [Terminal(f"db-{i}") for i in range(3)]
         for t in fleet:
             Registry(store).enrol(t.dev, t.key.public, time.time())
         store.close()
-        w = WorkerThread(cfg)
-        links = Links(broker, [t.dev for t in fleet])
+        w = rig.worker(cfg)
+        links = rig.links([t.dev for t in fleet])
         sent = {}
-        try:
-            assert links.wait_connected()
 
-            def publish(n):
-                for i in range(n):
-                    t = fleet[i % 3]
-                    seq, m = t.result()
-                    sent[(t.dev, seq)] = m
-                    links.publish(t.dev, t.topics.result, m)
+        def publish(n):
+            for i in range(n):
+                t = fleet[i % 3]
+                seq, m = t.result()
+                sent[(t.dev, seq)] = m
+                links.publish(t.dev, t.topics.result, m)
 
-            publish(30)
-            wait_until(lambda: w.worker.stats.stored == 30, 20, "the first results")
-            pg.stop("immediate")
-            publish(30)
-            wait_until(lambda: w.worker.stats.db_errors >= 1, 20, "a database error")
-            time.sleep(1.0)
-            pg.start()
-            wait_until(lambda: w.worker.stats.stored == 60, 60, "every result after the restart")
-            store = Store.open(cfg.store)
-            assert audit(store) == sent
-            store.close()
-        finally:
-            links.close()
-            w.close()
+        publish(30)
+        wait_until(lambda: w.worker.stats.stored == 30, 20, "the first results")
+        pg.stop("immediate")
+        publish(30)
+        wait_until(lambda: w.worker.stats.db_errors >= 1, 20, "a database error")
+        time.sleep(1.0)
+        pg.start()
+        wait_until(lambda: w.worker.stats.stored == 60, 60, "every result after the restart")
+        store = Store.open(cfg.store)
+        assert audit(store) == sent
+        store.close()
+        rig.close()
     finally:
         pg.remove()
 
 
-def test_key_rotation_through_the_worker_needs_approval(broker, store, store_cfg, tmp_path):
+def test_key_rotation_through_the_worker_needs_approval(rig, store, store_cfg, tmp_path):
     """A terminal rotates its key and re-publishes R/attest: the worker records a pending
     rotation; results under the new key are quarantined until it is approved, then stored;
     a result the old key signed before the rotation still counts; after a revocation
     nothing does."""
     from facegate import signing
 
-    cfg = backend_config(broker, store_cfg, tmp_path, key_refresh_s=0.2)
-    t = Terminal(f"rot-{os.urandom(3).hex()}")  # the broker keeps the last run's retained attest
+    t = Terminal("rot-1")
     reg = Registry(store)
     reg.enrol(t.dev, t.key.public, time.time())
-    w = WorkerThread(cfg)
-    links = Links(broker, [t.dev])
-    try:
-        assert links.wait_connected()
-        links.publish(t.dev, t.topics.attest, t.attest(), retain=True)
-        links.publish(t.dev, t.topics.result, t.result()[1])
-        _, signed_before = t.result()  # made before the rotation, delivered after it
-        t.key = signing.SigningKey.generate()
-        links.publish(t.dev, t.topics.attest, t.attest(), retain=True)
-        mine = lambda: [(p.key.kid, p.rotation) for p in reg.pending() if p.key.dev == t.dev]  # noqa: E731
-        wait_until(mine, 20, "the rotation pending")  # (other tests' retained attestations come too)
-        assert mine() == [(t.key.kid.hex(), True)]
-        links.publish(t.dev, t.topics.result, t.result()[1])
-        wait_until(lambda: quarantined(store), 20, "the unapproved result")
-        assert quarantined(store) == [(t.dev, "unapproved_key")] and sorted(audit(store)) == [(t.dev, 1)]
-        reg.approve(t.dev, time.time())
-        # what waited in quarantine for the approval is stored now, and leaves the quarantine
-        assert recheck_quarantine(store, PREFIX, t.dev) == 1 and quarantined(store) == []
-        time.sleep(0.5)  # the worker re-reads the keys every key_refresh_s
-        links.publish(t.dev, t.topics.result, t.result()[1])
-        links.publish(t.dev, t.topics.result, signed_before)
-        wait_until(lambda: len(audit(store)) == 4, 20, "the approved and the retired key's results")
-        assert sorted(audit(store)) == [(t.dev, 1), (t.dev, 2), (t.dev, 3), (t.dev, 4)]
-        reg.revoke(t.dev, time.time())
-        time.sleep(0.5)
-        links.publish(t.dev, t.topics.result, t.result()[1])
-        wait_until(lambda: (t.dev, "revoked_key") in quarantined(store), 20, "the revoked key's result")
-        assert len(audit(store)) == 4
-        assert recheck_quarantine(store, PREFIX, t.dev) == 0  # a revoked key's results stay out
-    finally:
-        links.close()
-        w.close()
+    rig.worker(backend_config(rig.broker, store_cfg, tmp_path, key_refresh_s=0.2))
+    links = rig.links([t.dev])
+    links.publish(t.dev, t.topics.attest, t.attest(), retain=True)
+    links.publish(t.dev, t.topics.result, t.result()[1])
+    _, signed_before = t.result()  # made before the rotation, delivered after it
+    t.key = signing.SigningKey.generate()
+    links.publish(t.dev, t.topics.attest, t.attest(), retain=True)
+    wait_until(reg.pending, 20, "the rotation pending")
+    assert [(p.key.dev, p.key.kid, p.rotation) for p in reg.pending()] == [(t.dev, t.key.kid.hex(), True)]
+    links.publish(t.dev, t.topics.result, t.result()[1])
+    wait_until(lambda: quarantined(store), 20, "the unapproved result")
+    assert quarantined(store) == [(t.dev, "unapproved_key")] and sorted(audit(store)) == [(t.dev, 1)]
+    reg.approve(t.dev, time.time())
+    # what waited in quarantine for the approval is stored now, and leaves the quarantine
+    assert recheck_quarantine(store, PREFIX, t.dev) == 1 and quarantined(store) == []
+    time.sleep(0.5)  # the worker re-reads the keys every key_refresh_s
+    links.publish(t.dev, t.topics.result, t.result()[1])
+    links.publish(t.dev, t.topics.result, signed_before)
+    wait_until(lambda: len(audit(store)) == 4, 20, "the approved and the retired key's results")
+    assert sorted(audit(store)) == [(t.dev, 1), (t.dev, 2), (t.dev, 3), (t.dev, 4)]
+    reg.revoke(t.dev, time.time())
+    time.sleep(0.5)
+    links.publish(t.dev, t.topics.result, t.result()[1])
+    wait_until(lambda: (t.dev, "revoked_key") in quarantined(store), 20, "the revoked key's result")
+    assert len(audit(store)) == 4
+    assert recheck_quarantine(store, PREFIX, t.dev) == 0  # a revoked key's results stay out
 
 
 @pytest.mark.parametrize("how", ["broker_down", "back_before_the_wait_ends"])
@@ -604,3 +510,52 @@ def test_a_subscription_cut_short_by_a_broker_crash_is_renewed_not_fatal(tmp_pat
         if client:
             client.close()
         b.stop()
+
+
+def _mqtt_packet(kind: int, body: bytes) -> bytes:
+    n, size = len(body), b""
+    while True:
+        n, digit = divmod(n, 128)
+        size += bytes([digit | (0x80 if n else 0)])
+        if not n:
+            return bytes([kind]) + size + body
+
+
+def _mqtt_str(s: str | bytes) -> bytes:
+    b = s.encode() if isinstance(s, str) else s
+    return len(b).to_bytes(2, "big") + b
+
+
+def test_a_result_the_terminal_sends_again_with_dup_is_stored_once_and_counted(rig, store, store_cfg, tmp_path):
+    """QoS 1 is at least once: a terminal that lost the broker's PUBACK sends the same
+    PUBLISH again with the DUP flag and the same packet id, and the broker passes both on.
+    Here the re-send is made on the wire (MQTT 3.1.1 over the broker's TLS, by hand: paho
+    gives no way to lose a PUBACK on purpose), and the same result's bytes come a third
+    time on a new packet id. One audit row, two duplicates counted, nothing quarantined."""
+    import socket
+    import ssl
+
+    t = Terminal("dup-1")
+    Registry(store).enrol(t.dev, t.key.public, time.time())
+    w = rig.worker(backend_config(rig.broker, store_cfg, tmp_path))
+    rig.broker.add_user(t.dev)
+    seq, m = t.result()
+    ctx = ssl.create_default_context(cafile=str(rig.broker.tls["ca"]))
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", rig.broker.port), timeout=10),
+                         server_hostname="127.0.0.1") as s:
+        connect = (_mqtt_str("MQTT") + bytes([4, 0xC2]) + (30).to_bytes(2, "big") + _mqtt_str(f"{t.dev}-raw")
+                   + _mqtt_str(t.dev) + _mqtt_str(password(t.dev)))
+        s.sendall(_mqtt_packet(0x10, connect))
+        assert s.recv(4) == b"\x20\x02\x00\x00", "CONNACK: accepted"
+        publish = _mqtt_str(t.topics.result) + (7).to_bytes(2, "big") + m
+        s.sendall(_mqtt_packet(0x32, publish))  # QoS 1, packet id 7
+        assert s.recv(4) == b"\x40\x02\x00\x07"  # the PUBACK the terminal is taken to have lost
+        s.sendall(_mqtt_packet(0x3A, publish))  # DUP | QoS 1, the same packet id and bytes
+        assert s.recv(4) == b"\x40\x02\x00\x07"
+        s.sendall(_mqtt_packet(0x32, _mqtt_str(t.topics.result) + (8).to_bytes(2, "big") + m))  # and once more
+        assert s.recv(4) == b"\x40\x02\x00\x08"
+        s.sendall(b"\xe0\x00")  # DISCONNECT
+    wait_until(lambda: w.worker.stats.stored + w.worker.stats.duplicates >= 3, 20, "three deliveries")
+    assert audit(store) == {(t.dev, seq): m}
+    assert (w.worker.stats.stored, w.worker.stats.duplicates, quarantined(store)) == (1, 2, [])
+    assert device(store, t.dev)["last_seq"] == seq

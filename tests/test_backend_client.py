@@ -12,6 +12,7 @@ import time
 import cbor2
 import pytest
 
+from backendkit import backend_config, write_toml
 from broker import Backend, Mosquitto
 from daemon_helpers import DEV, DaemonProc, wait_online
 from facegate import signing
@@ -20,7 +21,6 @@ from facegate.backend.config import StoreConfig
 from facegate.backend.registry import Registry
 from facegate.backend.store import Store
 from terminals import Terminal
-from test_backend import backend_config, write_toml
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from backendkit import backend_config
 from broker import Backend, Mosquitto, password
 from facegate import signing
 from facegate.backend.client import BackendClient, DeviceNotTrusted, ReferenceRefused, VerifyRejected, VerifyTimeout
@@ -18,8 +19,8 @@ from facegate.backend.mqtt import PublishRefused
 from facegate.backend.registry import Registry
 from facegate.backend.store import KeyRow
 from terminals import Terminal
-from test_backend import backend_config
 from test_backend_client import FakeTerminal
+from timeouts import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,9 @@ def test_a_terminal_that_never_connected_and_one_that_ignores_us_are_told_apart(
     never, deaf = Terminal("kiosk-never"), Terminal("kiosk-deaf")
     broker.add_user(deaf.dev)
     as_deaf = Backend(broker, user=deaf.dev, subscribe=deaf.topics.cmd_verify)  # online, answers nothing
+    # its CONNECT is asynchronous: a publish before the CONNACK fails with 'not connected'
+    # (a shuffled run under load caught it)
+    wait_until(as_deaf.client.is_connected, 10, "the deaf terminal's CONNACK")
     with BackendClient(cfg) as client:
         for t in (never, deaf):
             Registry(client.store).enrol(t.dev, t.key.public, time.time())

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import test_backend
+from backendkit import backend_config, write_toml
 from broker import Mosquitto, free_port, password
 from facegate.backend.config import MetricsConfig, StoreConfig
 from facegate.backend.metrics import MAX_LABELS, WorkerMetrics, _Bounded
@@ -32,10 +32,7 @@ from facegate.backend.registry import Registry
 from facegate.backend.store import Store
 from facegate.backend.worker import Worker
 from terminals import PREFIX, Links, Terminal, add_users
-from test_backend import backend_config, write_toml
 from timeouts import wait_until
-
-broker, postgres, store_cfg = test_backend.broker, test_backend.postgres, test_backend.store_cfg  # its fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 OPS = REPO / "ops"
@@ -448,6 +445,9 @@ def test_real_prometheus_scrapes_a_worker_and_fires_terminal_offline_only(broker
         terminals = [start_terminal(broker, t) for t in fleet]
         links = Links(broker, [fleet[0].dev])
         assert links.wait_connected()
+        # a result published before the worker's shared subscription exists has no session to
+        # wait in (seen in a shuffled run: the worker took longer to start than Prometheus)
+        wait_until(lambda: " subscribed: " in (tmp_path / "worker.log").read_text(), 60, "the worker subscribed")
         links.publish(fleet[0].dev, fleet[0].topics.result, fleet[0].result()[1])
         wait_until(lambda: prom.value('sum(facegate_results_stored_total)') == 1, 60, "the result scraped")
         links.close()

@@ -10,26 +10,16 @@ import time
 
 import pytest
 
-import test_backend
-from broker import Mosquitto
+from backendkit import audit, backend_config, quarantined
 from facegate import signing
 from facegate.backend.mqtt import BrokerClient
 from facegate.backend.registry import PENDING_KEEP, Registry
 from facegate.backend.store import Store
 from facegate.backend.trust import check_attest
-from terminals import PREFIX, Links, Terminal
-from test_backend import WorkerThread, audit, backend_config, quarantined
+from terminals import PREFIX, Terminal
 from timeouts import wait_until
 
-# the same fixtures as tests/test_backend.py: every test on SQLite and on PostgreSQL
-postgres, store_cfg, store = test_backend.postgres, test_backend.store_cfg, test_backend.store
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    b = Mosquitto(tmp_path_factory.mktemp("broker"), persist=True).start()
-    yield b
-    b.stop()
+# fixtures (tests/backendkit.py): every test on SQLite and on PostgreSQL, a broker of its own
 
 
 def nested(depth: int) -> dict:
@@ -72,39 +62,31 @@ POISONS = {
 
 
 @pytest.mark.parametrize("poison", sorted(POISONS))
-def test_a_poison_message_is_quarantined_and_the_rest_stored(broker, store, store_cfg, tmp_path, poison):
+def test_a_poison_message_is_quarantined_and_the_rest_stored(rig, broker, store, store_cfg, tmp_path, poison):
     make, reason = POISONS[poison]
     t = Terminal(f"poison-{os.urandom(3).hex()}")
     Registry(store).enrol(t.dev, t.key.public, time.time())
     cfg = backend_config(broker, store_cfg, tmp_path, batch_max=5)
-    w = WorkerThread(cfg)
-    links = Links(broker, [t.dev])
+    w = rig.worker(cfg)
+    links = rig.links([t.dev])
     sent = {}
-    try:
-        assert links.wait_connected()
+    seq, m = t.result()
+    sent[(t.dev, seq)] = m
+    links.publish(t.dev, t.topics.result, m)
+    leaf, payload, retain = make(t)
+    links.publish(t.dev, f"{PREFIX}/{t.dev}/{leaf}", payload, retain=retain)
+    for _ in range(10):
         seq, m = t.result()
         sent[(t.dev, seq)] = m
         links.publish(t.dev, t.topics.result, m)
-        leaf, payload, retain = make(t)
-        links.publish(t.dev, f"{PREFIX}/{t.dev}/{leaf}", payload, retain=retain)
-        for _ in range(10):
-            seq, m = t.result()
-            sent[(t.dev, seq)] = m
-            links.publish(t.dev, t.topics.result, m)
-        wait_until(lambda: len(audit(store)) >= len(sent), 20, "every genuine result stored behind the poison")
-        wait_until(lambda: quarantined(store), 10, "the poison quarantined")
-        assert audit(store) == sent
-        assert quarantined(store) == [(t.dev, reason)]
-        assert w.worker.stats.db_errors == 0  # a poison is never taken for a database outage
-    finally:
-        if poison.startswith("attest"):  # clear the retained poison for the next tests' workers
-            links.publish(t.dev, t.topics.attest, b"", retain=True)
-            time.sleep(0.3)
-        links.close()
-        w.close()
+    wait_until(lambda: len(audit(store)) >= len(sent), 20, "every genuine result stored behind the poison")
+    wait_until(lambda: quarantined(store), 10, "the poison quarantined")
+    assert audit(store) == sent
+    assert quarantined(store) == [(t.dev, reason)]
+    assert w.worker.stats.db_errors == 0  # a poison is never taken for a database outage
 
 
-def test_what_the_checks_miss_the_database_refusal_quarantines(broker, store, store_cfg, tmp_path, monkeypatch):
+def test_what_the_checks_miss_the_database_refusal_quarantines(rig, broker, store, store_cfg, tmp_path, monkeypatch):
     """Second line of defence: with the payload checks switched off, a result the database
     (PostgreSQL: NUL in text) or Python (float(10**400)) refuses sends the batch through one
     message at a time; the refused one becomes an `unstorable` quarantine row, the others
@@ -114,36 +96,31 @@ def test_what_the_checks_miss_the_database_refusal_quarantines(broker, store, st
     monkeypatch.setattr(contract_result, "payload_problem", lambda p: None)
     t = Terminal(f"unst-{os.urandom(3).hex()}")
     Registry(store).enrol(t.dev, t.key.public, time.time())
-    w = WorkerThread(backend_config(broker, store_cfg, tmp_path, batch_max=50))
-    links = Links(broker, [t.dev])
+    w = rig.worker(backend_config(broker, store_cfg, tmp_path, batch_max=50))
+    links = rig.links([t.dev])
     sent = {}
+    w.worker._inbox.mutex.acquire()  # hold the worker back so the poisons share a batch with the rest
     try:
-        assert links.wait_connected()
-        w.worker._inbox.mutex.acquire()  # hold the worker back so the poisons share a batch with the rest
-        try:
-            for i in range(52):
-                if i in (3, 7):
-                    over = {"iat": 10**400} if i == 3 else {"reason": "a\x00b"} if store.kind == "postgres" \
-                        else {"iat": -(10**400)}
-                    links.publish(t.dev, t.topics.result, t.result(decision="no_match", **over)[1])
-                    continue
-                seq, m = t.result()
-                sent[(t.dev, seq)] = m
-                links.publish(t.dev, t.topics.result, m)
-            time.sleep(1.0)
-        finally:
-            w.worker._inbox.mutex.release()
-        wait_until(lambda: len(audit(store)) >= len(sent), 20, "every storable result stored")
-        wait_until(lambda: len(quarantined(store)) >= 2, 10, "the two unstorable results quarantined")
-        assert audit(store) == sent
-        assert quarantined(store) == [(t.dev, "unstorable")] * 2
-        assert w.worker.stats.unstorable == 2 and w.worker.stats.db_errors == 0
+        for i in range(52):
+            if i in (3, 7):
+                over = {"iat": 10**400} if i == 3 else {"reason": "a\x00b"} if store.kind == "postgres" \
+                    else {"iat": -(10**400)}
+                links.publish(t.dev, t.topics.result, t.result(decision="no_match", **over)[1])
+                continue
+            seq, m = t.result()
+            sent[(t.dev, seq)] = m
+            links.publish(t.dev, t.topics.result, m)
+        time.sleep(1.0)
     finally:
-        links.close()
-        w.close()
+        w.worker._inbox.mutex.release()
+    wait_until(lambda: len(audit(store)) >= len(sent), 20, "every storable result stored")
+    wait_until(lambda: len(quarantined(store)) >= 2, 10, "the two unstorable results quarantined")
+    assert audit(store) == sent
+    assert quarantined(store) == [(t.dev, "unstorable")] * 2
+    assert w.worker.stats.unstorable == 2 and w.worker.stats.db_errors == 0
 
 
-def test_a_retired_key_vouches_only_for_what_it_signed_before_the_rotation(broker, store, store_cfg, tmp_path):
+def test_a_retired_key_vouches_only_for_what_it_signed_before_the_rotation(rig, broker, store, store_cfg, tmp_path):
     """After an approved rotation the old key's results are bounded: a seq of 2^63-1 is
     quarantined (it pinned last_seq), and once the new key's first result is stored the old
     key vouches for nothing at or above its seq (its seq 4, 5 no longer turn the genuine
@@ -152,55 +129,50 @@ def test_a_retired_key_vouches_only_for_what_it_signed_before_the_rotation(broke
     t = Terminal(f"ret-{os.urandom(3).hex()}")
     reg = Registry(store)
     reg.enrol(t.dev, t.key.public, time.time())
-    w = WorkerThread(backend_config(broker, store_cfg, tmp_path, key_refresh_s=0.2))
-    links = Links(broker, [t.dev])
+    rig.worker(backend_config(broker, store_cfg, tmp_path, key_refresh_s=0.2))
+    links = rig.links([t.dev])
     old = t.key
-    try:
-        assert links.wait_connected()
-        links.publish(t.dev, t.topics.result, t.result()[1])  # seq 1, old key
-        _, held = t.result(decision="no_match")  # seq 2, old key, delivered after the rotation
-        wait_until(lambda: len(audit(store)) == 1, 20, "seq 1")
-        t.key = signing.SigningKey.generate()
-        assert reg.observe_attest(check_attest(t.attest(), t.topics.attest, PREFIX), time.time())
-        reg.approve(t.dev, time.time())
-        time.sleep(0.5)  # the worker re-reads the keys
+    links.publish(t.dev, t.topics.result, t.result()[1])  # seq 1, old key
+    _, held = t.result(decision="no_match")  # seq 2, old key, delivered after the rotation
+    wait_until(lambda: len(audit(store)) == 1, 20, "seq 1")
+    t.key = signing.SigningKey.generate()
+    assert reg.observe_attest(check_attest(t.attest(), t.topics.attest, PREFIX), time.time())
+    reg.approve(t.dev, time.time())
+    time.sleep(0.5)  # the worker re-reads the keys
 
-        def by_old(seq: int, decision: str = "match") -> bytes:
-            key, t.key, keep = t.key, old, t.seq
-            t.seq = seq - 1
-            try:
-                return t.result(decision=decision)[1]
-            finally:
-                t.key, t.seq = key, keep
+    def by_old(seq: int, decision: str = "match") -> bytes:
+        key, t.key, keep = t.key, old, t.seq
+        t.seq = seq - 1
+        try:
+            return t.result(decision=decision)[1]
+        finally:
+            t.key, t.seq = key, keep
 
-        links.publish(t.dev, t.topics.result, by_old(2**63 - 1))
-        wait_until(lambda: quarantined(store), 20, "the old key's seq 2^63-1")
-        assert quarantined(store) == [(t.dev, "retired_key")]
-        genuine = {}
-        seq, m = t.result()  # seq 3, the new key: the old one is capped below it
+    links.publish(t.dev, t.topics.result, by_old(2**63 - 1))
+    wait_until(lambda: quarantined(store), 20, "the old key's seq 2^63-1")
+    assert quarantined(store) == [(t.dev, "retired_key")]
+    genuine = {}
+    seq, m = t.result()  # seq 3, the new key: the old one is capped below it
+    genuine[seq] = m
+    links.publish(t.dev, t.topics.result, m)
+    wait_until(lambda: len(audit(store)) == 2, 20, "the new key's first result")
+    time.sleep(0.5)
+    for s in (4, 5):
+        links.publish(t.dev, t.topics.result, by_old(s, "no_match"))  # the old key signing on
+    links.publish(t.dev, t.topics.result, held)  # signed before the rotation: still counts
+    for _ in (4, 5):
+        seq, m = t.result()
         genuine[seq] = m
         links.publish(t.dev, t.topics.result, m)
-        wait_until(lambda: len(audit(store)) == 2, 20, "the new key's first result")
-        time.sleep(0.5)
-        for s in (4, 5):
-            links.publish(t.dev, t.topics.result, by_old(s, "no_match"))  # the old key signing on
-        links.publish(t.dev, t.topics.result, held)  # signed before the rotation: still counts
-        for _ in (4, 5):
-            seq, m = t.result()
-            genuine[seq] = m
-            links.publish(t.dev, t.topics.result, m)
-        wait_until(lambda: len(audit(store)) == 5, 20, "the held result and the new key's results")
-        time.sleep(0.5)
-        assert {s: m for (_, s), m in audit(store).items() if s > 2} == genuine
-        assert quarantined(store) == [(t.dev, "retired_key")] * 3
-        dev = {d["dev"]: d for d in store.devices()}[t.dev]
-        assert dev["last_seq"] == 5 and dev["last_decision"] == "match"
-    finally:
-        links.close()
-        w.close()
+    wait_until(lambda: len(audit(store)) == 5, 20, "the held result and the new key's results")
+    time.sleep(0.5)
+    assert {s: m for (_, s), m in audit(store).items() if s > 2} == genuine
+    assert quarantined(store) == [(t.dev, "retired_key")] * 3
+    dev = {d["dev"]: d for d in store.devices()}[t.dev]
+    assert dev["last_seq"] == 5 and dev["last_decision"] == "match"
 
 
-def test_packets_are_bounded_and_the_quarantine_keeps_a_digest_and_a_kib(broker, store, store_cfg, tmp_path):
+def test_packets_are_bounded_and_the_quarantine_keeps_a_digest_and_a_kib(rig, broker, store, store_cfg, tmp_path):
     """The worker's CONNECT carries MQTT 5 Maximum Packet Size: the broker drops a 2 MiB
     message instead of sending it; a 32 KiB result that is no COSE message is quarantined
     with its digest, size and first KiB only; the quarantine is purged by age."""
@@ -210,29 +182,24 @@ def test_packets_are_bounded_and_the_quarantine_keeps_a_digest_and_a_kib(broker,
         store.quarantine("0" * 64, f"{PREFIX}/{t.dev}/result", t.dev, "bad_signature", b"old", time.time() - 10**8,
                          "1")
     cfg = backend_config(broker, store_cfg, tmp_path, quarantine_max_age_s=86400)
-    w = WorkerThread(cfg)
-    links = Links(broker, [t.dev])
+    w = rig.worker(cfg)
+    links = rig.links([t.dev])
     sent = {}
-    try:
-        assert links.wait_connected()
-        wait_until(lambda: w.worker.stats.purged == 1, 10, "the old quarantine row purged")
-        links.publish(t.dev, t.topics.result, os.urandom(2 * 2**20))
-        links.publish(t.dev, t.topics.result, b"\xa0" + os.urandom(32 * 1024))
-        for _ in range(3):
-            seq, m = t.result()
-            sent[(t.dev, seq)] = m
-            links.publish(t.dev, t.topics.result, m)
-        wait_until(lambda: len(audit(store)) == 3 and quarantined(store), 20, "the results and the quarantine")
-        time.sleep(0.5)
-        rows = store.query("SELECT reason, size, message FROM quarantine")
-        assert [(r, int(n), len(bytes(m))) for r, n, m in rows] == [("not_cose", 32 * 1024 + 1, 1024)]
-        assert audit(store) == sent
-    finally:
-        links.close()
-        w.close()
+    wait_until(lambda: w.worker.stats.purged == 1, 10, "the old quarantine row purged")
+    links.publish(t.dev, t.topics.result, os.urandom(2 * 2**20))
+    links.publish(t.dev, t.topics.result, b"\xa0" + os.urandom(32 * 1024))
+    for _ in range(3):
+        seq, m = t.result()
+        sent[(t.dev, seq)] = m
+        links.publish(t.dev, t.topics.result, m)
+    wait_until(lambda: len(audit(store)) == 3 and quarantined(store), 20, "the results and the quarantine")
+    time.sleep(0.5)
+    rows = store.query("SELECT reason, size, message FROM quarantine")
+    assert [(r, int(n), len(bytes(m))) for r, n, m in rows] == [("not_cose", 32 * 1024 + 1, 1024)]
+    assert audit(store) == sent
 
 
-def test_the_request_clients_connection_is_bounded_too(broker, tmp_path):
+def test_the_request_clients_connection_is_bounded_too(rig, broker, tmp_path):
     """A terminal sending 100 MiB to a backend's reply topic took `backend verify` to
     413 MB: BrokerClient (the worker's and BackendClient's connection) announces its
     Maximum Packet Size, and the broker never sends the big message."""
@@ -241,17 +208,15 @@ def test_the_request_clients_connection_is_bounded_too(broker, tmp_path):
     cfg = backend_config(broker, StoreConfig(sqlite=str(tmp_path / "unused.db")), tmp_path).mqtt
     got: list = []
     c = BrokerClient(cfg, "maxpkt", on_message=got.append).start()
-    links = Links(broker, ["maxpkt-term"])
+    links = rig.links(["maxpkt-term"])
     try:
         c.subscribe(f"{PREFIX}/replies/backend/#", 1)
-        assert links.wait_connected()
         links.publish("maxpkt-term", f"{PREFIX}/replies/backend/maxpkt", b"x" * (cfg.max_packet_bytes + 1))
         links.publish("maxpkt-term", f"{PREFIX}/replies/backend/maxpkt", b"small")
         wait_until(lambda: got, 10, "the small message")
         time.sleep(0.5)
         assert [m.payload for m in got] == [b"small"]
     finally:
-        links.close()
         c.close()
 
 
@@ -305,7 +270,7 @@ def test_devices_output_escapes_what_a_terminal_wrote_and_shows_a_flood(tmp_path
     assert {r["device"]: r["keys_dropped"] for r in json.loads(cli("--json"))}["flood-1"] == 4
 
 
-def test_oversized_messages_never_stop_a_session_for_good(broker, tmp_path):
+def test_oversized_messages_never_stop_a_session_for_good(rig, broker, tmp_path):
     """Mosquitto 2.0.11 does not give back the send quota of a message it dropped for our
     Maximum Packet Size: receive_max such messages (here 5, by default 200) and the
     worker's session received nothing more, whatever came after. The worker's probe
@@ -317,11 +282,10 @@ def test_oversized_messages_never_stop_a_session_for_good(broker, tmp_path):
     Registry(store).enrol(t.dev, t.key.public, time.time())
     cfg = backend_config(broker, StoreConfig(sqlite=str(tmp_path / "backend.db")), tmp_path, receive_max=5,
                          probe_s=1.0)
-    w = WorkerThread(cfg)
-    links = Links(broker, [t.dev])
+    w = rig.worker(cfg)
+    links = rig.links([t.dev])
     sent = {}
     try:
-        assert links.wait_connected()
         for i in range(52):
             if 2 <= i < 50:
                 links.publish(t.dev, t.topics.result, os.urandom(cfg.mqtt.max_packet_bytes + 1))
@@ -332,8 +296,6 @@ def test_oversized_messages_never_stop_a_session_for_good(broker, tmp_path):
         wait_until(lambda: len(audit(store)) == len(sent), 20, "the results behind the oversized messages")
         assert audit(store) == sent and w.worker.stats.reconnects >= 1
     finally:
-        links.close()
-        w.close()
         store.close()
 
 

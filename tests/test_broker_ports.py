@@ -33,3 +33,36 @@ def test_a_port_taken_between_choosing_and_binding_gives_another(tmp_path, monke
     finally:
         b.stop()
         squatter.close()
+
+
+def test_postgres_too_starts_on_another_port_when_its_port_was_taken(monkeypatch):
+    """The same race for tests/postgres.py (issue 25). Mutation: no retry - fails with
+    'could not bind ... Address already in use'."""
+    import postgres as pg_mod
+    from facegate.backend.config import StoreConfig
+    from facegate.backend.store import Store
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    ports = iter([taken])
+    real = pg_mod.free_port
+    monkeypatch.setattr(pg_mod, "free_port", lambda: next(ports, None) or real())
+    pg = pg_mod.Postgres()
+    assert pg.port == taken
+    try:
+        pg.start()
+        assert pg.port != taken
+        dsn = pg.fresh_dsn()
+        for _ in range(2):  # the server is ours, on its new port; a restart keeps that port
+            s = Store.open(StoreConfig(dsn=dsn))
+            try:
+                assert s.query("SELECT 1") == [(1,)]
+            finally:
+                s.close()
+            pg.stop()
+            pg.start()
+    finally:
+        pg.remove()
+        squatter.close()

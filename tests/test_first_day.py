@@ -198,9 +198,9 @@ def test_a_second_serve_worker_under_one_name_is_refused_not_left_flapping(tmp_p
     """Two workers named alike kicked each other off every ~2 s forever ('Unspecified
     error'). On one machine the second is refused, naming the first one's pid; across
     machines the broker's drops are recognised and the cause logged."""
+    from backendkit import backend_config, write_toml
     from facegate.backend.config import StoreConfig
     from facegate.backend.mqtt import BrokerClient
-    from test_backend import backend_config, write_toml
 
     (tmp_path / "b").mkdir()
     b = Mosquitto(tmp_path / "b").start()
@@ -232,11 +232,11 @@ def test_a_second_serve_worker_under_one_name_is_refused_not_left_flapping(tmp_p
 
 def test_a_revoked_terminals_result_is_quarantined_with_a_log_line(tmp_path, caplog):
     """It went to quarantine without a word in the worker's log."""
+    from backendkit import WorkerThread, backend_config
     from facegate.backend.config import StoreConfig
     from facegate.backend.registry import Registry
     from facegate.backend.store import Store
     from terminals import Link, Terminal
-    from test_backend import WorkerThread, backend_config
 
     (tmp_path / "b").mkdir()
     b = Mosquitto(tmp_path / "b").start()

@@ -34,7 +34,7 @@ def check(p):
     {"exp": NOW}, {"iat": NOW - 1, "exp": NOW - 1},
     {"challenge": []}, {"challenge": ["blink"] * 6}, {"challenge": ("turn_left", "turn_right")},
     {"request_id": "x" * messages.MAX_ID_CHARS}, {"nonce": b"n" * messages.MAX_NONCE_BYTES}, {"request_id": "r"},
-    {"iat": int(NOW)}, {"exp": float(NOW + 1.5)},
+    {"nonce": b"n"}, {"iat": int(NOW)}, {"exp": float(NOW + 1.5)},
 ])
 def test_at_the_limit_it_is_accepted(over):
     c = check(payload(**over))
@@ -77,6 +77,13 @@ def test_past_the_limit_it_is_refused_with_its_reason_and_ids(over, reason, ids)
         check(payload(**over))
     assert (err.value.reason, err.value.request_id, err.value.nonce) == (reason, *ids)
     assert str(err.value) == reason
+
+
+def test_a_reference_that_is_not_bytes_says_so_in_its_detail():
+    """The detail travels in the signed `rejected` answer (contract: `detail`, what is wrong)."""
+    with pytest.raises(CommandRejected) as err:
+        check(payload(reference="a jpeg"))
+    assert (err.value.reason, err.value.detail) == ("bad_reference", "not bytes")
 
 
 def test_identify_keeps_the_record_until_exp_plus_skew_and_names_the_missing_id():

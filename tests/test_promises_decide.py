@@ -68,3 +68,21 @@ def test_prominence_is_the_visible_area_weighted_by_centrality():
     d = np.hypot(0 - 50, 5 - 40) / np.hypot(50, 40)
     assert decide.prominence(cut, 100, 80) == pytest.approx(200.0 * (1 - d) ** 2)
     assert decide.prominence(Detection((200.0, 200.0, 220.0, 230.0), kp, 0.9), 100, 80) == 0.0
+    # wholly outside on one side only, its centre still within the half-diagonal: nothing
+    # of it is visible, so it counts nothing (not one pixel's width or height)
+    assert decide.prominence(Detection((101.0, 0.0, 110.0, 80.0), kp, 0.9), 100, 80) == 0.0  # right of it
+    assert decide.prominence(Detection((0.0, 81.0, 100.0, 90.0), kp, 0.9), 100, 80) == 0.0  # below it
+
+
+def test_a_face_exactly_dominant_ratio_times_the_next_is_chosen():
+    """`dominant_ratio` times more prominent is enough (the docstring's promise); a hair
+    less is two faces."""
+    from facegate.types import Detection
+
+    kp = np.zeros((6, 2), np.float32)
+    big = Detection((30.0, 30.0, 70.0, 50.0), kp, 0.9)  # 40 x 20 = 800, centred in 100 x 80
+    small = Detection((40.0, 30.0, 60.0, 50.0), kp, 0.9)  # 20 x 20 = 400, centred
+    assert decide.choose_face([small, big], 100, 80, 2.0) == (big, None)
+    assert decide.choose_face([small, big], 100, 80, np.nextafter(2.0, 3.0)) == (None, FaceReason.MULTIPLE_FACES)
+    assert decide.choose_face([big], 100, 80, 2.0) == (big, None)
+    assert decide.choose_face([], 100, 80, 2.0) == (None, FaceReason.NO_FACE)

@@ -10,6 +10,8 @@ import json
 import re
 import typing
 
+import pytest
+
 from facegate import messages
 from facegate.status import HealthDoc
 from facegate.vocab import State, Verdict
@@ -65,6 +67,10 @@ def test_every_template_reads_a_key_its_topic_carries():
     assert units == {"outbox_depth": None, "fps": "fps", "uptime_s": "s", "sessions": None}
     camera = cfgs["homeassistant/binary_sensor/facegate_kiosk-9/camera/config"]
     assert "'ON' if value_json.camera_ok else 'OFF'" in camera["value_template"] and camera["device_class"] == "running"
+    # Home Assistant compares the rendered template with payload_on / payload_off (ON / OFF by
+    # default): anything around the expression would render neither
+    assert camera["value_template"] == "{{ 'ON' if value_json.camera_ok else 'OFF' }}"
+    assert {"payload_on", "payload_off"}.isdisjoint(camera)
 
 
 def test_event_state_attest_and_policy_hash_by_value():
@@ -141,6 +147,7 @@ def test_templates_prefix_slash_and_the_size_limit_exactly():
     assert cfgs["homeassistant/sensor/facegate_kiosk-9/fps/config"]["value_template"] == "{{ value_json.fps }}"
     assert messages.Topics.of("facegate/v1/", "k").root == "facegate/v1/k" == messages.Topics.of("facegate/v1", "k").root
     assert messages.Topics.of("/x/", "k").root == "/x/k"
+    assert messages.Topics.of("acme/X", "k").root == "acme/X/k"  # only the slash goes, not the letters before it
     key = signing.SigningKey.generate()
     msg = signing.sign({"request_id": "r"}, key, T.cmd_verify)
     keys = {key.kid: signing.public_from_hex(key.public.hex())}
@@ -151,3 +158,27 @@ def test_templates_prefix_slash_and_the_size_limit_exactly():
         assert rej.reason == "too_large"
     else:
         raise AssertionError("too_large")
+
+
+def test_a_result_carries_detail_only_when_there_is_one():
+    """contract.md: `detail` is a rejected command's what-is-wrong, absent otherwise."""
+    base = dict(dev="kiosk-9", boot="b", seq=1, iat=1.0, session=None, request_id="r", nonce=b"n",
+                reason=None, liveness={}, quality={}, models={}, policy="p")
+    assert "detail" not in messages.result_payload(decision="match", **base)
+    assert "detail" not in messages.result_payload(decision="match", detail="", **base)
+    assert messages.result_payload(decision="rejected", detail="too big", **base)["detail"] == "too big"
+
+
+def test_the_guide_carries_exactly_its_keys_and_the_contract_s_words():
+    """R/guide: the keys of GUIDE_KEYS, a State and a Hint from vocab, nothing else (no box,
+    score or image); anything else is a programming error, refused before it is sent."""
+    from facegate.vocab import Hint
+
+    g = {"session": "s1", "state": State.WAITING_FACE.value, "step": None, "hint": next(iter(Hint)).value,
+         "step_progress": 0.5, "progress": 0.25, "seconds_left": 12.0, "step_seconds_left": None}
+    assert json.loads(messages.guide_json(g)) == g
+    assert list(json.loads(messages.guide_json(dict(reversed(g.items()))))) == list(messages.GUIDE_KEYS)
+    for bad in ({**g, "box": [1, 2, 3, 4]}, {k: v for k, v in g.items() if k != "progress"},
+                {**g, "state": "dreaming"}, {**g, "hint": "smile"}):
+        with pytest.raises(AssertionError):
+            messages.guide_json(bad)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sqlite3
 
+import pytest
+
 from facegate import outbox as outbox_mod
 from facegate.outbox import Outbox
 
@@ -177,3 +179,107 @@ def test_an_outbox_in_a_missing_directory_used_from_another_thread(tmp_path):
     t.join(10)
     assert got == [1] and ob.depth() == 1
     ob.close()
+
+
+def test_one_daemon_per_state_dir_and_the_second_is_told_who_and_what_to_do(tmp_path):
+    """lock_state_dir: {state_dir}/daemon.lock holds the holder's pid; a second taker is
+    refused with that pid, the state dir and the two ways out."""
+    fd = outbox_mod.lock_state_dir(tmp_path)
+    try:
+        assert (tmp_path / "daemon.lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(outbox_mod.StateDirBusy) as err:
+            outbox_mod.lock_state_dir(tmp_path)
+        assert str(err.value) == (f"another facegate daemon (pid {os.getpid()}) is running on state dir {tmp_path}: "
+                                  "stop it first (systemctl stop facegate), or give this one its own daemon.state_dir")
+        other = tmp_path / "other"
+        other.mkdir()
+        os.close(outbox_mod.lock_state_dir(other))  # another state dir is another lock
+    finally:
+        os.close(fd)
+    os.close(outbox_mod.lock_state_dir(tmp_path))  # free again once the holder let go
+
+
+def test_an_unusable_outbox_says_so_with_sqlite_s_reason(tmp_path):
+    """Every failure is an OutboxError naming the cause (the daemon logs it; health counts it)."""
+    box = Outbox(tmp_path / "outbox.sqlite")
+    box.close()
+    why = "Cannot operate on a closed database."
+    calls = {"add": (lambda: box.add(lambda seq: [("t", b"m", None)]), f"outbox cannot store a result: {why}"),
+             "delivered": (lambda: box.delivered(1, "t"), f"outbox: {why}"),
+             "redeliver": (lambda: box.redeliver(0.0), f"outbox: {why}"),
+             "remember": (lambda: box.remember("r", b"n", 1e12), f"outbox: {why}"),
+             "expire": (lambda: box.expire(), f"outbox: {why}")}
+    for name, (call, said) in calls.items():
+        with pytest.raises(outbox_mod.OutboxError) as err:
+            call()
+        assert str(err.value) == said, name
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(outbox_mod.OutboxError) as err:
+        Outbox(tmp_path / "adir")
+    assert str(err.value).startswith(f"cannot open outbox {tmp_path / 'adir'}: ") and len(str(err.value)) > 40
+
+
+def test_pending_hands_out_100_at_a_time_by_default_in_seq_order(tmp_path):
+    box = Outbox(tmp_path / "outbox.sqlite")
+    try:
+        for _ in range(150):
+            box.add(lambda seq: [("t", b"m%d" % seq, None)])
+        first = box.pending()
+        assert [p.seq for p in first] == list(range(1, 101))
+        assert [p.seq for p in box.pending(after=(first[-1].seq, first[-1].topic))] == list(range(101, 151))
+    finally:
+        box.close()
+
+
+def test_the_state_dir_and_the_outbox_file_are_made_private_and_what_exists_is_left_alone(tmp_path):
+    """private_dir: a directory it makes is 0700 whatever the umask, one that exists (systemd's
+    StateDirectory) keeps its mode; private_file: a file it makes is 0600 (SQLite copies the
+    database's mode to -wal / -shm), an existing file keeps its mode and bytes, and a symlink
+    is never followed."""
+    old = os.umask(0)
+    try:
+        made = outbox_mod.private_dir(tmp_path / "a" / "state")
+        assert made == tmp_path / "a" / "state" and made.stat().st_mode & 0o7777 == 0o700
+        outbox_mod.private_file(made / "outbox.sqlite")
+        assert (made / "outbox.sqlite").stat().st_mode & 0o7777 == 0o600
+        assert (made / "outbox.sqlite").read_bytes() == b""
+    finally:
+        os.umask(old)
+    given = tmp_path / "given"
+    given.mkdir(mode=0o750)
+    given.chmod(0o750)
+    assert outbox_mod.private_dir(given) == given and given.stat().st_mode & 0o7777 == 0o750
+    existing = given / "outbox.sqlite"
+    existing.write_bytes(b"old")
+    existing.chmod(0o640)
+    outbox_mod.private_file(existing)
+    assert existing.stat().st_mode & 0o7777 == 0o640 and existing.read_bytes() == b"old"
+    target = tmp_path / "elsewhere"
+    (given / "link.sqlite").symlink_to(target)
+    outbox_mod.private_file(given / "link.sqlite")
+    assert not target.exists()  # not created through the link
+
+
+def test_a_purge_cuts_a_wal_grown_past_64_kib_back_to_nothing_even_with_few_pages_freed(tmp_path):
+    """Many small commits grow the WAL (every commit appends its pages) while the rows
+    free too few pages for a vacuum: the purge still cuts the WAL to nothing (the disk
+    recovers after a burst), and a small WAL is left alone."""
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path)
+    wal = tmp_path / "outbox.sqlite-wal"
+    try:
+        for _ in range(40):  # 40 commits of one small row: a WAL of many frames, few pages of data
+            box.add(lambda seq: [("t", b"m%d" % seq, None)])
+        assert wal.stat().st_size > outbox_mod.WAL_TRUNCATE_BYTES
+        assert box._db.execute("PRAGMA page_count").fetchone()[0] < outbox_mod.COMPACT_MIN_FREE_PAGES
+        for p in box.pending(limit=100):
+            box.delivered(p.seq, p.topic)
+        box.expire(acked_before=float("inf"))
+        assert box.depth() == 0 and wal.stat().st_size == 0
+        box.add(lambda seq: [("t", b"one more", None)])
+        small = wal.stat().st_size
+        assert 0 < small <= outbox_mod.WAL_TRUNCATE_BYTES
+        box.expire()  # nothing freed, a small WAL: left as it is
+        assert wal.stat().st_size >= small
+    finally:
+        box.close()
