@@ -124,6 +124,11 @@ def test_commands_still_queued_at_a_clean_stop_are_answered_shutting_down(tmp_pa
             cmds.append(cmd["request_id"])
         be.wait_for(lambda ms: [m for m in ms[n:] if m.topic == f"{ROOT}/state"
                                 and json.loads(m.payload)["state"] == "waiting_face"], 60)
+        # all four taken by the daemon (one running, three queued), not still on their way
+        deadline = time.monotonic() + 60
+        while d.logtext().count("command accepted (request ") < 4:
+            assert time.monotonic() < deadline, d.logtext()[-2000:]
+            time.sleep(0.05)
         assert d.stop(signal.SIGTERM) == 0
         # every one answered: published before the exit, or in the outbox for the next start
         ob = Outbox(d.state / "outbox.sqlite")

@@ -261,6 +261,7 @@ class Intake:
         r = self.gate.admit(a, busy=self.requests.full())  # only this thread puts: a free slot stays free
         if isinstance(r, Accepted):
             self.requests.put_nowait(r.request)
+            log.info("command accepted (request %s, %d waiting)", r.request.command.request_id, self.requests.qsize())
         elif isinstance(r, Refused):
             self.health.rejected += 1
             log.info("command rejected: %s (request %s)", r.reason, r.request_id)
