@@ -31,13 +31,22 @@ def test_vm_check_sh_is_shellcheck_clean():
     exe = shutil.which("shellcheck")
     if exe is None:
         pytest.fail("shellcheck is not installed (scripts/dev.sh installs it)")
-    r = subprocess.run([exe, str(SCRIPT)], capture_output=True, text=True)
+    # -x: follows the sourced scripts/lib/root.sh (shared with scripts/arm64-check.sh)
+    r = subprocess.run([exe, "-x", str(SCRIPT)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([exe, str(REPO / "scripts" / "lib" / "root.sh")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_help_needs_no_root():
     r = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and "--power-cuts" in r.stdout
+    assert r.returncode == 0 and "--power-cuts" in r.stdout and "--arch" in r.stdout
+
+
+def test_qemu_machine_per_arch():
+    assert vm.qemu_machine("arm64", "tcg")[:5] == ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72"]
+    assert vm.qemu_machine("x86_64", "tcg") == ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max"]
+    assert vm.qemu_machine("x86_64", "kvm") == ["qemu-system-x86_64", "-accel", "kvm"]
 
 
 def test_set_toml_replaces_only_in_its_section():
