@@ -110,6 +110,13 @@ def systemctl_show(text: str) -> dict[str, str]:
     return dict(ln.split("=", 1) for ln in text.splitlines() if "=" in ln)
 
 
+def refused_counts(health: dict) -> dict[str, int]:
+    """Of a health document's `ignored` counts, those of a command refused as seen before
+    (docs/contract.md: replayed ids, or exp + skew at or below the replay floor)."""
+    ignored = health.get("ignored") or {}
+    return {k: int(v) for k, v in ignored.items() if k in ("replayed_request_id", "replayed_nonce", "replay_floor")}
+
+
 def qemu_machine(arch: str, accel: str) -> list[str]:
     """qemu's binary and machine for `arch`: x86_64 under TCG at `-cpu max` (the LiteRT wheel
     needs AVX; qemu64 dies with SIGILL), arm64 as a Raspberry Pi 4's core on the virt board."""
@@ -729,6 +736,14 @@ class Run:
                                    f"{len(unanswered)}")
 
     def c_clock(self) -> None:
+        """Booted a day behind, then a year ahead (qemu's RTC; no NTP client in the image).
+
+        Every command here has the same lifetime as the run's others, so each one's exp lies
+        above every earlier one's, as a backend's commands do. (Run 2026-12-07 with a 60 s
+        lifetime here: the boot a year ahead purged the 300 s command sent minutes before,
+        raising the replay floor above the new command's exp, and the daemon rightly left it
+        unanswered as `replay_floor` — docs/contract.md#clock — while this check waited for
+        `expired`.)"""
         done = []
         for name, days in (("behind", -1), ("ahead", 365)):
             self.guest.poweroff()
@@ -736,35 +751,46 @@ class Run:
             g = self.boot(rtc=base)
             self.wait_active(g)
             wait(lambda g=g: (g.status().get("broker") or {}).get("connected"), 180, "broker connected")
+            guest_now = float(g.ok("date +%s").strip())
             sync = g.ok("timedatectl show -p NTPSynchronized --value").strip()
             st = wait(lambda g=g: (lambda d: d if "clock_synchronized" in (d.get("health") or {}) else None)(g.status()),
                       60, "clock_synchronized in health")
             cs = st["health"]["clock_synchronized"]
             if cs is not False:
                 raise CheckError(f"clock {name}: clock_synchronized is {cs!r} (timedatectl NTPSynchronized={sync})")
-            msg, p = self.command(lifetime_s=60)  # a short exp: the floor it raises stays below the next
+            msg, p = self.command()
             self.send(msg)
             r = self.wait_result(p["request_id"], 300)
             want = "not_yet_valid" if days < 0 else "expired"
             if r["decision"] != "rejected" or r.get("reason") != want:
                 raise CheckError(f"clock {name}: a fresh command decided {r['decision']} / {r.get('reason')}, want "
                                  f"rejected / {want}")
-            if days > 0:  # the purge raises the replay floor while the clock stands ahead
+            if days > 0:  # the purge drops its record while the clock stands ahead: the floor rises
                 time.sleep(12)
             g.ok(f"date -u -s @{time.time():.0f} >/dev/null")
             n_before = len(self.results())
+            refused0 = self.refused(g)
             self.send(msg)  # the same bytes again, clock now right
             msg2, p2 = self.command()
             self.send(msg2)
             r2 = self.wait_result(p2["request_id"], 300)
-            time.sleep(5)
+            n0 = sum(refused0.values())
+            refused = wait(lambda g=g, n0=n0: (lambda c: c if sum(c.values()) > n0 else None)(self.refused(g)), 60,
+                           "the resent command counted as seen before (health ignored)")
+            refused = {k: v - refused0.get(k, 0) for k, v in refused.items() if v > refused0.get(k, 0)}
             again = [r for r in self.results()[n_before:] if r["request_id"] == p["request_id"]]
             if again or r2["decision"] != "match":
                 raise CheckError(f"clock {name} set right: the first command answered again {len(again)}x, a fresh "
                                  f"one decided {r2['decision']} / {r2.get('reason')}")
-            done.append(f"{name}: {want}, clock_synchronized=false, after set: replay unanswered, fresh match")
+            done.append(f"{name} (guest {guest_now - time.time():+.0f} s): {want}, clock_synchronized=false; set "
+                        f"right: the same bytes unanswered ({', '.join(f'{k} {v}' for k, v in refused.items())}), "
+                        "a fresh command match")
         self.figures["clock_checks"] = str(len(done))
         self.report("clock", True, "; ".join(done))
+
+    def refused(self, g: Guest) -> dict[str, int]:
+        """This boot's health `ignored` counts of commands refused as seen before."""
+        return refused_counts(g.status().get("health") or {})
 
     def main(self) -> int:
         self.broker.start()

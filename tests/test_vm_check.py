@@ -88,3 +88,9 @@ def test_delivery_counts_gaps_and_repeats():
 def test_systemctl_show_parses_values_with_equals():
     s = vm.systemctl_show("MainPID=42\nStatusText=state=idle\nResult=success\n")
     assert s == {"MainPID": "42", "StatusText": "state=idle", "Result": "success"}
+
+
+def test_refused_counts_are_the_seen_before_reasons_only():
+    health = {"ignored": {"replay_floor": 1, "replayed_request_id": 2, "bad_signature": 5}, "outbox_depth": 0}
+    assert vm.refused_counts(health) == {"replay_floor": 1, "replayed_request_id": 2}
+    assert vm.refused_counts({}) == {}
