@@ -201,6 +201,8 @@ install_root() {
 Description=vm-check agent (test harness)
 DefaultDependencies=no
 After=systemd-udevd.service
+# until udev has made /dev/virtio-ports/facegate.agent: retried for as long as it takes
+StartLimitIntervalSec=0
 [Service]
 ExecStart=/usr/bin/python3 /usr/local/sbin/facegate-vm-agent /dev/virtio-ports/facegate.agent
 Restart=always
