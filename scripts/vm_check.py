@@ -617,6 +617,12 @@ class Run:
     def c_crashloop(self) -> None:
         g = self.guest
         d = "/run/systemd/system/facegate.service.d"
+        # the journal's position now: the starts counted are this loop's only (a window of
+        # wall-clock seconds also took in the watchdog check's restart just before, and the
+        # clock check steps the guest's clock)
+        cursor = g.ok("journalctl -n 1 --show-cursor -o cat --no-pager | sed -n 's/^-- cursor: //p'").strip()
+        if not cursor or "'" in cursor:
+            raise CheckError(f"no journal cursor: {cursor!r}")
         # a config that cannot be read: what a bad edit does; a runtime drop-in, gone at reboot
         g.ok(f"mkdir -p {d} && printf '[Service]\\nExecStart=\\nExecStart={FG} run --config /etc/facegate/missing.toml\\n'"
              f" > {d}/crash.conf && systemctl daemon-reload && systemctl reset-failed facegate; "
@@ -629,7 +635,7 @@ class Run:
             g.show(props="Result,NRestarts,ActiveState")), 900, "the start limit", 3)
         took = time.monotonic() - t
         j = g.ok("journalctl -u facegate --no-pager -o cat -n 60")
-        starts = g.ok(f"journalctl -u facegate --no-pager -o cat --since=-{int(took) + 30}s | grep -c '^Starting' || true")
+        starts = g.ok(f"journalctl -u facegate --no-pager -o cat --after-cursor='{cursor}' | grep -c '^Starting' || true")
         clear = [ln for ln in j.splitlines() if "repeated too quickly" in ln or "start-limit-hit" in ln]
         clear += [ln for ln in j.splitlines() if "Failed with result" in ln][-1:]
         g.ok(f"rm -f {d}/crash.conf && systemctl daemon-reload && systemctl reset-failed facegate && "
