@@ -305,8 +305,10 @@ class Guest:
                 chunk = self.sock.recv(65536)
             except TimeoutError:
                 continue
+            except OSError as exc:  # qemu's chardev dropped the connection (seen while a guest booted)
+                raise AgentGone(f"agent socket: {exc}") from exc
             if not chunk:
-                raise RuntimeError("agent socket closed")
+                raise AgentGone("agent socket closed")
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
         try:
@@ -320,10 +322,20 @@ class Guest:
         self._connect(deadline)
         next_ask = 0.0
         while time.monotonic() < deadline:
-            if time.monotonic() >= next_ask:  # an agent that started before we connected
-                self._send({"id": -1, "cmd": "hello"})
-                next_ask = time.monotonic() + 5
-            doc = self._line(min(deadline, time.monotonic() + 1))
+            try:
+                if time.monotonic() >= next_ask:  # an agent that started before we connected
+                    self._send({"id": -1, "cmd": "hello"})
+                    next_ask = time.monotonic() + 5
+                doc = self._line(min(deadline, time.monotonic() + 1))
+            except (AgentGone, OSError):
+                # run 2026-12-07: ConnectionResetError from qemu's socket while the guest booted
+                # after a power cut; nothing was asked yet, so connect again and say hello again
+                if self.sock:
+                    self.sock.close()
+                self.buf, next_ask = b"", 0.0
+                time.sleep(1)
+                self._connect(deadline)
+                continue
             if doc and doc.get("hello"):
                 self.boot_id = doc["hello"]
                 self.boot_s = time.monotonic() - self.t_start
@@ -389,6 +401,10 @@ class Guest:
 
 class CheckError(Exception):
     pass
+
+
+class AgentGone(RuntimeError):
+    """The connection to the guest's agent dropped."""
 
 
 def wait(pred, timeout_s: float, what: str, every_s: float = 1.0):
