@@ -94,3 +94,45 @@ def test_refused_counts_are_the_seen_before_reasons_only():
     health = {"ignored": {"replay_floor": 1, "replayed_request_id": 2, "bad_signature": 5}, "outbox_depth": 0}
     assert vm.refused_counts(health) == {"replay_floor": 1, "replayed_request_id": 2}
     assert vm.refused_counts({}) == {}
+
+
+def test_wait_agent_connects_again_when_the_socket_drops_during_boot(tmp_path):
+    """qemu's agent socket dropped while a guest booted after a power cut (2026-12-07): the
+    host connects again and waits for the agent's hello instead of ending the run."""
+    import json
+    import socket
+    import threading
+
+    path = tmp_path / "agent.sock"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(2)
+
+    def serve():
+        first, _ = srv.accept()
+        first.close()  # the drop
+        second, _ = srv.accept()
+        second.recv(4096)
+        second.sendall(json.dumps({"hello": "boot-2"}).encode() + b"\n")
+        second.recv(4096)
+        second.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+
+    class Running:
+        returncode = None
+
+        def poll(self):
+            return None
+
+    g = object.__new__(vm.Guest)
+    g.work, g.tag, g.sock_path, g.console = tmp_path, "t", path, tmp_path / "console.log"
+    g.proc, g.sock, g.buf, g.slow = Running(), None, b"", 1.0
+    import time
+
+    g.t_start = time.monotonic()
+    g.wait_agent(20)
+    assert g.boot_id == "boot-2"
+    g.sock.close()
+    srv.close()
