@@ -726,10 +726,10 @@ class Run:
                     continue
                 if wait_result and depth and delay > 0:
                     time.sleep(delay)
-                    delay = 0
                 if not wait_result and time.monotonic() - t < delay:
                     continue
                 break
+            delay = time.monotonic() - t  # what the report says: broker stopped to power cut
             g.kill()
             committed.append(last)
             self.broker.start()
