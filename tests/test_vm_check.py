@@ -136,3 +136,26 @@ def test_wait_agent_connects_again_when_the_socket_drops_during_boot(tmp_path):
     assert g.boot_id == "boot-2"
     g.sock.close()
     srv.close()
+
+
+def test_agent_writes_a_long_reply_whole():
+    """A virtio console port takes at most 32 KiB a write: the agent's reply of the whole
+    journal was cut after the first write (the journal check timed out, 2026-12-07)."""
+    spec = importlib.util.spec_from_file_location("vm_agent", REPO / "scripts" / "vm_agent.py")
+    assert spec and spec.loader
+    agent = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agent)
+
+    class Port:  # takes at most 32 KiB per write, like virtio_console
+        def __init__(self):
+            self.got = b""
+
+        def write(self, b):
+            b = bytes(b[:32768])
+            self.got += b
+            return len(b)
+
+    port = Port()
+    data = b"x" * 200_000 + b"\n"
+    agent.write_all(port, data)
+    assert port.got == data
