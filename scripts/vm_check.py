@@ -459,8 +459,11 @@ class Run:
         except (CheckError, TimeoutError, RuntimeError, AssertionError) as exc:
             self.report(name, False, str(exc))
             if self.guest:
-                rc, out = self.guest.run("journalctl -u facegate -n 15 --no-pager -o short-monotonic", 60) \
-                    if self.guest.proc.poll() is None else (1, "")
+                try:  # the unit's last lines, if the guest still answers
+                    rc, out = self.guest.run("journalctl -u facegate -n 15 --no-pager -o short-monotonic", 60) \
+                        if self.guest.proc.poll() is None else (1, "")
+                except (TimeoutError, RuntimeError, OSError) as exc2:
+                    out = f"(the guest did not give its journal: {exc2})"
                 for ln in out.splitlines():
                     print(f"    {ln}")
 
