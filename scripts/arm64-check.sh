@@ -12,7 +12,8 @@
 #  1. host tools (debootstrap, qemu-user-static, binfmt-support) and the qemu-aarch64
 #     binfmt_misc handler: a machine where it cannot be registered FAILS, loudly.
 #  2. the base root, built once and cached in $FACEGATE_ARM64_CACHE
-#     (/var/cache/facegate-arm64): debootstrap --foreign bookworm + second stage, with the
+#     (/var/cache/facegate-arm64): debootstrap --foreign bookworm + second stage (the root
+#     building shared with scripts/vm-check.sh lives in scripts/lib/root.sh), with the
 #     host's Debian mirror, apt proxy settings, CA certificates and pip configuration (the
 #     root installs from the package index: the host's local wheel folders are x86-64 only).
 #     Each run works on a fresh copy of it.
@@ -32,6 +33,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib/root.sh
+. "$REPO/scripts/lib/root.sh"
 SHARED=${FACEGATE_SHARED:-$REPO/../shared}
 CACHE=${FACEGATE_ARM64_CACHE:-/var/cache/facegate-arm64}
 SUITE=bookworm
@@ -50,6 +53,7 @@ T0=$(date +%s)
 FAILED=()
 PASSED=()
 WORK=""
+ROOT=""
 MOUNTS=()
 JOBS=()
 
@@ -87,16 +91,13 @@ interrupted() {  # INT / TERM: a failure, and the same cleanup and summary
 }
 
 cleanup() {
-    local i pid
+    local pid
     for pid in "${JOBS[@]}"; do  # emulated processes still running (interrupted)
         pkill -TERM -P "$pid" 2>/dev/null || true
     done
     [ ${#JOBS[@]} -eq 0 ] || wait "${JOBS[@]}" 2>/dev/null || true
     JOBS=()
-    for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
-        umount "${MOUNTS[i]}" 2>/dev/null || umount -l "${MOUNTS[i]}" 2>/dev/null || true
-    done
-    MOUNTS=()
+    root_unmount
     if [ -n "$WORK" ] && [ -d "$WORK" ] && [ "$KEEP" = 0 ]; then
         # only after every mount is gone: never delete through a bind mount
         if ! grep -q " $WORK/" /proc/mounts; then
@@ -162,18 +163,10 @@ binfmt() {
 }
 
 # -- 2. the base root ---------------------------------------------------------------
-host_mirror() {  # the Debian mirror the host's apt uses for SUITE ($1: debian or debian-security)
-    local want=$1 uri
-    uri=$( (grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
-            grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}') |
-           grep -E "/$want/?\$" | head -1)
-    echo "${uri:-http://deb.debian.org/$want}"
-}
-
 base_root() {
     local base=$CACHE/base stamp want mirror security
-    mirror=${DEBIAN_MIRROR:-$(host_mirror debian)}
-    security=${DEBIAN_SECURITY_MIRROR:-$(host_mirror debian-security)}
+    mirror=${DEBIAN_MIRROR:-$(root_host_mirror debian)}
+    security=${DEBIAN_SECURITY_MIRROR:-$(root_host_mirror debian-security)}
     want="$BASE_VERSION $SUITE $BASE_VARIANT $mirror $BASE_PACKAGES $security"
     stamp=$base/.facegate-base
     if [ "$REBUILD" = 0 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
@@ -183,44 +176,15 @@ base_root() {
     say "base root: debootstrap --arch=arm64 --foreign $SUITE from $mirror (a few minutes)"
     local t=$(($(date +%s)))
     mkdir -p "$CACHE"
-    rm -rf "$base.tmp"
-    if ! debootstrap --arch=arm64 --foreign --variant="$BASE_VARIANT" --include="$BASE_PACKAGES" "$SUITE" "$base.tmp" "$mirror" \
-            >"$CACHE/debootstrap.log" 2>&1; then
-        tail -5 "$CACHE/debootstrap.log"
-        die "base-root: debootstrap (first stage) failed, see $CACHE/debootstrap.log"
-    fi
-    if ! chroot "$base.tmp" /debootstrap/debootstrap --second-stage >>"$CACHE/debootstrap.log" 2>&1; then
-        tail -5 "$CACHE/debootstrap.log"
-        die "base-root: debootstrap second stage failed under qemu, see $CACHE/debootstrap.log"
-    fi
-    # apt: the host's mirrors, updates and security; its proxy settings, if any
-    cat >"$base.tmp/etc/apt/sources.list" <<EOF
-deb $mirror $SUITE main
-deb $mirror $SUITE-updates main
-deb $security $SUITE-security main
-EOF
-    apt-config dump 2>/dev/null | grep -iE '^Acquire::(https?|ftp)::Proxy' >"$base.tmp/etc/apt/apt.conf.d/90host-proxy" || true
-    # the host's extra CA certificates (a TLS-inspecting egress proxy) and pip configuration
-    if compgen -G "/usr/local/share/ca-certificates/*" >/dev/null; then
-        cp -r /usr/local/share/ca-certificates/. "$base.tmp/usr/local/share/ca-certificates/"
-    fi
-    chroot "$base.tmp" update-ca-certificates >/dev/null 2>&1 ||
-        die "base-root: update-ca-certificates failed in the root"
-    [ -f /etc/pip.conf ] && cp /etc/pip.conf "$base.tmp/etc/pip.conf"
-    [ -d /etc/xdg/pip ] && mkdir -p "$base.tmp/etc/xdg" && cp -r /etc/xdg/pip "$base.tmp/etc/xdg/pip"
+    root_debootstrap arm64 "$BASE_VARIANT" "$BASE_PACKAGES" "$base.tmp" "$mirror" "$CACHE/debootstrap.log"
+    # apt from the host's mirrors with its proxy settings, its CA certificates and pip
+    # configuration (the root installs from the package index: the host's local wheel
+    # folders are x86-64 only)
+    root_host_settings "$base.tmp" "$mirror" "$security"
     rm -rf "$base"
     mv "$base.tmp" "$base"
     echo "$want" >"$stamp"
     pass "base-root" "built $base in $(($(date +%s) - t)) s ($want)"
-}
-
-bind() {  # bind SRC DST [ro]
-    mkdir -p "$2"
-    mount --bind "$1" "$2"
-    MOUNTS+=("$2")
-    if [ "${3:-}" = ro ]; then
-        mount -o remount,bind,ro "$2"
-    fi
 }
 
 work_root() {
@@ -228,45 +192,20 @@ work_root() {
     ROOT=$WORK/root
     mkdir -p "$WORK"
     cp -a "$CACHE/base" "$ROOT"
-    cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
-    mount -t proc proc "$ROOT/proc"; MOUNTS+=("$ROOT/proc")
-    mount -t sysfs sysfs "$ROOT/sys"; MOUNTS+=("$ROOT/sys")
-    bind /dev "$ROOT/dev"
-    mount -t devpts devpts "$ROOT/dev/pts" -o newinstance,ptmxmode=0666; MOUNTS+=("$ROOT/dev/pts")
-    # ../shared read-only at its own path, so that one pairs file serves host and root
-    bind "$SHARED" "$ROOT$SHARED" ro
-    # caches kept across runs (downloads only; what is installed comes from a fresh copy)
-    mkdir -p "$CACHE/apt-archives/partial" "$CACHE/pip-cache"
-    bind "$CACHE/apt-archives" "$ROOT/var/cache/apt/archives"
-    bind "$CACHE/pip-cache" "$ROOT/root/.cache/pip"
-    # the source tree as a release tarball would have it: the checkout's files (git's view
-    # when this is a git checkout), no venvs, caches or build output
+    # ../shared read-only at its own path, so that one pairs file serves host and root; pip's
+    # and apt's download caches kept across runs (what is installed comes from a fresh copy)
+    root_mounts "$CACHE" "$SHARED" "$SHARED"
+    mkdir -p "$CACHE/apt-archives/partial"
+    root_bind "$CACHE/apt-archives" "$ROOT/var/cache/apt/archives"
     SRC=/usr/local/src/facegate
-    mkdir -p "$ROOT$SRC"
-    if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
-        (cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
-            tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -xf - -C "$ROOT$SRC"
-    else
-        tar -C "$REPO" --exclude=./.venv --exclude=./.venv-convert --exclude=./build --exclude=./out \
-            --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -xf - -C "$ROOT$SRC"
-    fi
-    [ -f "$ROOT$SRC/scripts/install.sh" ] || die "root: copying the source tree into the root failed"
+    root_copy_source "$SRC"
 }
 
-# run a command in the root, with a clean environment (plus the host's pip settings and
-# proxies) and QEMU_CPU=$CPU
-in_root() {
-    local envs=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
-                "QEMU_CPU=${CPU:-max}")
-    local v
-    for v in $(compgen -e); do
-        case "$v" in
-            PIP_FIND_LINKS) ;;  # the host's wheel folder: x86-64 wheels, not in the root
-            PIP_* | http_proxy | https_proxy | no_proxy | HTTP_PROXY | HTTPS_PROXY | NO_PROXY)
-                envs+=("$v=${!v}") ;;
-        esac
-    done
-    chroot "$ROOT" /usr/bin/env -i "${envs[@]}" "$@"
+# run a command in the root (scripts/lib/root.sh's in_root: a clean environment plus the
+# host's pip settings and proxies) at QEMU_CPU=$CPU
+in_cpu() {
+    local ROOT_ENV=("QEMU_CPU=${CPU:-max}")
+    in_root "$@"
 }
 
 # -- 3. install.sh, twice ---------------------------------------------------------------
@@ -294,20 +233,20 @@ install_twice() {
     helper snapshot "$ROOT" "$WORK/before.json" "${WHOLE[@]}"
     local t
     t=$(date +%s)
-    if ! in_root bash "$SRC/scripts/install.sh" --camera file --models-from "$SHARED/models" >"$WORK/install1.log" 2>&1; then
+    if ! in_cpu bash "$SRC/scripts/install.sh" --camera file --models-from "$SHARED/models" >"$WORK/install1.log" 2>&1; then
         tail -20 "$WORK/install1.log"
         die "install: scripts/install.sh failed in the arm64 root (log above)"
     fi
     local took1=$(($(date +%s) - t))
     grep -iE "systemd|not running|not started" "$WORK/install1.log" | sed "s/^/    /" | tail -3 || true
-    in_root test -x /opt/facegate/venv/bin/facegate -a -f /etc/facegate/facegate.toml ||
+    in_cpu test -x /opt/facegate/venv/bin/facegate -a -f /etc/facegate/facegate.toml ||
         die "install: install.sh exited 0 but /opt/facegate/venv/bin/facegate or /etc/facegate/facegate.toml is missing"
-    in_root test -L /etc/systemd/system/multi-user.target.wants/facegate.service ||
+    in_cpu test -L /etc/systemd/system/multi-user.target.wants/facegate.service ||
         fail "install" "facegate.service is not enabled in the root"
     pass "install" "scripts/install.sh ran in the arm64 root in $took1 s"
     helper snapshot "$ROOT" "$WORK/install1.json" "${INSTALLED_PATHS[@]}"
     t=$(date +%s)
-    if ! in_root bash "$SRC/scripts/install.sh" --camera file --models-from "$SHARED/models" >"$WORK/install2.log" 2>&1; then
+    if ! in_cpu bash "$SRC/scripts/install.sh" --camera file --models-from "$SHARED/models" >"$WORK/install2.log" 2>&1; then
         tail -20 "$WORK/install2.log"
         fail "reinstall" "the second scripts/install.sh run failed (log above)"
         return
@@ -346,7 +285,7 @@ emulate() {
     (
         CPU=$cpu
         rc=0
-        in_root "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" || rc=$?
+        in_cpu "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" || rc=$?
         echo "$rc" >"$WORK/$name.rc"
     ) &
     JOBS+=("$!")
@@ -409,7 +348,7 @@ emulated_checks() {
 purge() {
     CPU=cortex-a76
     rm -rf "$ROOT/tmp/demo" "$ROOT/tmp/facegate.toml"
-    if ! in_root bash "$SRC/scripts/install.sh" --uninstall --purge >"$WORK/purge.log" 2>&1; then
+    if ! in_cpu bash "$SRC/scripts/install.sh" --uninstall --purge >"$WORK/purge.log" 2>&1; then
         tail -20 "$WORK/purge.log"
         fail "purge" "scripts/install.sh --uninstall --purge failed"
         return

@@ -4,7 +4,7 @@
 # qemu-system-x86_64 under its own systemd, and checked there (scripts/vm_check.py).
 #
 #   sudo scripts/vm-check.sh [--power-cuts N] [--accel auto|tcg|kvm] [--rebuild] [--keep]
-#                            [--only LIST] [--arm64-boot]
+#                            [--only LIST] [--arch x86_64|arm64]
 #
 #   --power-cuts N  guest killed (no shutdown) N times with results waiting (default 4)
 #   --accel A       auto (default): a probe boot under KVM, TCG when it does not come up;
@@ -12,14 +12,19 @@
 #   --rebuild       build the cached base image again (default: reuse it when its recipe matches)
 #   --keep          keep this run's work dir (image, console logs, broker) afterwards
 #   --only LIST     comma-separated subset of the guest checks (see scripts/vm_check.py)
-#   --arm64-boot    also boot the arm64 kernel of a Debian arm64 root once in
-#                   qemu-system-aarch64 (-M virt, Cortex-A72) and time it (slow)
+#   --arch A        x86_64 (default): the whole check in qemu-system-x86_64. arm64: the same
+#                   image for arm64 (debootstrap in two stages under qemu-user, Debian's
+#                   linux-image-arm64, install.sh under qemu-user) booted in qemu-system-aarch64
+#                   (-M virt, -cpu cortex-a72, TCG) with the boot check only by default (boot,
+#                   READY=1, status, selftest, security, permissions; --only adds others)
 #
 # Steps (each prints a PASS / FAIL line; the last line is the summary; exit 1 on any failure):
-#  1. host tools: qemu-system-x86, debootstrap, socat (apt, when missing).
-#  2. the base root, cached in $FACEGATE_VM_CACHE (/var/cache/facegate-vm) by the hash of
-#     its recipe (suite, mirror, package list, the setup below): debootstrap bookworm with
-#     Debian's kernel (linux-image-amd64, its initramfs), systemd, udev, python3-venv; no
+#  1. host tools: qemu-system-x86 (arm64: qemu-system-arm, qemu-user-static and its binfmt_misc
+#     handler), debootstrap, socat (apt, when missing).
+#  2. the base root, cached in $FACEGATE_VM_CACHE (/var/cache/facegate-vm; base, base-arm64) by
+#     the hash of its recipe (suite, mirror, package list, the setup below): debootstrap bookworm
+#     (scripts/lib/root.sh, shared with scripts/arm64-check.sh) with Debian's kernel
+#     (linux-image-amd64 / -arm64, its initramfs), systemd, udev, python3-venv; no
 #     NTP client (a terminal without time sync), systemd-networkd on DHCP.
 #  3. a fresh copy of it: scripts/install.sh --camera file --models-from SHARED/models in a
 #     chroot (systemd not running: installed and enabled, not started), then what a
@@ -32,23 +37,26 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib/root.sh
+. "$REPO/scripts/lib/root.sh"
 SHARED=${FACEGATE_SHARED:-$REPO/../shared}
 CACHE=${FACEGATE_VM_CACHE:-/var/cache/facegate-vm}
 SUITE=bookworm
 BASE_VERSION=1  # bump when base_setup below changes
-BASE_PACKAGES=linux-image-amd64,initramfs-tools,systemd,systemd-sysv,udev,kmod,dbus,ca-certificates,python3,python3-venv,python3-pip,iproute2,procps,v4l-utils
+BASE_PACKAGES=initramfs-tools,systemd,systemd-sysv,udev,kmod,dbus,ca-certificates,python3,python3-venv,python3-pip,iproute2,procps,v4l-utils
 IMAGE_SIZE=6G
 POWER_CUTS=4
 ACCEL=auto
 REBUILD=0
 KEEP=0
 ONLY=""
-ARM64_BOOT=0
+ARCH=x86_64
 
 T0=$(date +%s)
 WORK=""
 MOUNTS=()
 ROOT=""
+ROOT_ENV=()
 
 say() { printf '== %s\n' "$*"; }
 pass() { printf 'PASS  %-22s %s\n' "$1" "$2"; }
@@ -68,23 +76,26 @@ parse_args() {
             --rebuild) REBUILD=1 ;;
             --keep) KEEP=1 ;;
             --only) ONLY=$2; shift ;;
-            --arm64-boot) ARM64_BOOT=1 ;;
+            --arch) ARCH=$2; shift ;;
             -h | --help) usage; exit 0 ;;
             *) echo "vm-check: unknown option $1 (see --help)" >&2; exit 2 ;;
         esac
         shift
     done
     case "$ACCEL" in auto | tcg | kvm) ;; *) echo "vm-check: --accel auto|tcg|kvm" >&2; exit 2 ;; esac
+    case "$ARCH" in
+        x86_64) DEB_ARCH=amd64 BASE_DIR=base ;;
+        arm64) DEB_ARCH=arm64 BASE_DIR=base-arm64 ACCEL=tcg ONLY=${ONLY:-boot}
+               ROOT_ENV=(QEMU_CPU=cortex-a72) ;;  # install.sh under qemu-user: the guest's CPU
+        *) echo "vm-check: --arch x86_64|arm64" >&2; exit 2 ;;
+    esac
+    BASE_PACKAGES=linux-image-$DEB_ARCH,$BASE_PACKAGES
     [ "$EUID" -eq 0 ] || { echo "vm-check: run as root (debootstrap, chroot, image ownership)" >&2; exit 2; }
     [ -d "$SHARED/models" ] || { echo "vm-check: $SHARED/models not found (FACEGATE_SHARED)" >&2; exit 2; }
 }
 
 cleanup() {
-    local i
-    for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
-        umount -l "${MOUNTS[$i]}" 2>/dev/null || true
-    done
-    MOUNTS=()
+    root_unmount
     if [ -n "$WORK" ] && [ "$KEEP" = 0 ]; then
         rm -rf "$WORK"
     elif [ -n "$WORK" ]; then
@@ -95,14 +106,11 @@ cleanup() {
 # -- 1. host tools ----------------------------------------------------------------------
 host_tools() {
     local p missing=()
-    for p in qemu-system-x86 debootstrap socat e2fsprogs; do
+    local want=(qemu-system-x86 debootstrap socat e2fsprogs)
+    [ "$ARCH" = x86_64 ] || want=(qemu-system-arm qemu-user-static binfmt-support debootstrap socat e2fsprogs)
+    for p in "${want[@]}"; do
         [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
     done
-    if [ "$ARM64_BOOT" = 1 ]; then
-        for p in qemu-system-arm qemu-efi-aarch64; do
-            [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
-        done
-    fi
     if [ ${#missing[@]} -gt 0 ]; then
         say "apt: installing ${missing[*]}"
         apt-get update -qq
@@ -113,27 +121,22 @@ host_tools() {
         say "host: scripts/dev.sh setup (the broker, backend and signing for the checks)"
         "$REPO/scripts/dev.sh" setup >/dev/null
     fi
-    pass "host-tools" "$(qemu-system-x86_64 --version | head -1), debootstrap $(dpkg-query -W -f='${Version}' debootstrap)"
+    if [ "$ARCH" = arm64 ]; then
+        [ -e /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
+        grep -qx enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null || update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+        grep -qx enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null ||
+            die "host-tools: no qemu-aarch64 binfmt_misc handler (the arm64 root is built under qemu-user)"
+    fi
+    pass "host-tools" "$("qemu-system-${ARCH/arm64/aarch64}" --version | head -1), debootstrap $(dpkg-query -W -f='${Version}' debootstrap)"
 }
 
 # -- 2. the base root ----------------------------------------------------------------------
-host_mirror() {  # the Debian mirror the host's apt uses ($1: debian or debian-security)
-    local want=$1 uri
-    uri=$( (grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
-            grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}') |
-           grep -E "/$want/?\$" | head -1)
-    echo "${uri:-http://deb.debian.org/$want}"
-}
 
 # What a terminal's image adds to debootstrap's root (part of the base's hash: this
 # function's own text is hashed).
 base_setup() {
     local r=$1 mirror=$2 security=$3
-    cat >"$r/etc/apt/sources.list" <<EOF
-deb $mirror $SUITE main
-deb $mirror $SUITE-updates main
-deb $security $SUITE-security main
-EOF
+    root_host_settings "$r" "$mirror" "$security"
     echo terminal >"$r/etc/hostname"
     printf '127.0.0.1 localhost\n127.0.1.1 terminal\n' >"$r/etc/hosts"
     printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\n' >"$r/etc/fstab"
@@ -141,37 +144,24 @@ EOF
     printf '[Match]\nName=en*\n\n[Network]\nDHCP=ipv4\n' >"$r/etc/systemd/network/20-wired.network"
     chroot "$r" systemctl enable systemd-networkd.service >/dev/null 2>&1
     chroot "$r" passwd -d root >/dev/null   # the serial console, for a look inside (--keep)
-    # the host's extra CA certificates (a TLS-inspecting egress proxy) and pip configuration:
-    # install.sh's pip runs in the chroot on this machine, as on a terminal behind it
-    if compgen -G "/usr/local/share/ca-certificates/*" >/dev/null; then
-        cp -r /usr/local/share/ca-certificates/. "$r/usr/local/share/ca-certificates/"
-    fi
-    chroot "$r" update-ca-certificates >/dev/null 2>&1
-    [ ! -f /etc/pip.conf ] || cp /etc/pip.conf "$r/etc/pip.conf"
-    apt-config dump 2>/dev/null | grep -iE '^Acquire::(https?|ftp)::Proxy' >"$r/etc/apt/apt.conf.d/90host-proxy" || true
     chroot "$r" apt-get clean
 }
 
 base_root() {
-    local base=$CACHE/base stamp want mirror security t
-    mirror=${DEBIAN_MIRROR:-$(host_mirror debian)}
-    security=${DEBIAN_SECURITY_MIRROR:-$(host_mirror debian-security)}
-    want=$(printf '%s\n' "$BASE_VERSION $SUITE $mirror $security $BASE_PACKAGES" "$(declare -f base_setup)" |
-           sha256sum | cut -c1-16)
+    local base=$CACHE/$BASE_DIR stamp want mirror security t
+    mirror=${DEBIAN_MIRROR:-$(root_host_mirror debian)}
+    security=${DEBIAN_SECURITY_MIRROR:-$(root_host_mirror debian-security)}
+    want=$(printf '%s\n' "$BASE_VERSION $SUITE $DEB_ARCH $mirror $security $BASE_PACKAGES" \
+               "$(declare -f base_setup root_debootstrap root_host_settings)" | sha256sum | cut -c1-16)
     stamp=$base/.facegate-base
     if [ "$REBUILD" = 0 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
         pass "base-root" "reusing $base (recipe $want)"
         return
     fi
-    say "base root: debootstrap $SUITE with Debian's kernel and systemd from $mirror (a few minutes)"
+    say "base root: debootstrap $SUITE ($DEB_ARCH) with Debian's kernel and systemd from $mirror (minutes; arm64 under qemu-user: longer)"
     t=$(date +%s)
     mkdir -p "$CACHE"
-    rm -rf "$base.tmp"
-    if ! nice debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$base.tmp" "$mirror" \
-            >"$CACHE/debootstrap.log" 2>&1; then
-        tail -5 "$CACHE/debootstrap.log"
-        die "base-root: debootstrap failed, see $CACHE/debootstrap.log"
-    fi
+    root_debootstrap "$DEB_ARCH" minbase "$BASE_PACKAGES" "$base.tmp" "$mirror" "$CACHE/debootstrap-$DEB_ARCH.log"
     base_setup "$base.tmp" "$mirror" "$security" || die "base-root: setting up the root failed"
     if ! compgen -G "$base.tmp/boot/vmlinuz-*" >/dev/null || ! compgen -G "$base.tmp/boot/initrd.img-*" >/dev/null; then
         die "base-root: no kernel / initramfs in $base.tmp/boot"
@@ -183,42 +173,15 @@ base_root() {
 }
 
 # -- 3. install.sh in a copy, the check's settings, the image ---------------------------
-bind() {
-    mkdir -p "$2"
-    mount --bind "$1" "$2"
-    MOUNTS+=("$2")
-    [ "${3:-}" != ro ] || mount -o remount,bind,ro "$2"
-}
-
-in_root() {
-    local envs=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8) v
-    for v in $(compgen -e); do
-        case "$v" in
-            PIP_FIND_LINKS) ;;  # the host's wheel folder is not in the root
-            PIP_* | http_proxy | https_proxy | no_proxy | HTTP_PROXY | HTTPS_PROXY | NO_PROXY) envs+=("$v=${!v}") ;;
-        esac
-    done
-    chroot "$ROOT" /usr/bin/env -i "${envs[@]}" "$@"
-}
-
 install_root() {
     local t src=/usr/local/src/facegate
     WORK=$(mktemp -d "$CACHE/run.XXXXXX")
     ROOT=$WORK/root
     say "work dir $WORK"
-    cp -a "$CACHE/base" "$ROOT"
+    cp -a "$CACHE/$BASE_DIR" "$ROOT"
     rm -f "$ROOT/.facegate-base"
-    cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
-    mount -t proc proc "$ROOT/proc"; MOUNTS+=("$ROOT/proc")
-    mount -t sysfs sysfs "$ROOT/sys"; MOUNTS+=("$ROOT/sys")
-    bind /dev "$ROOT/dev"
-    bind "$SHARED" "$ROOT/mnt/shared" ro
-    mkdir -p "$CACHE/pip-cache"
-    bind "$CACHE/pip-cache" "$ROOT/root/.cache/pip"
-    mkdir -p "$ROOT$src"
-    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
-        tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -xf - -C "$ROOT$src"
-    [ -f "$ROOT$src/scripts/install.sh" ] || die "install: copying the source tree into the root failed"
+    root_mounts "$CACHE" "$SHARED" /mnt/shared
+    root_copy_source "$src"
     t=$(date +%s)
     if ! in_root nice bash "$src/scripts/install.sh" --camera file --models-from /mnt/shared/models \
             >"$WORK/install.log" 2>&1; then
@@ -238,6 +201,8 @@ install_root() {
 Description=vm-check agent (test harness)
 DefaultDependencies=no
 After=systemd-udevd.service
+# until udev has made /dev/virtio-ports/facegate.agent: retried for as long as it takes
+StartLimitIntervalSec=0
 [Service]
 ExecStart=/usr/bin/python3 /usr/local/sbin/facegate-vm-agent /dev/virtio-ports/facegate.agent
 Restart=always
@@ -247,8 +212,7 @@ WantedBy=multi-user.target
 EOF
     in_root systemctl enable facegate-vm-agent.service >/dev/null 2>&1
     # no resolv.conf from the host, no source tree left on the terminal
-    for m in "${MOUNTS[@]}"; do umount -l "$m"; done
-    MOUNTS=()
+    root_unmount
     rm -rf "${ROOT:?}$src" "$ROOT/etc/resolv.conf" "$ROOT/mnt/shared" "$ROOT/root/.cache"
     t=$(date +%s)
     local kernels initrds
@@ -274,7 +238,7 @@ main() {
     host_tools
     base_root
     install_root
-    local args=(run "$WORK" --power-cuts "$POWER_CUTS" --accel "$ACCEL" --t0 "$T0")
+    local args=(run "$WORK" --power-cuts "$POWER_CUTS" --accel "$ACCEL" --t0 "$T0" --arch "$ARCH")
     [ -z "$ONLY" ] || args+=(--only "$ONLY")
     helper "${args[@]}"
 }

@@ -9,13 +9,23 @@ import subprocess
 import sys
 
 
+def write_all(out, data: bytes) -> None:
+    """The whole of `data`: a virtio console port takes at most 32 KiB a write (the kernel's
+    virtio_console), and a raw unbuffered file returns how much it took. A reply of the whole
+    journal (MBs) was cut after its first write, so the host never saw its newline."""
+    view = memoryview(data)
+    while view:
+        n = out.write(view)
+        view = view[n or 0:]
+
+
 def main(path: str) -> None:
     fd = os.open(path, os.O_RDWR)
     out = os.fdopen(fd, "wb", buffering=0)
     inp = os.fdopen(os.dup(fd), "rb", buffering=0)
 
     def say(doc: dict) -> None:
-        out.write(json.dumps(doc).encode() + b"\n")
+        write_all(out, json.dumps(doc).encode() + b"\n")
 
     with open("/proc/sys/kernel/random/boot_id") as f:
         boot_id = f.read().strip()

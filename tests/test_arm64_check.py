@@ -94,5 +94,6 @@ def test_arm64_check_sh_is_shellcheck_clean():
     exe = shutil.which("shellcheck")
     if exe is None:
         pytest.fail("shellcheck is not installed (scripts/dev.sh installs it)")
-    r = subprocess.run([exe, str(REPO / "scripts" / "arm64-check.sh")], capture_output=True, text=True)
+    # -x: follows the sourced scripts/lib/root.sh (shared with scripts/vm-check.sh)
+    r = subprocess.run([exe, "-x", str(REPO / "scripts" / "arm64-check.sh")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
