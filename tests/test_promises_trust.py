@@ -14,7 +14,8 @@ import pytest
 from facegate import signing
 from facegate.backend import limits
 from facegate.backend.store import KeyRow
-from facegate.backend.trust import Keyring, Verdict, check_attest, check_result, payload_problem, topic_device
+from facegate.backend.trust import Keyring, Verdict, check_attest, check_result, topic_device
+from facegate.contract.result import payload_problem
 from terminals import PREFIX, Terminal
 
 
@@ -65,7 +66,7 @@ def test_each_refusal_has_its_reason():
 
     _, good = a.result()
     v = check_result(good, a.topics.result, PREFIX, ring)
-    assert (v.accepted, v.dev, v.kid, v.payload["seq"], v.retired) == (True, "kiosk-a", a.key.kid, 1, False)
+    assert (v.accepted, v.dev, v.kid, v.result.seq, v.retired) == (True, "kiosk-a", a.key.kid, 1, False)
     assert reason(b, good) == "wrong_topic"  # a's result copied to b's topic
     assert check_result(good, f"{PREFIX}/kiosk-a/event", PREFIX, ring).dev is None
     assert reason(a, good, f"{PREFIX}/kiosk-a/event") == "wrong_topic"
@@ -110,11 +111,11 @@ def test_a_retired_key_vouches_up_to_its_bound_and_never_for_the_newest():
         ring = Keyring.of([row(t), row(t, "retired", old, max_seq=bound)])
         by_old.seq = seq - 1
         v = check_result(by_old.result()[1], t.topics.result, PREFIX, ring)
-        want = Verdict(True, "kiosk-1", None, old.kid, v.payload, retired=True) if ok else \
+        want = Verdict(True, "kiosk-1", None, old.kid, v.result, retired=True) if ok else \
             Verdict(False, "kiosk-1", "retired_key", old.kid)
-        assert v == want and (v.payload is None) == (not ok), (bound, seq)
+        assert v == want and (v.result is None) == (not ok), (bound, seq)
         if ok:
-            assert v.payload["seq"] == seq and v.payload["dev"] == "kiosk-1"
+            assert v.result.seq == seq and v.result.dev == "kiosk-1"
     ring = Keyring.of([row(t), row(t, "retired", old, max_seq=5)])
     v = check_result(t.result()[1], t.topics.result, PREFIX, ring)  # the active key: not retired, any seq
     assert v.accepted and not v.retired
