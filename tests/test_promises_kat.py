@@ -114,16 +114,15 @@ def test_a_failed_self_test_is_remembered_and_the_next_variant_still_tried(model
         calls.append(path.name)
         return make(path, num_threads)
     for _ in range(2):  # the second time from the cached self-test results
-        runner, entry = kat.load(store, "embed", "auto", counting, 1)
-        assert entry.variant == "fp32"
-        c = store.chosen["embed"]
+        runner, c = kat.load(store, "embed", "auto", counting, 1)  # the choice is returned, not kept in the store
+        assert c.entry.variant == "fp32"
         assert c.refused == (f"int8 refused: {store.self_tests[(_entry(store, 'int8').sha256, 1)].detail}",)
         assert c.why.startswith("fp32 sface_fp32.tflite, auto: the fastest installed variant that passes here "
                                 f"({c.refused[0]}); known answers: ")
         assert c.task == "embed" and c.precision == "auto"
     assert calls.count("sface_int8.tflite") == 1  # refused once, not loaded and tested again
-    runner, entry = kat.load(store, "embed", "fp32", counting, 1)
-    assert store.chosen["embed"].why.startswith("fp32 sface_fp32.tflite, as configured; known answers: ")
+    runner, c = kat.load(store, "embed", "fp32", counting, 1)
+    assert c.why.startswith("fp32 sface_fp32.tflite, as configured; known answers: ")
     with pytest.raises(ModelError) as err:
         kat.load(store, "embed", "int8", counting, 1)
     assert str(err.value).startswith("no embed model passes its known-answer self-test on this CPU (precision int8): "
