@@ -90,10 +90,13 @@ def write_toml(cfg: BackendConfig, path: Path) -> Path:
 
 
 class WorkerThread:
-    """A worker in this process (for the tests that do not kill it)."""
+    """A worker in this process (for the tests that do not kill it); `metrics`: its
+    WorkerMetrics, told which worker it counts for."""
 
-    def __init__(self, cfg: BackendConfig):
-        self.worker = Worker(cfg)
+    def __init__(self, cfg: BackendConfig, metrics=None):
+        self.worker = Worker(cfg, metrics=metrics) if metrics is not None else Worker(cfg)
+        if metrics is not None:
+            metrics.worker = self.worker
         self.stop, ready = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self.worker.run, args=(self.stop, ready), daemon=True)
         self.thread.start()

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from backendkit import backend_config, write_toml
+from backendkit import WorkerThread, backend_config, write_toml
 from broker import Mosquitto, free_port, password
 from facegate.backend.config import MetricsConfig, StoreConfig
 from facegate.backend.metrics import MAX_LABELS, WorkerMetrics, _Bounded
@@ -58,25 +58,17 @@ def one(samples: dict, name: str, **labels) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-class ServedWorker:
+class ServedWorker(WorkerThread):
     """A worker on a thread in this process, its metrics served on a free loopback port."""
 
     def __init__(self, cfg):
-        import threading
-
         self.metrics = WorkerMetrics(cfg)
-        self.worker = Worker(cfg, metrics=self.metrics)
-        self.metrics.worker = self.worker
+        super().__init__(cfg, metrics=self.metrics)
         assert self.metrics.serve("127.0.0.1:0")
         self.port = self.metrics.port
-        self.stop, ready = threading.Event(), threading.Event()
-        self.thread = threading.Thread(target=self.worker.run, args=(self.stop, ready), daemon=True)
-        self.thread.start()
-        assert ready.wait(15), "worker did not connect"
 
     def close(self):
-        self.stop.set()
-        self.thread.join(15)
+        super().close()
         self.metrics.close()
 
 
