@@ -11,14 +11,21 @@ import broker as broker_mod
 from broker import Backend, Mosquitto
 
 
-def test_a_port_taken_between_choosing_and_binding_gives_another(tmp_path, monkeypatch):
+def squat(monkeypatch, module) -> tuple[socket.socket, int]:
+    """A port held by another socket, handed out first by `module.free_port` (then free ones):
+    the race of a port taken between choosing it and binding it."""
     squatter = socket.socket()
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
     taken = squatter.getsockname()[1]
     ports = iter([taken])
-    real = broker_mod.free_port
-    monkeypatch.setattr(broker_mod, "free_port", lambda: next(ports, None) or real())
+    real = module.free_port
+    monkeypatch.setattr(module, "free_port", lambda: next(ports, None) or real())
+    return squatter, taken
+
+
+def test_a_port_taken_between_choosing_and_binding_gives_another(tmp_path, monkeypatch):
+    squatter, taken = squat(monkeypatch, broker_mod)
     b = Mosquitto(tmp_path)
     assert b.port == taken
     try:
@@ -42,13 +49,7 @@ def test_postgres_too_starts_on_another_port_when_its_port_was_taken(monkeypatch
     from facegate.backend.config import StoreConfig
     from facegate.backend.store import Store
 
-    squatter = socket.socket()
-    squatter.bind(("127.0.0.1", 0))
-    squatter.listen()
-    taken = squatter.getsockname()[1]
-    ports = iter([taken])
-    real = pg_mod.free_port
-    monkeypatch.setattr(pg_mod, "free_port", lambda: next(ports, None) or real())
+    squatter, taken = squat(monkeypatch, pg_mod)
     pg = pg_mod.Postgres()
     assert pg.port == taken
     try:
