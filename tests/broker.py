@@ -38,6 +38,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_on_a_free_port(attempt, move, what: str, restart: bool) -> None:
+    """Start a server on a port free_port() named. free_port() only names a port that was
+    free a moment ago: when another process took it meanwhile, the server cannot bind and
+    exits. attempt(): None once the server is up, else what it said; a first start that
+    said "Address already in use" calls move() (a new port) and tries again, up to 5
+    times; a `restart` keeps its port (the clients or DSNs name it) and fails at once."""
+    for _ in range(5):
+        said = attempt()
+        if said is None:
+            return
+        if restart or "Address already in use" not in said:
+            raise RuntimeError(said)
+        move()
+    raise RuntimeError(f"{what} found no free port in 5 tries")
+
+
 def recipe(*args: str | Path) -> str:
     """Run scripts/broker-setup.sh; its stdout."""
     r = subprocess.run(["bash", str(RECIPE), *map(str, args)], capture_output=True, text=True)
@@ -116,22 +132,20 @@ class Mosquitto:
             time.sleep(0.2)
 
     def start(self) -> Mosquitto:
-        """Start and wait until ready. free_port() only names a port that was free a moment
-        ago: if another process took it meanwhile, mosquitto cannot bind and exits, and a
-        first start tries again on a new port (issue 25; a restart keeps its port, the
-        clients reconnect to it)."""
-        for _ in range(5):
-            log = self.dir / "mosquitto.log"
+        """Start and wait until ready, on another port when its port was taken (issue 25;
+        start_on_a_free_port)."""
+        log = self.dir / "mosquitto.log"
+
+        def attempt() -> str | None:
             log_from = log.stat().st_size if log.exists() else 0
-            if self._start_once():
-                self.started = True
-                return self
-            said = log.read_bytes()[log_from:].decode(errors="replace")
-            if getattr(self, "started", False) or "Address already in use" not in said:
-                raise RuntimeError(said)
+            return None if self._start_once() else log.read_bytes()[log_from:].decode(errors="replace")
+
+        def move() -> None:
             conf, old, self.port = self.dir / "mosquitto.conf", self.port, free_port()
             conf.write_text(conf.read_text().replace(f"listener {old} ", f"listener {self.port} "))
-        raise RuntimeError("mosquitto found no free port in 5 tries")
+        start_on_a_free_port(attempt, move, "mosquitto", getattr(self, "started", False))
+        self.started = True
+        return self
 
     def _start_once(self) -> bool:
         """True once ready; False when mosquitto exited (its log says why)."""

@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from broker import free_port
+from broker import free_port, start_on_a_free_port
 
 
 def pg_bin() -> Path | None:
@@ -43,24 +43,22 @@ class Postgres:
         return subprocess.run(full, check=check, capture_output=True, text=True, cwd=self.dir, timeout=120)
 
     def start(self) -> Postgres:
-        """Start and wait until it accepts connections. free_port() only names a port that was
-        free a moment ago: when another process took it meanwhile, the server cannot bind and
-        exits; a first start then tries again on another port (a restart keeps its port,
-        which the tests' DSNs name), as the broker fixture does (tests/broker.py)."""
+        """Start and wait until it accepts connections, on another port when its port was
+        taken (tests/broker.py's start_on_a_free_port, as the broker fixture does)."""
         if not (self.data / "PG_VERSION").exists():
             self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
                       "--no-sync", "-E", "UTF8")
-        for _ in range(5):
+
+        def attempt() -> str | None:
             log_from = self._log_size()
             r = self._start_once()
-            if r.returncode == 0:
-                self.started = True
-                return self
-            said = self.log(log_from)
-            if getattr(self, "started", False) or "Address already in use" not in said:
-                raise RuntimeError(f"PostgreSQL did not start: {r.stderr} {said}")
+            return None if r.returncode == 0 else f"PostgreSQL did not start: {r.stderr} {self.log(log_from)}"
+
+        def move() -> None:
             self.port = free_port()
-        raise RuntimeError("PostgreSQL found no free port in 5 tries")
+        start_on_a_free_port(attempt, move, "PostgreSQL", getattr(self, "started", False))
+        self.started = True
+        return self
 
     def _start_once(self) -> subprocess.CompletedProcess:
         opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=on "
