@@ -1,17 +1,24 @@
 """What the kiosk screen costs and what guidance buys, on this machine:
 
 1. the preview's encode cost per frame at 640x480 (mirror + JPEG, facegate.screen.preview);
-2. the frame loop's rate (session frames per second, camera as fast as it decodes) of the
-   real daemon on the replay of a real person, with no page, with a loopback client
-   reading the MJPEG preview and the event stream, and with headless Chromium showing
-   the page with its motion, as started by hand and at nice 10 as scripts/kiosk-browser.sh
-   starts it (on a terminal the browser runs on the same CPU; its own CPU is a column);
+2. the frame loop's rate (session frames per second) of the real daemon on the replay of
+   a real person, with no page, with a loopback client reading the MJPEG preview and the
+   event stream, and with headless Chromium showing the page with its motion, as started by
+   hand and at nice 10 as scripts/kiosk-browser.sh starts it (on a terminal the browser
+   runs on the same CPU; its own CPU is a column), in three forms of camera:
+   - `video`: the replay decoded (VP8, FFmpeg's threads) as fast as it goes -- the loop and
+     the test camera's video decoder together fill the machine;
+   - `raw`: the same frames decoded once beforehand (a folder of BMP files, 15 frames/s of
+     frame time as the clip's), handed over as fast as the loop takes them -- a camera that delivers
+     pixels, as a Pi camera's ISP does: the loop's own capacity;
+   - `realtime`: the replay at its own 15 frames/s (a terminal's default camera rate):
+     the frames the loop handles of those the camera gives;
 3. seconds from command to decision for a person who starts too far away (the shrunk
    replay, in real time) against the original replay, both guided.
 
-    nice .venv/bin/python scripts/screen_bench.py [--rounds 3]
+    nice .venv/bin/python scripts/screen_bench.py [--rounds 3] [--forms video,raw,realtime]
 
-Needs ../shared/data/replay/zubair/live.webm and the models; prints a Markdown table.
+Needs ../shared/data/replay/zubair/live.webm and the models; prints Markdown tables.
 """
 from __future__ import annotations
 
@@ -54,8 +61,8 @@ class BenchTerminal(Terminal):
     """The shared test terminal (tests/screen_terminal.py) with the shipped fusion setting,
     timed per session."""
 
-    def __init__(self, tmp: Path, video: Path, key: SigningKey, realtime: bool):
-        super().__init__(tmp, video, key, "active", realtime=realtime, device_id=DEV, fusion_frames=None)
+    def __init__(self, tmp: Path, video: Path, key: SigningKey, realtime: bool, fps: float | None = None):
+        super().__init__(tmp, video, key, "active", realtime=realtime, device_id=DEV, fusion_frames=None, fps=fps)
 
     def session(self, reference: bytes) -> tuple[float, int, float, str, float]:
         """(frames per second of the session's loop, frames, seconds command -> decision,
@@ -88,31 +95,37 @@ def mjpeg_reader(url: str, stop: threading.Event) -> threading.Thread:
 
 
 MODES = ("no page", "MJPEG + events client", "headless Chromium page", "headless Chromium page, nice 10")
+FORMS = {"video": "video decoded as fast as it goes", "raw": "raw frames as fast as the loop takes them",
+         "realtime": "real time, the camera at 15 frames/s"}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--no-guided", action="store_true", help="skip part 3 (the real-time replays)")
-    args = ap.parse_args()
-    frames = screen_videos.original_frames(LIVE)
-    enc = encode_cost(frames)
-    print(f"preview encode at 640x480: median {enc['median_ms']:.2f} ms, p90 {enc['p90_ms']:.2f} ms, "
-          f"{enc['kb']:.0f} KiB per frame")
-    key = SigningKey.generate()
+def raw_folder(frames, folder: Path) -> Path:
+    """The replay's frames as BMP files (decoding one is a copy): a camera that hands over pixels."""
     import cv2
-    ok, ref = cv2.imencode(".jpg", frames[20])
-    reference = ref.tobytes()
-    rates: dict[str, list[float]] = {m: [] for m in MODES}
-    cpu: dict[str, list[float]] = {m: [] for m in MODES}
-    bcpu: dict[str, list[float]] = {m: [] for m in MODES}  # the browser's CPU, % of one core
-    with tempfile.TemporaryDirectory() as tmp:
-        term = BenchTerminal(Path(tmp) / "a", LIVE, key, realtime=False)
-        # the page as a kiosk shows it: with motion; the second one niced as kiosk-browser.sh starts it
-        browsers = {m: Browser(800, 480, nice=10 if "nice" in m else 0, reduced_motion=False)
-                    for m in MODES[2:]} if chromium_path() else {}
-        try:
-            for _ in range(args.rounds):
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:04d}.bmp"), f)
+    return folder
+
+
+def loop_rates(forms: list[str], rounds: int, frames, reference: bytes, key: SigningKey, tmp: Path) -> None:
+    """Part 2: every form, every mode, `rounds` times interleaved; a table per form."""
+    rates: dict[tuple[str, str], list[float]] = {(f, m): [] for f in forms for m in MODES}
+    cpu: dict[tuple[str, str], list[float]] = {(f, m): [] for f in forms for m in MODES}
+    bcpu: dict[tuple[str, str], list[float]] = {(f, m): [] for f in forms for m in MODES}  # the browser's CPU, % of one core
+    terms = {}
+    for form in forms:
+        source = raw_folder(frames, tmp / "raw") if form == "raw" else LIVE
+        terms[form] = BenchTerminal(tmp / form, source, key, realtime=form == "realtime",
+                                    fps=screen_videos.FPS if form == "raw" else None)
+    # the page as a kiosk shows it: with motion; the second one niced as kiosk-browser.sh starts it
+    browsers = {m: Browser(800, 480, nice=10 if "nice" in m else 0, reduced_motion=False)
+                for m in MODES[2:]} if chromium_path() else {}
+    try:
+        for _ in range(rounds):
+            for form in forms:
+                term = terms[form]
                 for mode in MODES:
                     stop = threading.Event()
                     browser = browsers.get(mode)
@@ -127,29 +140,53 @@ def main() -> int:
                     b0, w0 = (browser.cpu_seconds() if browser else 0.0), time.perf_counter()
                     fps, n, s, decision, ms = term.session(reference)
                     b1, w1 = (browser.cpu_seconds() if browser else 0.0), time.perf_counter()
-                    rates[mode].append(fps)
-                    cpu[mode].append(ms)
-                    bcpu[mode].append(100 * (b1 - b0) / (w1 - w0))
-                    print(f"  {mode}: {fps:.1f} frames/s, {ms:.1f} CPU ms/frame ({n} frames, {s:.1f} s, {decision}), "
-                          f"browser {bcpu[mode][-1]:.0f} % of a core", flush=True)
+                    rates[form, mode].append(fps)
+                    cpu[form, mode].append(ms)
+                    bcpu[form, mode].append(100 * (b1 - b0) / (w1 - w0))
+                    print(f"  {form} / {mode}: {fps:.1f} frames/s, {ms:.1f} CPU ms/frame ({n} frames, {s:.1f} s, "
+                          f"{decision}), browser {bcpu[form, mode][-1]:.0f} % of a core", flush=True)
                     stop.set()
                     if browser:
                         browser.open("about:blank")
                     time.sleep(1.0)
-        finally:
-            for browser in browsers.values():
-                browser.close()
+    finally:
+        for browser in browsers.values():
+            browser.close()
+        for term in terms.values():
             term.stop()
-        print("\n| frame loop (session, camera as fast as it decodes) | frames/s, median of "
-              f"{args.rounds} | vs no page | daemon CPU ms per frame, median | browser CPU, % of a core |"
-              "\n|---|---|---|---|---|")
-        base = statistics.median(rates["no page"])
-        for mode, r in rates.items():
+    for form in forms:
+        print(f"\n| frame loop, {FORMS[form]} | frames/s, median of {rounds} | vs no page "
+              "| daemon CPU ms per frame, median | browser CPU, % of a core |\n|---|---|---|---|---|")
+        base = statistics.median(rates[form, "no page"])
+        for mode in MODES:
+            r = rates[form, mode]
             if r:
-                m, c = statistics.median(r), statistics.median(cpu[mode])
-                b = f"{statistics.median(bcpu[mode]):.0f}" if mode.startswith("headless") else "-"
+                m, c = statistics.median(r), statistics.median(cpu[form, mode])
+                b = f"{statistics.median(bcpu[form, mode]):.0f}" if mode.startswith("headless") else "-"
                 print(f"| {mode} | {m:.1f} ({', '.join(f'{x:.1f}' for x in r)}) | {100 * (m / base - 1):+.1f} % "
                       f"| {c:.1f} | {b} |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--forms", default="video,raw,realtime",
+                    help="comma-separated camera forms of part 2: " + ", ".join(FORMS))
+    ap.add_argument("--no-guided", action="store_true", help="skip part 3 (the real-time replays)")
+    args = ap.parse_args()
+    forms = [f for f in args.forms.split(",") if f]
+    if not set(forms) <= set(FORMS):
+        ap.error(f"--forms: one or more of {', '.join(FORMS)}")
+    frames = screen_videos.original_frames(LIVE)
+    enc = encode_cost(frames)
+    print(f"preview encode at 640x480: median {enc['median_ms']:.2f} ms, p90 {enc['p90_ms']:.2f} ms, "
+          f"{enc['kb']:.0f} KiB per frame")
+    key = SigningKey.generate()
+    import cv2
+    ok, ref = cv2.imencode(".jpg", frames[20])
+    reference = ref.tobytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        loop_rates(forms, args.rounds, frames, reference, key, Path(tmp))
         if args.no_guided:
             return 0
         small = screen_videos.small(frames, Path(tmp) / "small.mp4")
