@@ -5,18 +5,15 @@
    a real person, with no page, with a loopback client reading the MJPEG preview and the
    event stream, and with headless Chromium showing the page with its motion, as started by
    hand and at nice 10 as scripts/kiosk-browser.sh starts it (on a terminal the browser
-   runs on the same CPU; its own CPU is a column), in three forms of camera:
-   - `video`: the replay decoded (VP8, FFmpeg's threads) as fast as it goes -- the loop and
-     the test camera's video decoder together fill the machine;
-   - `raw`: the same frames decoded once beforehand (a folder of BMP files, 15 frames/s of
-     frame time as the clip's), handed over as fast as the loop takes them -- a camera that delivers
-     pixels, as a Pi camera's ISP does: the loop's own capacity;
+   runs on the same CPU; its own CPU is a column), in two forms of camera:
+   - `video`: the replay decoded as fast as it goes (~1 ms a frame): the stress form, the
+     loop's own capacity;
    - `realtime`: the replay at its own 15 frames/s (a terminal's default camera rate):
      the frames the loop handles of those the camera gives;
 3. seconds from command to decision for a person who starts too far away (the shrunk
    replay, in real time) against the original replay, both guided.
 
-    nice .venv/bin/python scripts/screen_bench.py [--rounds 3] [--forms video,raw,realtime]
+    nice .venv/bin/python scripts/screen_bench.py [--rounds 3] [--forms video,realtime]
 
 Needs ../shared/data/replay/zubair/live.webm and the models; prints Markdown tables.
 """
@@ -61,8 +58,8 @@ class BenchTerminal(Terminal):
     """The shared test terminal (tests/screen_terminal.py) with the shipped fusion setting,
     timed per session."""
 
-    def __init__(self, tmp: Path, video: Path, key: SigningKey, realtime: bool, fps: float | None = None):
-        super().__init__(tmp, video, key, "active", realtime=realtime, device_id=DEV, fusion_frames=None, fps=fps)
+    def __init__(self, tmp: Path, video: Path, key: SigningKey, realtime: bool):
+        super().__init__(tmp, video, key, "active", realtime=realtime, device_id=DEV, fusion_frames=None)
 
     def session(self, reference: bytes) -> tuple[float, int, float, str, float]:
         """(frames per second of the session's loop, frames, seconds command -> decision,
@@ -95,30 +92,17 @@ def mjpeg_reader(url: str, stop: threading.Event) -> threading.Thread:
 
 
 MODES = ("no page", "MJPEG + events client", "headless Chromium page", "headless Chromium page, nice 10")
-FORMS = {"video": "video decoded as fast as it goes", "raw": "raw frames as fast as the loop takes them",
-         "realtime": "real time, the camera at 15 frames/s"}
+FORMS = {"video": "camera as fast as it decodes", "realtime": "real time, the camera at 15 frames/s"}
 
 
-def raw_folder(frames, folder: Path) -> Path:
-    """The replay's frames as BMP files (decoding one is a copy): a camera that hands over pixels."""
-    import cv2
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, f in enumerate(frames):
-        cv2.imwrite(str(folder / f"{i:04d}.bmp"), f)
-    return folder
-
-
-def loop_rates(forms: list[str], rounds: int, frames, reference: bytes, key: SigningKey, tmp: Path) -> None:
+def loop_rates(forms: list[str], rounds: int, reference: bytes, key: SigningKey, tmp: Path) -> None:
     """Part 2: every form, every mode, `rounds` times interleaved; a table per form."""
     rates: dict[tuple[str, str], list[float]] = {(f, m): [] for f in forms for m in MODES}
     cpu: dict[tuple[str, str], list[float]] = {(f, m): [] for f in forms for m in MODES}
     bcpu: dict[tuple[str, str], list[float]] = {(f, m): [] for f in forms for m in MODES}  # the browser's CPU, % of one core
     terms = {}
     for form in forms:
-        source = raw_folder(frames, tmp / "raw") if form == "raw" else LIVE
-        terms[form] = BenchTerminal(tmp / form, source, key, realtime=form == "realtime",
-                                    fps=screen_videos.FPS if form == "raw" else None)
+        terms[form] = BenchTerminal(tmp / form, LIVE, key, realtime=form == "realtime")
     # the page as a kiosk shows it: with motion; the second one niced as kiosk-browser.sh starts it
     browsers = {m: Browser(800, 480, nice=10 if "nice" in m else 0, reduced_motion=False)
                 for m in MODES[2:]} if chromium_path() else {}
@@ -170,7 +154,7 @@ def loop_rates(forms: list[str], rounds: int, frames, reference: bytes, key: Sig
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--forms", default="video,raw,realtime",
+    ap.add_argument("--forms", default="video,realtime",
                     help="comma-separated camera forms of part 2: " + ", ".join(FORMS))
     ap.add_argument("--no-guided", action="store_true", help="skip part 3 (the real-time replays)")
     args = ap.parse_args()
@@ -186,7 +170,7 @@ def main() -> int:
     ok, ref = cv2.imencode(".jpg", frames[20])
     reference = ref.tobytes()
     with tempfile.TemporaryDirectory() as tmp:
-        loop_rates(forms, args.rounds, frames, reference, key, Path(tmp))
+        loop_rates(forms, args.rounds, reference, key, Path(tmp))
         if args.no_guided:
             return 0
         small = screen_videos.small(frames, Path(tmp) / "small.mp4")

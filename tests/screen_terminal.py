@@ -16,12 +16,11 @@ from facegate.ports import Inbound
 class Terminal:
     """The real daemon on `video` with its screen on a free loopback port (or `port`).
     `screen` adds lines to the [screen] section (e.g. preview_fps), `fusion_frames` None
-    keeps the shipped default; `fps` the frame rate of a folder of images (the
-    camera's default otherwise)."""
+    keeps the shipped default."""
 
     def __init__(self, tmp: Path, video: Path, backend_key, liveness: str, session_timeout_s: float = 30,
                  language: str = "en", port: int = 0, realtime: bool = False, device_id: str = "screen-1",
-                 fusion_frames: int | None = 4, screen: str = "", fps: float | None = None):
+                 fusion_frames: int | None = 4, screen: str = ""):
         self.key = backend_key
         self.device_id = device_id
         verify = f"[verify]\nfusion_frames = {fusion_frames}\n" if fusion_frames else ""
@@ -31,7 +30,6 @@ device_id = "{device_id}"
 source = "file"
 path = "{video}"
 realtime = {"true" if realtime else "false"}
-{f"fps = {fps}" if fps else ""}
 [daemon]
 state_dir = "{tmp}"
 liveness = "{liveness}"

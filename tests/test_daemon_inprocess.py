@@ -91,3 +91,46 @@ def test_results_whose_acks_a_dropped_connection_lost_come_again_in_seq_order(te
     assert pub.on(f"{ROOT}/status").count(b"online") == 2  # announced again after the reconnect
     time.sleep(0.3)
     assert len(pub.on(f"{ROOT}/result")) == 6  # and nothing more
+
+
+def test_a_replay_session_leaves_the_idle_feed_at_its_idle_rate(tmp_path, faces, backend_key, model_dir):
+    """A file camera replays the file on a camera of its own for each session, so the idle
+    feed (a second reader of the same file) keeps camera.idle_fps instead of decoding the
+    file as fast as it can beside the session: that race took as much CPU as the session's
+    own frames (scripts/screen_bench.py: 18.5 -> 9.0 CPU ms a frame without it). A session
+    of the whole clip (its turns come at the end). Mutation: the feed's rate lifted for
+    replay sessions too - fails (the feed reads dozens of frames)."""
+    cfg = config_mod.parse(f'''
+device_id = "{DEV}"
+[camera]
+source = "file"
+path = "{faces["video"]}"
+realtime = false
+loop = true
+idle_fps = 5
+[daemon]
+state_dir = "{tmp_path}"
+liveness = "active"
+[liveness]
+step_timeout_s = 10
+[mqtt]
+enabled = true
+trusted_keys = ["{backend_key.public.hex()}"]
+''')
+    pub = FakePublisher()
+    d = daemon_mod.build(cfg, publisher=pub)
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    try:
+        pub.wait_for(lambda p: f"{ROOT}/health" in p.retained, 30)
+        msg, cmd = command(backend_key, faces["ref"], topic=f"{ROOT}/cmd/verify", challenge=["turn_right", "turn_left"])
+        t0 = time.monotonic()
+        assert pub.receive(f"{ROOT}/cmd/verify", msg)
+        pub.wait_for(lambda p: signed_results(p, d.key.public), 60)
+        t1 = time.monotonic()
+        assert signed_results(pub, d.key.public)[0]["decision"] == "match"
+        read = [x for x in list(d.feed._times) if t0 <= x <= t1]  # the feed's frames while the session ran
+        assert len(read) <= 5 * (t1 - t0) + 2, (len(read), t1 - t0)
+    finally:
+        d.request_stop()
+        t.join(30)

@@ -248,7 +248,8 @@ class Daemon:
         if not self.ready:  # the camera never delivered: answer instead of waiting forever
             self.kiosk.fail(req, Failure.CAMERA_UNAVAILABLE)
             return
-        self.feed.max_fps = None  # a session sees every frame the camera gives
+        if not self.kiosk.replays:  # a replay reads the file itself: the idle feed need not race it
+            self.feed.max_fps = None  # a session sees every frame the camera gives
         try:
             self.kiosk.run_session(req)  # pass / fail stays lit for gpio.result_show_s, then ready
         finally:

@@ -64,12 +64,18 @@ class Kiosk:
         if self.state[0] != State.IDLE:
             self.cancel.set()
 
+    @property
+    def replays(self) -> bool:
+        """A session replays the file from its start on a camera of its own (camera.source
+        "file", restart_each_session), not the live feed."""
+        cam = self.cfg.camera
+        return cam.source == "file" and cam.restart_each_session
+
     def _frames(self) -> Generator[Frame, None, None]:
         """A session's frames: a replay of the file from its start, else the live feed;
         each one feeds the watchdog."""
         cam = self.cfg.camera
-        restart = cam.source == "file" and cam.restart_each_session
-        with closing(replay(self.open_camera) if restart else live(self.feed, cam.frame_timeout_s)) as source:
+        with closing(replay(self.open_camera) if self.replays else live(self.feed, cam.frame_timeout_s)) as source:
             for frame in source:
                 self.notifier.keepalive(True)
                 self.preview(frame)
