@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -19,20 +20,23 @@ ROOT = f"facegate/v1/{DEV}"
 REPLY = "facegate/v1/replies/backend-9"
 
 
-@pytest.fixture
-def terminal(tmp_path, faces, backend_key, model_dir):
+@contextmanager
+def running(tmp_path, faces, backend_key, camera: str = "", daemon: str = 'liveness = "none"\nmax_pending = 8',
+            more: str = "[verify]\nfusion_frames = 4"):
+    """The real daemon on the replay video with FakePublisher as its broker connection,
+    online (status, attest, state, health announced); `camera`, `daemon`: more lines of
+    those sections, `more`: more sections. Yields (daemon, publisher); stopped afterwards."""
     cfg = config_mod.parse(f'''
 device_id = "{DEV}"
 [camera]
 source = "file"
 path = "{faces["video"]}"
 realtime = false
+{camera}
 [daemon]
 state_dir = "{tmp_path}"
-liveness = "none"
-max_pending = 8
-[verify]
-fusion_frames = 4
+{daemon}
+{more}
 [mqtt]
 enabled = true
 trusted_keys = ["{backend_key.public.hex()}"]
@@ -41,11 +45,19 @@ trusted_keys = ["{backend_key.public.hex()}"]
     d = daemon_mod.build(cfg, publisher=pub)
     t = threading.Thread(target=d.run, daemon=True)
     t.start()
-    # on_connect announces status, attest, state, then health: wait for all of them
-    pub.wait_for(lambda p: p.retained.get(f"{ROOT}/status") == b"online" and f"{ROOT}/health" in p.retained, 30)
-    yield d, pub
-    d.request_stop()
-    t.join(30)
+    try:
+        # on_connect announces status, attest, state, then health: wait for all of them
+        pub.wait_for(lambda p: p.retained.get(f"{ROOT}/status") == b"online" and f"{ROOT}/health" in p.retained, 30)
+        yield d, pub
+    finally:
+        d.request_stop()
+        t.join(30)
+
+
+@pytest.fixture
+def terminal(tmp_path, faces, backend_key, model_dir):
+    with running(tmp_path, faces, backend_key) as (d, pub):
+        yield d, pub
 
 
 def signed_results(pub: FakePublisher, public: bytes, topic: str = f"{ROOT}/result") -> list[dict]:
@@ -100,29 +112,8 @@ def test_a_replay_session_leaves_the_idle_feed_at_its_idle_rate(tmp_path, faces,
     own frames (scripts/screen_bench.py: 18.5 -> 9.0 CPU ms a frame without it). A session
     of the whole clip (its turns come at the end). Mutation: the feed's rate lifted for
     replay sessions too - fails (the feed reads dozens of frames)."""
-    cfg = config_mod.parse(f'''
-device_id = "{DEV}"
-[camera]
-source = "file"
-path = "{faces["video"]}"
-realtime = false
-loop = true
-idle_fps = 5
-[daemon]
-state_dir = "{tmp_path}"
-liveness = "active"
-[liveness]
-step_timeout_s = 10
-[mqtt]
-enabled = true
-trusted_keys = ["{backend_key.public.hex()}"]
-''')
-    pub = FakePublisher()
-    d = daemon_mod.build(cfg, publisher=pub)
-    t = threading.Thread(target=d.run, daemon=True)
-    t.start()
-    try:
-        pub.wait_for(lambda p: f"{ROOT}/health" in p.retained, 30)
+    with running(tmp_path, faces, backend_key, camera="loop = true\nidle_fps = 5", daemon='liveness = "active"',
+                 more="[liveness]\nstep_timeout_s = 10") as (d, pub):
         msg, cmd = command(backend_key, faces["ref"], topic=f"{ROOT}/cmd/verify", challenge=["turn_right", "turn_left"])
         t0 = time.monotonic()
         assert pub.receive(f"{ROOT}/cmd/verify", msg)
@@ -131,6 +122,3 @@ trusted_keys = ["{backend_key.public.hex()}"]
         assert signed_results(pub, d.key.public)[0]["decision"] == "match"
         read = [x for x in list(d.feed._times) if t0 <= x <= t1]  # the feed's frames while the session ran
         assert len(read) <= 5 * (t1 - t0) + 2, (len(read), t1 - t0)
-    finally:
-        d.request_stop()
-        t.join(30)
