@@ -10,16 +10,19 @@
      loop's own capacity;
    - `realtime`: the replay at its own 15 frames/s (a terminal's default camera rate):
      the frames the loop handles of those the camera gives;
+   `--threads`: where the daemon's CPU goes in one stress session, thread by thread (how the
+   idle feed racing a replay session was found: docs/measurements.md);
 3. seconds from command to decision for a person who starts too far away (the shrunk
    replay, in real time) against the original replay, both guided.
 
-    nice .venv/bin/python scripts/screen_bench.py [--rounds 3] [--forms video,realtime]
+    nice .venv/bin/python scripts/screen_bench.py [--rounds 3] [--forms video,realtime] [--threads]
 
 Needs ../shared/data/replay/zubair/live.webm and the models; prints Markdown tables.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -151,11 +154,65 @@ def loop_rates(forms: list[str], rounds: int, reference: bytes, key: SigningKey,
                       f"| {c:.1f} | {b} |")
 
 
+def thread_cpu() -> dict[int, float]:
+    """CPU seconds of each thread of this process now (utime + stime, /proc/self/task)."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        f = stat[stat.rindex(")") + 2:].split()
+        out[int(tid)] = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def thread_table(reference: bytes, key: SigningKey, tmp: Path) -> None:
+    """One stress session of the daemon (no page), its CPU per thread: sampled every 20 ms
+    so that threads which end during the session (a decoder's) are counted too."""
+    term = BenchTerminal(tmp / "threads", LIVE, key, realtime=False)
+    seen: dict[int, float] = {}
+    names: dict[int, str] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            seen.update(thread_cpu())
+            names.update({t.native_id: t.name for t in threading.enumerate() if t.native_id})
+            for tid in seen.keys() - names.keys():
+                try:
+                    names[tid] = "native " + Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+                except OSError:
+                    pass
+            time.sleep(0.02)
+    try:
+        before = thread_cpu()
+        sampler = threading.Thread(target=sample, name="sampler", daemon=True)
+        sampler.start()
+        w0 = time.perf_counter()
+        _, n, _, decision, ms = term.session(reference)
+        wall = time.perf_counter() - w0
+        stop.set()
+        sampler.join()
+        seen.update(thread_cpu())
+    finally:
+        term.stop()
+    used: dict[str, list[float]] = {}
+    for tid, cpu in seen.items():
+        used.setdefault(names.get(tid, "?"), []).append(cpu - before.get(tid, 0.0))
+    print(f"\n| thread (one stress session: {n} frames, {wall:.1f} s, {decision}, {ms:.1f} CPU ms a frame) "
+          "| threads | CPU s | % of a core |\n|---|---|---|---|")
+    for name, cpus in sorted(used.items(), key=lambda kv: -sum(kv[1])):
+        if sum(cpus) >= 0.01:
+            print(f"| {name} | {len(cpus)} | {sum(cpus):.2f} | {100 * sum(cpus) / wall:.0f} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--forms", default="video,realtime",
                     help="comma-separated camera forms of part 2: " + ", ".join(FORMS))
+    ap.add_argument("--threads", action="store_true", help="only the per-thread CPU of one stress session")
     ap.add_argument("--no-guided", action="store_true", help="skip part 3 (the real-time replays)")
     args = ap.parse_args()
     forms = [f for f in args.forms.split(",") if f]
@@ -170,6 +227,9 @@ def main() -> int:
     ok, ref = cv2.imencode(".jpg", frames[20])
     reference = ref.tobytes()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.threads:
+            thread_table(reference, key, Path(tmp))
+            return 0
         loop_rates(forms, args.rounds, reference, key, Path(tmp))
         if args.no_guided:
             return 0
