@@ -82,7 +82,7 @@ class CameraConfig(_Section):
     realtime: bool = Field(True, description="file: play frames at their own timestamps (false = as fast as possible)")
     loop: bool = Field(True, description="file: start over at the end")
     restart_each_session: bool = Field(True, description="file: every verification session replays the file from its start")
-    idle_fps: float = Field(5.0, gt=0, le=120, description="Frames per second read while no session runs (keeps the camera and watchdog alive)")
+    idle_fps: float = Field(5.0, gt=0, le=120, description="Frames per second read while no session runs, and during a file replay session, which reads the file itself (keeps the camera and watchdog alive)")
     reopen_min_s: float = Field(0.5, gt=0, description="First wait before reopening a failed camera, seconds (doubles up to reopen_max_s)")
     reopen_max_s: float = Field(30.0, gt=0, description="Longest wait between camera reopen attempts, seconds")
     frame_timeout_s: float = Field(5.0, gt=0, description="A camera that delivers no frame for this long counts as failed, seconds")
