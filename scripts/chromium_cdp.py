@@ -21,8 +21,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--hide-scrollbars", "--mute-audio", "--remote-debugging-port=0", "--remote-allow-origins=*"]
 
 
-def _stat(pid: str) -> list[str]:
-    """/proc/PID/stat's fields after the command name: [0] state, [1] ppid, [11] utime, [12] stime."""
+def proc_stat(pid: str) -> list[str]:
+    """/proc/PID/stat's fields after the command name: [0] state, [1] ppid, [11] utime, [12] stime
+    (PID may also be "self/task/TID": a thread's)."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
@@ -102,14 +103,14 @@ class Browser:
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
-                    children.setdefault(int(_stat(entry.name)[1]), []).append(int(entry.name))
+                    children.setdefault(int(proc_stat(entry.name)[1]), []).append(int(entry.name))
                 except OSError:
                     pass
         total, todo = 0, [self.proc.pid]
         while todo:
             pid = todo.pop()
             try:
-                st = _stat(str(pid))
+                st = proc_stat(str(pid))
                 total += int(st[11]) + int(st[12])
             except OSError:
                 pass

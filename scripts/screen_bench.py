@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import screen_videos  # noqa: E402
-from chromium_cdp import Browser, chromium_path  # noqa: E402
+from chromium_cdp import Browser, chromium_path, proc_stat  # noqa: E402
 from facegate.screen.preview import encode  # noqa: E402
 from facegate.signing import SigningKey  # noqa: E402
 from screen_terminal import Terminal  # noqa: E402
@@ -103,9 +103,7 @@ def loop_rates(forms: list[str], rounds: int, reference: bytes, key: SigningKey,
     rates: dict[tuple[str, str], list[float]] = {(f, m): [] for f in forms for m in MODES}
     cpu: dict[tuple[str, str], list[float]] = {(f, m): [] for f in forms for m in MODES}
     bcpu: dict[tuple[str, str], list[float]] = {(f, m): [] for f in forms for m in MODES}  # the browser's CPU, % of one core
-    terms = {}
-    for form in forms:
-        terms[form] = BenchTerminal(tmp / form, LIVE, key, realtime=form == "realtime")
+    terms = {form: BenchTerminal(tmp / form, LIVE, key, realtime=form == "realtime") for form in forms}
     # the page as a kiosk shows it: with motion; the second one niced as kiosk-browser.sh starts it
     browsers = {m: Browser(800, 480, nice=10 if "nice" in m else 0, reduced_motion=False)
                 for m in MODES[2:]} if chromium_path() else {}
@@ -159,10 +157,9 @@ def thread_cpu() -> dict[int, float]:
     out = {}
     for tid in os.listdir("/proc/self/task"):
         try:
-            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+            f = proc_stat(f"self/task/{tid}")
         except OSError:
             continue  # ended meanwhile
-        f = stat[stat.rindex(")") + 2:].split()
         out[int(tid)] = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
     return out
 
